@@ -1,0 +1,151 @@
+"""Attention-backend seam: the registration object and the kernel interface.
+
+The model runner builds one ``AttentionMetadata`` per forward pass and calls
+``plan`` once; every layer then calls ``forward``, which stores the new K/V into
+the paged cache and attends over the cached prefix plus the new tokens. Backends
+that precompute work per batch (FlashInfer's plan/run) do it in ``plan``.
+
+KV cache layout ("NHD", the pool's native layout): per layer a K and a V tensor
+of shape ``[num_pages, page_size, num_kv_heads, head_dim]``; token ``t`` of a
+request lives at ``page_table[t // page_size]``, offset ``t % page_size``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pdcore.hookspecs import Availability
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """The KV cache layout a backend needs, checked against the pool at startup.
+
+    ``page_sizes``: page sizes the kernels accept (empty = any).
+    ``kind``: "mha" (separate K and V, GQA included) or "mla" (one latent buffer).
+    ``cache_layout``: "NHD" = ``[pages, page_size, heads, dim]``; backends that need
+    another physical layout declare it and the pool allocates accordingly.
+    """
+
+    kind: str = "mha"
+    page_sizes: tuple[int, ...] = ()
+    cache_layout: str = "NHD"
+
+    def accepts_page_size(self, page_size: int) -> bool:
+        return not self.page_sizes or page_size in self.page_sizes
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Static shape of one attention layer, handed to the backend factory."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    page_size: int
+    dtype: Any = None  # torch.dtype of q/k/v and the cache
+    device: Any = None  # torch.device
+    scale: float | None = None  # softmax scale; default head_dim ** -0.5
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
+
+    @property
+    def softmax_scale(self) -> float:
+        return self.scale if self.scale is not None else self.head_dim**-0.5
+
+
+@dataclass
+class AttentionMetadata:
+    """What one forward pass attends over, shared by all layers.
+
+    ``page_table``: int64 ``[batch, max_pages]``, page ids of each request
+    (rows padded with any valid id past the request's last page).
+    ``seq_lens``: tokens per request after this step (cached prefix + new).
+    ``extend_lens``: new tokens per request in this step (1 for decode).
+    ``cache_slots``: int64 ``[num_new_tokens]``, flat slot ``page * page_size +
+    offset`` where each new token's K/V must be stored, in q order.
+    The ``*_cpu`` lists mirror the lengths for host-side loops without syncs.
+    """
+
+    is_decode: bool
+    page_table: torch.Tensor
+    seq_lens: torch.Tensor
+    extend_lens: torch.Tensor
+    cache_slots: torch.Tensor
+    seq_lens_cpu: list[int] = field(default_factory=list)
+    extend_lens_cpu: list[int] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.seq_lens_cpu)
+
+    @property
+    def prefix_lens_cpu(self) -> list[int]:
+        return [s - e for s, e in zip(self.seq_lens_cpu, self.extend_lens_cpu, strict=True)]
+
+
+class AttentionImpl(ABC):
+    """Kernels of one attention backend for one model (all layers share it)."""
+
+    def __init__(self, config: AttentionConfig):
+        self.config = config
+        self.meta: AttentionMetadata | None = None
+
+    def plan(self, meta: AttentionMetadata) -> None:
+        """Prepare for a forward pass; called once before the layers run."""
+        self.meta = meta
+
+    @abstractmethod
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> torch.Tensor:
+        """Store ``k``/``v`` at ``meta.cache_slots`` and return attention output.
+
+        ``q``: ``[T, num_heads, head_dim]``; ``k``, ``v``: ``[T, num_kv_heads,
+        head_dim]`` with T = sum of ``extend_lens``; caches as in the module
+        docstring. New token ``j`` of a request with prefix length ``p`` attends
+        causally to positions ``0..p+j``. Returns ``[T, num_heads, head_dim]``.
+        """
+
+
+def store_kv(k, v, k_cache, v_cache, cache_slots) -> None:
+    """Write new K/V rows into the paged caches at flat slot indices."""
+    num_pages, page_size = k_cache.shape[0], k_cache.shape[1]
+    k_cache.view(num_pages * page_size, *k_cache.shape[2:])[cache_slots] = k
+    v_cache.view(num_pages * page_size, *v_cache.shape[2:])[cache_slots] = v
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """Registration object returned from ``pdcore_attention_backends``.
+
+    ``platforms``: platform names the kernels run on. ``priority`` picks the
+    default among available backends of a platform. ``check`` may import the
+    kernel library; it is only called when availability is asked for.
+    """
+
+    name: str
+    factory: Callable[[AttentionConfig], AttentionImpl]
+    platforms: tuple[str, ...]
+    kv_layout: KVLayout = KVLayout()
+    check: Callable[[], Availability] = field(default=lambda: Availability.yes())
+    priority: int = 0
+    description: str = ""
+
+    kind = "attention"

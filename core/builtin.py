@@ -1,0 +1,31 @@
+"""The core's own backends (CPU platform, torch attention), registered like a plugin."""
+
+from __future__ import annotations
+
+from pdcore.attention.base import AttentionBackend, AttentionConfig, AttentionImpl
+from pdcore.hookspecs import hookimpl
+from pdcore.platform import CpuPlatform
+
+
+def _torch_attention(config: AttentionConfig) -> AttentionImpl:
+    from pdcore.attention.torch_native import TorchNativeAttention
+
+    return TorchNativeAttention(config)
+
+
+@hookimpl
+def pdcore_platforms():
+    return [CpuPlatform()]
+
+
+@hookimpl
+def pdcore_attention_backends():
+    return [
+        AttentionBackend(
+            name="torch",
+            factory=_torch_attention,
+            platforms=("cpu", "cuda", "npu"),
+            priority=0,
+            description="Paged attention on plain torch ops (SDPA); reference backend",
+        )
+    ]

@@ -1,0 +1,301 @@
+"""Server configuration: SGLang's flags, parsed and validated up front.
+
+``ServerArgs`` accepts the flags of SGLang's PD docs unchanged (so commands copy
+over), plus pdcore's own. ``validate`` fails fast with a ``ConfigError`` naming
+the flag; checks that need installed plugins (device, attention and transfer
+backends) go through the registry so errors list what is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+from dataclasses import dataclass, field
+
+from pdcore.errors import ConfigError
+from pdcore.registry import Registry
+
+DISAGGREGATION_MODES = ("null", "prefill", "decode")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+MOE_A2A_BACKENDS = ("none", "deepep")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOAD_FORMATS = ("auto", "safetensors", "gguf")
+
+
+@dataclass
+class ServerArgs:
+    # model
+    model_path: str | None = None
+    tokenizer_path: str | None = None
+    served_model_name: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    context_length: int | None = None
+    load_format: str = "auto"
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = None
+    log_level: str = "info"
+    # hardware
+    device: str = "auto"
+    base_gpu_id: int = 0
+    attention_backend: str | None = None
+    # memory and scheduling
+    mem_fraction_static: float | None = None
+    max_total_tokens: int | None = None
+    page_size: int = 16
+    chunked_prefill_size: int = 2048
+    max_running_requests: int | None = None
+    max_prefill_tokens: int = 16384
+    random_seed: int = 0
+    # parallelism
+    tp_size: int = 1
+    dp_size: int = 1
+    enable_dp_attention: bool = False
+    dist_init_addr: str | None = None
+    nnodes: int = 1
+    node_rank: int = 0
+    moe_a2a_backend: str = "none"
+    # PD disaggregation
+    disaggregation_mode: str = "null"
+    disaggregation_transfer_backend: str = "mooncake"
+    disaggregation_ib_device: str | None = None
+    disaggregation_bootstrap_port: int = 8998
+    disaggregation_decode_tp: int | None = None
+    disaggregation_decode_dp: int | None = None
+    # plugin flags land here (pdcore_add_cli_args)
+    plugin_args: dict = field(default_factory=dict)
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        d = ServerArgs
+        g = parser.add_argument_group("model")
+        g.add_argument(
+            "--model-path",
+            "--model",
+            dest="model_path",
+            default=d.model_path,
+            help="HF folder or .gguf file (default: the embedded SmolLM2-135M)",
+        )
+        g.add_argument("--tokenizer-path", default=d.tokenizer_path)
+        g.add_argument("--served-model-name", default=d.served_model_name)
+        g.add_argument("--trust-remote-code", action="store_true")
+        g.add_argument("--dtype", default=d.dtype, choices=DTYPES)
+        g.add_argument("--context-length", type=int, default=d.context_length)
+        g.add_argument("--load-format", default=d.load_format, choices=LOAD_FORMATS)
+        g = parser.add_argument_group("HTTP server")
+        g.add_argument("--host", default=d.host)
+        g.add_argument("--port", type=int, default=d.port)
+        g.add_argument("--api-key", default=d.api_key)
+        g.add_argument("--log-level", default=d.log_level, choices=LOG_LEVELS)
+        g = parser.add_argument_group("hardware")
+        g.add_argument(
+            "--device", default=d.device, help="platform name (cpu, cuda, npu, ...) or auto"
+        )
+        g.add_argument("--base-gpu-id", type=int, default=d.base_gpu_id)
+        g.add_argument(
+            "--attention-backend",
+            default=d.attention_backend,
+            help="default: the best available for the device",
+        )
+        g = parser.add_argument_group("memory and scheduling")
+        g.add_argument("--mem-fraction-static", type=float, default=d.mem_fraction_static)
+        g.add_argument("--max-total-tokens", type=int, default=d.max_total_tokens)
+        g.add_argument("--page-size", type=int, default=d.page_size)
+        g.add_argument(
+            "--chunked-prefill-size",
+            type=int,
+            default=d.chunked_prefill_size,
+            help="tokens per prefill chunk; -1 disables chunking",
+        )
+        g.add_argument("--max-running-requests", type=int, default=d.max_running_requests)
+        g.add_argument("--max-prefill-tokens", type=int, default=d.max_prefill_tokens)
+        g.add_argument("--random-seed", type=int, default=d.random_seed)
+        g = parser.add_argument_group("parallelism")
+        g.add_argument("--tp-size", "--tp", dest="tp_size", type=int, default=d.tp_size)
+        g.add_argument("--dp-size", "--dp", dest="dp_size", type=int, default=d.dp_size)
+        g.add_argument("--enable-dp-attention", action="store_true")
+        g.add_argument("--dist-init-addr", default=d.dist_init_addr, help="HOST:PORT")
+        g.add_argument("--nnodes", type=int, default=d.nnodes)
+        g.add_argument("--node-rank", type=int, default=d.node_rank)
+        g.add_argument("--moe-a2a-backend", default=d.moe_a2a_backend, choices=MOE_A2A_BACKENDS)
+        g = parser.add_argument_group("PD disaggregation")
+        g.add_argument(
+            "--disaggregation-mode", default=d.disaggregation_mode, choices=DISAGGREGATION_MODES
+        )
+        g.add_argument(
+            "--disaggregation-transfer-backend",
+            default=d.disaggregation_transfer_backend,
+            help="transfer engine plugin: mooncake, nixl, ascend, ...",
+        )
+        g.add_argument(
+            "--disaggregation-ib-device",
+            default=d.disaggregation_ib_device,
+            help="RDMA device name(s), comma-separated",
+        )
+        g.add_argument(
+            "--disaggregation-bootstrap-port", type=int, default=d.disaggregation_bootstrap_port
+        )
+        g.add_argument("--disaggregation-decode-tp", type=int, default=d.disaggregation_decode_tp)
+        g.add_argument("--disaggregation-decode-dp", type=int, default=d.disaggregation_decode_dp)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
+        names = {f.name for f in dataclasses.fields(cls)} - {"plugin_args"}
+        values = vars(args)
+        own = {k: values[k] for k in names if k in values}
+        extra = {k: v for k, v in values.items() if k not in names and not k.startswith("_")}
+        return cls(**own, plugin_args=extra)
+
+    # ---- validation ------------------------------------------------------------
+
+    def validate(self, registry: Registry | None = None) -> None:
+        """Raise ``ConfigError`` naming the first offending flag."""
+        self._validate_ranges()
+        self._validate_parallelism()
+        if registry is not None:
+            self._validate_plugins(registry)
+
+    def _validate_ranges(self) -> None:
+        for flag, value in (
+            ("--port", self.port),
+            ("--disaggregation-bootstrap-port", self.disaggregation_bootstrap_port),
+        ):
+            if not 1 <= value <= 65535:
+                raise ConfigError(flag, f"must be a TCP port in 1..65535, got {value}")
+        if self.disaggregation_mode != "null" and self.port == self.disaggregation_bootstrap_port:
+            raise ConfigError(
+                "--disaggregation-bootstrap-port", f"must differ from --port ({self.port})"
+            )
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static < 1:
+            raise ConfigError(
+                "--mem-fraction-static",
+                f"must be between 0 and 1 (exclusive), got {self.mem_fraction_static}",
+            )
+        positive = {
+            "--page-size": self.page_size,
+            "--max-total-tokens": self.max_total_tokens,
+            "--max-running-requests": self.max_running_requests,
+            "--max-prefill-tokens": self.max_prefill_tokens,
+            "--context-length": self.context_length,
+            "--tp-size": self.tp_size,
+            "--dp-size": self.dp_size,
+            "--nnodes": self.nnodes,
+            "--disaggregation-decode-tp": self.disaggregation_decode_tp,
+            "--disaggregation-decode-dp": self.disaggregation_decode_dp,
+        }
+        for flag, value in positive.items():
+            if value is not None and value < 1:
+                raise ConfigError(flag, f"must be a positive integer, got {value}")
+        if self.chunked_prefill_size != -1 and self.chunked_prefill_size < 1:
+            raise ConfigError(
+                "--chunked-prefill-size",
+                f"must be positive or -1 (no chunking), got {self.chunked_prefill_size}",
+            )
+        if self.chunked_prefill_size != -1 and self.chunked_prefill_size < self.page_size:
+            raise ConfigError(
+                "--chunked-prefill-size",
+                f"must be at least --page-size ({self.page_size}), got {self.chunked_prefill_size}",
+            )
+        if self.max_total_tokens is not None and self.max_total_tokens < self.page_size:
+            raise ConfigError(
+                "--max-total-tokens", f"must hold at least one page (--page-size {self.page_size})"
+            )
+        if self.base_gpu_id < 0:
+            raise ConfigError("--base-gpu-id", f"must be >= 0, got {self.base_gpu_id}")
+        if self.model_path is not None and not self.model_path.strip():
+            raise ConfigError("--model-path", "must not be empty")
+
+    def _validate_parallelism(self) -> None:
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(
+                "--node-rank",
+                f"{self.node_rank} is out of range for --nnodes {self.nnodes} "
+                f"(expected 0..{self.nnodes - 1})",
+            )
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ConfigError(
+                "--dist-init-addr", f"is required with --nnodes {self.nnodes} (HOST:PORT of node 0)"
+            )
+        if self.dist_init_addr is not None:
+            _parse_host_port(self.dist_init_addr, "--dist-init-addr")
+        if self.tp_size % self.nnodes:
+            raise ConfigError(
+                "--tp-size", f"{self.tp_size} must be divisible by --nnodes {self.nnodes}"
+            )
+        if self.enable_dp_attention:
+            if self.tp_size % self.dp_size:
+                raise ConfigError(
+                    "--dp-size",
+                    f"{self.dp_size} must divide --tp-size {self.tp_size} "
+                    "under --enable-dp-attention",
+                )
+        elif self.dp_size > 1 and self.nnodes > 1:
+            raise ConfigError(
+                "--dp-size",
+                "data-parallel replicas across nodes need --enable-dp-attention; "
+                "run one server per node and put a router in front instead",
+            )
+        if self.moe_a2a_backend == "deepep" and importlib.util.find_spec("deep_ep") is None:
+            raise ConfigError(
+                "--moe-a2a-backend",
+                "deepep needs the DeepEP library (import deep_ep), which is not "
+                "installed; use --moe-a2a-backend none",
+            )
+        if self.disaggregation_mode == "null" and (
+            self.disaggregation_decode_tp or self.disaggregation_decode_dp
+        ):
+            raise ConfigError(
+                "--disaggregation-decode-tp", "only applies with --disaggregation-mode prefill"
+            )
+
+    def _validate_plugins(self, registry: Registry) -> None:
+        platform = registry.select_platform(self.device, "--device")
+        if self.dtype != "auto" and self.dtype not in platform.supported_dtypes():
+            raise ConfigError(
+                "--dtype",
+                f"{self.dtype} is not supported on {platform.name} "
+                f"(supported: {', '.join(platform.supported_dtypes())})",
+            )
+        attention = registry.select_attention(self.attention_backend, platform)
+        if not attention.kv_layout.accepts_page_size(self.page_size):
+            sizes = ", ".join(map(str, attention.kv_layout.page_sizes))
+            raise ConfigError(
+                "--page-size",
+                f"attention backend {attention.name!r} needs "
+                f"--page-size in {{{sizes}}}, got {self.page_size}",
+            )
+        if self.disaggregation_mode != "null":
+            transfer = registry.require(
+                "transfer",
+                self.disaggregation_transfer_backend,
+                "--disaggregation-transfer-backend",
+            )
+            if platform.memory_kind not in transfer.memory_kinds:
+                kinds = ", ".join(k.value for k in transfer.memory_kinds)
+                raise ConfigError(
+                    "--disaggregation-transfer-backend",
+                    f"{transfer.name!r} cannot move {platform.memory_kind.value} "
+                    f"memory of platform {platform.name!r} (it moves: {kinds})",
+                )
+        registry.configure(argparse.Namespace(**dataclasses.asdict(self), **self.plugin_args))
+
+    def resolved(self, registry: Registry) -> dict:
+        """The effective choices, for ``--check-config`` and ``/get_server_info``."""
+        platform = registry.select_platform(self.device)
+        attention = registry.select_attention(self.attention_backend, platform)
+        out = dataclasses.asdict(self)
+        out["api_key"] = "***" if self.api_key else None
+        out["device"] = platform.name
+        out["attention_backend"] = attention.name
+        out["dtype"] = self.dtype if self.dtype != "auto" else platform.default_dtype()
+        return out
+
+
+def _parse_host_port(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(flag, f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,4 @@
+"""PD disaggregation: protocol, bootstrap and the transfer-engine seam.
+
+Imports nothing from the engine; plugins use only ``pdcore.disaggregation.transfer``.
+"""

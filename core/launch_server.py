@@ -1,0 +1,70 @@
+"""``python -m pdcore.launch_server``: SGLang's launch_server flags, pdcore's backends."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pdcore.argparse_utils import FlagParser
+from pdcore.config import ServerArgs
+from pdcore.envs import DisaggregationEnv
+from pdcore.errors import PdcoreError
+from pdcore.registry import Registry, get_registry
+
+
+def build_parser(registry: Registry, prog: str) -> argparse.ArgumentParser:
+    parser = FlagParser(prog=prog, description="Start a pdcore server.")
+    ServerArgs.add_cli_args(parser)
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate flags, environment and backends, print the resolved config, exit",
+    )
+    plugin_group = parser.add_argument_group("plugin options")
+    registry.add_cli_args(plugin_group)
+    return parser
+
+
+def parse_server_args(
+    argv: list[str], registry: Registry | None = None, prog: str = "pdcore serve"
+) -> tuple[ServerArgs, argparse.Namespace]:
+    """Parse and validate; exits with status 2 and a flag-naming message on error."""
+    registry = registry or get_registry()
+    parser = build_parser(registry, prog)
+    ns = parser.parse_args(argv)
+    check_only = ns.__dict__.pop("check_config")
+    args = ServerArgs.from_cli_args(ns)
+    try:
+        args.validate(registry)
+        if args.disaggregation_mode != "null":
+            DisaggregationEnv.from_env()
+    except PdcoreError as e:
+        parser.error(str(e))
+    ns.check_config = check_only
+    return args, ns
+
+
+def run(argv: list[str], prog: str = "python -m pdcore.launch_server") -> int:
+    registry = get_registry()
+    args, ns = parse_server_args(argv, registry, prog)
+    resolved = args.resolved(registry)
+    if args.disaggregation_mode != "null":
+        resolved["disaggregation_env"] = vars(DisaggregationEnv.from_env())
+    if ns.check_config:
+        print(json.dumps(resolved, indent=2, default=str))
+        return 0
+    print(
+        f"{prog}: configuration is valid, but the serving engine is not part of this "
+        "build yet; use --check-config to validate a configuration.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

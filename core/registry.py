@@ -1,0 +1,376 @@
+"""Plugin manager: built-ins plus ``pdcore`` entry points, selected by name.
+
+Rules (ARCHITECTURE.md §2): entry points are loaded once per process; a plugin
+whose import or hook fails is recorded and skipped, never fatal; two providers
+of one name are a conflict reported with both distributions; an unknown name
+lists what is installed ("Choose one of: ...") and, for first-party names, the
+``pip install 'pdcore[...]'`` that provides it. ``PDCORE_PLUGINS`` (allow-list)
+and ``PDCORE_DISABLE_PLUGINS`` (block-list) filter entry points by entry-point or
+distribution name. Discovery never calls factories or availability checks, so
+no heavy library (torch_npu, flashinfer, mooncake, nixl) is imported by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from pdcore import __version__
+from pdcore.attention.base import AttentionBackend
+from pdcore.disaggregation.transfer import TransferBackend
+from pdcore.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    DuplicateBackendError,
+    PluginError,
+    UnknownBackendError,
+)
+from pdcore.hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, Availability, PdcoreSpecs
+from pdcore.platform import Platform
+
+ALLOW_ENV = "PDCORE_PLUGINS"
+BLOCK_ENV = "PDCORE_DISABLE_PLUGINS"
+BUILTIN = "builtin"
+
+# kind -> (hook name, registration type)
+KINDS: dict[str, tuple[str, type]] = {
+    "platform": ("pdcore_platforms", Platform),
+    "attention": ("pdcore_attention_backends", AttentionBackend),
+    "transfer": ("pdcore_transfer_backends", TransferBackend),
+}
+
+# (kind, name) of first-party backends -> (distribution, extra that installs it)
+FIRST_PARTY: dict[tuple[str, str], tuple[str, str]] = {
+    ("platform", "cuda"): ("pdcore-cuda", "cuda"),
+    ("attention", "flashinfer"): ("pdcore-cuda", "cuda"),
+    ("attention", "triton"): ("pdcore-cuda", "cuda"),
+    ("platform", "npu"): ("pdcore-ascend", "ascend"),
+    ("attention", "ascend"): ("pdcore-ascend", "ascend"),
+    ("transfer", "mooncake"): ("pdcore-transfer-mooncake", "mooncake"),
+    ("transfer", "nixl"): ("pdcore-transfer-nixl", "nixl"),
+    ("transfer", "ascend"): ("pdcore-transfer-ascend", "ascend-transfer"),
+}
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Who registered something: entry-point name and its distribution."""
+
+    plugin: str
+    distribution: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.distribution} {self.version}"
+
+
+@dataclass(frozen=True)
+class Registered:
+    kind: str
+    name: str
+    spec: Any
+    provider: Provider
+
+
+@dataclass(frozen=True)
+class PluginProblem:
+    """A plugin that was skipped (filtered) or failed (import or hook error)."""
+
+    provider: Provider
+    stage: str  # "skipped", "load", or the hook that failed
+    message: str
+
+
+@dataclass
+class Registry:
+    """All registered backends of one process; build with ``Registry.discover()``."""
+
+    entries: dict[str, dict[str, list[Registered]]] = field(default_factory=dict)
+    problems: list[PluginProblem] = field(default_factory=list)
+    plugin_manager: pluggy.PluginManager | None = None
+    _availability: dict[tuple[str, str, str], Availability] = field(default_factory=dict)
+
+    # ---- discovery -----------------------------------------------------------
+
+    @classmethod
+    def discover(
+        cls,
+        entry_points: Iterable[md.EntryPoint] | None = None,
+        env: Mapping[str, str] | None = None,
+        builtins: bool = True,
+    ) -> Registry:
+        env = os.environ if env is None else env
+        reg = cls(entries={k: {} for k in KINDS})
+        pm = pluggy.PluginManager(PROJECT_NAME)
+        pm.add_hookspecs(PdcoreSpecs)
+        reg.plugin_manager = pm
+        providers: dict[str, Provider] = {}
+        if builtins:
+            from pdcore import builtin
+
+            pm.register(builtin, name=BUILTIN)
+            providers[BUILTIN] = Provider(BUILTIN, "pdcore", __version__)
+        if entry_points is None:
+            entry_points = md.entry_points(group=ENTRY_POINT_GROUP)
+        allow, block = _name_set(env.get(ALLOW_ENV)), _name_set(env.get(BLOCK_ENV))
+        seen: set[tuple[str, str, str]] = set()
+        for ep in entry_points:
+            provider = _provider_of(ep)
+            key = (provider.distribution, ep.name, ep.value)
+            if key in seen:  # the same distribution visible twice on sys.path
+                continue
+            seen.add(key)
+            names = {ep.name, provider.distribution}
+            if allow is not None and not names & allow:
+                reg.problems.append(PluginProblem(provider, "skipped", f"not in {ALLOW_ENV}"))
+                continue
+            if block and names & block:
+                reg.problems.append(PluginProblem(provider, "skipped", f"listed in {BLOCK_ENV}"))
+                continue
+            reg_name = f"{provider.distribution}:{ep.name}"
+            try:
+                module = ep.load()
+                pm.register(module, name=reg_name)
+            except Exception as e:  # a broken plugin must not take the core down
+                reg.problems.append(PluginProblem(provider, "load", _describe(e)))
+                continue
+            providers[reg_name] = provider
+        for kind, (hook_name, spec_type) in KINDS.items():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                provider = providers[impl.plugin_name]
+                try:
+                    items = impl.function()
+                    reg._add(kind, spec_type, items, provider)
+                except Exception as e:
+                    reg.problems.append(PluginProblem(provider, hook_name, _describe(e)))
+        return reg
+
+    def _add(self, kind: str, spec_type: type, items: Any, provider: Provider) -> None:
+        if not isinstance(items, (list, tuple)):
+            raise TypeError(f"must return a list of {spec_type.__name__}, got {type(items)}")
+        for item in items:
+            if not isinstance(item, spec_type):
+                raise TypeError(f"must return {spec_type.__name__} objects, got {item!r}")
+            if not isinstance(item.name, str) or not _NAME_RE.match(item.name):
+                raise ValueError(f"invalid {kind} name {item.name!r} (use [a-z0-9_.-])")
+        for item in items:
+            self.entries[kind].setdefault(item.name, []).append(
+                Registered(kind, item.name, item, provider)
+            )
+
+    # ---- lookup --------------------------------------------------------------
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def all(self, kind: str | None = None) -> list[Registered]:
+        kinds = [kind] if kind else list(KINDS)
+        return [r for k in kinds for n in sorted(self.entries[k]) for r in self.entries[k][n]]
+
+    def lookup(self, kind: str, name: str) -> Registered:
+        """The single registration of ``name``; raises Unknown/DuplicateBackendError."""
+        found = self.entries[kind].get(name)
+        if not found:
+            raise UnknownBackendError(self._unknown_message(kind, name))
+        if len(found) > 1:
+            dists = " and ".join(str(r.provider) for r in found)
+            raise DuplicateBackendError(
+                f"{kind} backend {name!r} is provided by both {dists}; "
+                f"uninstall one, or exclude one with {BLOCK_ENV}="
+                f"{found[-1].provider.distribution}"
+            )
+        return found[0]
+
+    def get(self, kind: str, name: str) -> Any:
+        return self.lookup(kind, name).spec
+
+    def conflicts(self) -> dict[tuple[str, str], list[Registered]]:
+        return {(k, n): regs for k in KINDS for n, regs in self.entries[k].items() if len(regs) > 1}
+
+    def _unknown_message(self, kind: str, name: str) -> str:
+        choices = ", ".join(self.names(kind)) or "(none installed)"
+        msg = f"Unknown {kind} backend {name!r}. Choose one of: {choices}."
+        dist_extra = FIRST_PARTY.get((kind, name))
+        related = [
+            p for p in self.problems if dist_extra and p.provider.distribution == dist_extra[0]
+        ]
+        if related:
+            p = related[0]
+            why = "was skipped" if p.stage == "skipped" else "failed to load"
+            msg += f" It is provided by {p.provider.distribution}, which {why}: {p.message}."
+        elif dist_extra:
+            dist, extra = dist_extra
+            if _installed(dist):
+                msg += f" {dist} is installed but does not provide it."
+            else:
+                msg += (
+                    f" It is provided by {dist}, which is not installed: "
+                    f"pip install 'pdcore[{extra}]'"
+                )
+        return msg
+
+    # ---- availability --------------------------------------------------------
+
+    def availability(self, reg: Registered) -> Availability:
+        """Whether a registered backend can run here (cached; never raises)."""
+        key = (reg.kind, reg.name, reg.provider.distribution)
+        if key not in self._availability:
+            self._availability[key] = self._check(reg)
+        return self._availability[key]
+
+    def _check(self, reg: Registered) -> Availability:
+        try:
+            if reg.kind == "platform":
+                result = reg.spec.availability()
+            else:
+                result = reg.spec.check()
+        except Exception as e:
+            return Availability.no(f"availability check raised {_describe(e)}")
+        if not isinstance(result, Availability):
+            return Availability.no(f"availability check returned {result!r}")
+        if result.ok and reg.kind == "attention":
+            platforms = [self.entries["platform"].get(p) for p in reg.spec.platforms]
+            usable = [p[0] for p in platforms if p and self.availability(p[0]).ok]
+            if not usable:
+                wanted = ", ".join(reg.spec.platforms)
+                return Availability.no(f"needs platform {wanted}; none is available here")
+        return result
+
+    def require(self, kind: str, name: str, flag: str | None = None) -> Any:
+        """Look up ``name`` and insist it is available; errors name ``flag``."""
+        try:
+            reg = self.lookup(kind, name)
+        except PluginError as e:
+            if flag:
+                raise ConfigError(flag, str(e)) from e
+            raise
+        avail = self.availability(reg)
+        if not avail.ok:
+            msg = f"{kind} backend {name!r} ({reg.provider}) is not available: {avail.reason}"
+            if flag:
+                raise ConfigError(flag, msg)
+            raise BackendUnavailableError(msg)
+        return reg.spec
+
+    def select_platform(self, name: str = "auto", flag: str = "--device") -> Platform:
+        """``auto``: the available platform with the highest priority."""
+        if name != "auto":
+            return self.require("platform", name, flag)
+        candidates = [r for r in self.all("platform") if len(self.entries["platform"][r.name]) == 1]
+        candidates = [r for r in candidates if self.availability(r).ok]
+        if not candidates:
+            raise ConfigError(flag, "no platform is available (not even cpu)")
+        return max(candidates, key=lambda r: r.spec.priority).spec
+
+    def select_attention(
+        self, name: str | None, platform: Platform, flag: str = "--attention-backend"
+    ) -> AttentionBackend:
+        """An explicit backend must run on ``platform``; ``None`` picks the best one."""
+        if name:
+            spec = self.require("attention", name, flag)
+            if platform.name not in spec.platforms:
+                raise ConfigError(
+                    flag,
+                    f"attention backend {name!r} does not run on platform "
+                    f"{platform.name!r} (it supports: {', '.join(spec.platforms)})",
+                )
+            return spec
+        candidates = [
+            r
+            for r in self.all("attention")
+            if platform.name in r.spec.platforms
+            and len(self.entries["attention"][r.name]) == 1
+            and self.availability(r).ok
+        ]
+        if not candidates:
+            raise ConfigError(flag, f"no attention backend available for {platform.name!r}")
+        return max(candidates, key=lambda r: r.spec.priority).spec
+
+    # ---- optional hooks ------------------------------------------------------
+
+    def add_cli_args(self, parser: argparse.ArgumentParser) -> None:
+        """Let each plugin add flags; a failing plugin is recorded, not fatal."""
+        for impl in self._impls("pdcore_add_cli_args"):
+            try:
+                impl.function(parser=parser)
+            except Exception as e:
+                self.problems.append(
+                    PluginProblem(self._provider(impl), "pdcore_add_cli_args", _describe(e))
+                )
+
+    def configure(self, args: argparse.Namespace) -> None:
+        """Run plugins' ``pdcore_configure``; ``ConfigError`` propagates as a flag error."""
+        for impl in self._impls("pdcore_configure"):
+            try:
+                impl.function(args=args)
+            except ConfigError:
+                raise
+            except Exception as e:
+                raise PluginError(
+                    f"plugin {self._provider(impl)} failed in pdcore_configure: {_describe(e)}"
+                ) from e
+
+    def _impls(self, hook_name: str):
+        return getattr(self.plugin_manager.hook, hook_name).get_hookimpls()
+
+    def _provider(self, impl) -> Provider:
+        name = impl.plugin_name
+        if name == BUILTIN:
+            return Provider(BUILTIN, "pdcore", __version__)
+        dist, _, ep = name.partition(":")
+        version = _installed(dist) or "?"
+        return Provider(ep, dist, version)
+
+
+def _name_set(value: str | None) -> set[str] | None:
+    if value is None or not value.strip():
+        return None
+    return {v.strip() for v in value.split(",") if v.strip()}
+
+
+def _provider_of(ep: md.EntryPoint) -> Provider:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return Provider(ep.name, f"<unknown distribution of {ep.value}>", "?")
+    return Provider(ep.name, dist.metadata["Name"], dist.version)
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+_lock = threading.Lock()
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry; entry points are loaded on first use only."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            _registry = Registry.discover()
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry (tests; after installing a plugin)."""
+    global _registry
+    with _lock:
+        _registry = None
