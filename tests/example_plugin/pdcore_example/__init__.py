@@ -1,0 +1,1 @@
+"""Example third-party pdcore plugin (see README.md)."""

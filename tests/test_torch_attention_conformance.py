@@ -1,0 +1,15 @@
+"""The built-in torch attention backend passes the conformance kit on the CPU."""
+
+from pdcore.testing import AttentionBackendSuite
+
+
+class TestTorchAttentionConformance(AttentionBackendSuite):
+    backend_name = "torch"
+
+
+class TestTorchAttentionBf16(AttentionBackendSuite):
+    backend_name = "torch"
+    dtype = "bfloat16"
+    page_sizes = (16,)
+    atol = 3e-2
+    rtol = 3e-2
