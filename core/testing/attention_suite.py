@@ -190,7 +190,7 @@ class AttentionBackendSuite:
     @pytest.mark.parametrize("batch", ["prefill-with-prefix", "decode"])
     def test_new_kv_stored_in_their_slots(self, batch):
         case, _, _, _ = self._run_case("gqa", batch, self.page_sizes[-1])
-        heads, kv_heads, dim = SHAPES["gqa"]
+        _, kv_heads, dim = SHAPES["gqa"]
         stored_k = case.k_cache.view(-1, kv_heads, dim)[case.meta.cache_slots]
         stored_v = case.v_cache.view(-1, kv_heads, dim)[case.meta.cache_slots]
         assert torch.equal(stored_k.cpu(), case.k.cpu()), "new K rows not at cache_slots"
