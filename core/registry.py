@@ -217,6 +217,10 @@ class Registry:
                     f" It is provided by {dist}, which is not installed: "
                     f"pip install 'pdcore[{extra}]'"
                 )
+        others = [p for p in self.problems if p not in related]
+        if others:
+            listed = "; ".join(f"{p.provider} ({p.message})" for p in others)
+            msg += f" Plugins not loaded: {listed}."
         return msg
 
     # ---- availability --------------------------------------------------------

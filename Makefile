@@ -1,0 +1,26 @@
+# The README's two commands: `make demo` (main job) and `make test` (CI).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.pdcore-setup
+DEPS   := scripts/setup.sh pyproject.toml $(wildcard plugins/*/pyproject.toml)
+
+.PHONY: setup test lint demo clean
+
+setup: $(STAMP)
+
+$(STAMP): $(DEPS)
+	VENV=$(VENV) bash scripts/setup.sh
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/pdcore plugins
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache
