@@ -1,0 +1,1 @@
+"""pdcore's Ascend NPU platform plugin; registered via ``pdcore_ascend.plugin``."""

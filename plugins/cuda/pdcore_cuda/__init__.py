@@ -1,0 +1,1 @@
+"""pdcore's CUDA platform plugin (NVIDIA GPUs); registered via ``pdcore_cuda.plugin``."""
