@@ -1,40 +1,18 @@
-"""Shared fixtures: a real install of the example third-party plugin, CLI runners."""
+"""Shared fixtures: a real install of the example third-party plugin."""
 
 from __future__ import annotations
 
 import importlib
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import install_example_plugin
 
 pytest_plugins = ["pytester"]
 
 TESTS = Path(__file__).parent
-EXAMPLE_PLUGIN = TESTS / "example_plugin"
-
-
-def install_example_plugin(target: Path) -> None:
-    """``pip install`` the example plugin (a real wheel build) into ``target``."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(EXAMPLE_PLUGIN),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -61,17 +39,3 @@ def example_plugin_site(tmp_path_factory):
     else:
         os.environ["PYTHONPATH"] = old
     reset_registry()
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 120):
-    """Run ``python -m pdcore ...`` in a fresh process; returns CompletedProcess."""
-    full_env = dict(os.environ)
-    if env is not None:
-        full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "pdcore", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-    )

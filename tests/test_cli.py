@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from helpers import install_example_plugin, run_cli
 
 FIRST_PARTY = {
     ("platform", "cuda"): "pdcore-cuda",
@@ -166,8 +166,6 @@ class TestThirdPartyPlugin:
         assert "Traceback" not in out.stderr
 
     def test_uninstalled_plugin_gives_clean_error(self, example_plugin_site, tmp_path):
-        from conftest import install_example_plugin
-
         site = tmp_path / "site"
         install_example_plugin(site)
         env = {"PYTHONPATH": str(site)}

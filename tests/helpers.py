@@ -1,0 +1,45 @@
+"""Helpers shared by tests: running the CLI, installing the example plugin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE_PLUGIN = Path(__file__).parent / "example_plugin"
+
+
+def install_example_plugin(target: Path) -> None:
+    """``pip install`` the example plugin (a real wheel build) into ``target``."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE_PLUGIN),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120):
+    """Run ``python -m pdcore ...`` in a fresh process; returns CompletedProcess."""
+    full_env = dict(os.environ)
+    if env is not None:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "pdcore", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
