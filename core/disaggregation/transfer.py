@@ -97,15 +97,30 @@ class TransferConfig:
 Run = tuple[int, int, int]  # (local_addr, remote_addr, length)
 
 
-def coalesce_runs(runs: Iterable[Run]) -> list[Run]:
-    """Merge runs that are contiguous on both sides (sorted by local address)."""
+def coalesce_runs(
+    runs: Iterable[Run],
+    local_regions: Iterable[MemoryRegion] = (),
+    remote_regions: Iterable[MemoryRegion] = (),
+) -> list[Run]:
+    """Merge runs that are contiguous on both sides (sorted by local address).
+
+    Never merges across the start of a given region: adjacent buffers registered
+    separately stay separate runs, since engines address one registration per run.
+    """
+    local_starts = {r.addr for r in local_regions}
+    remote_starts = {r.addr for r in remote_regions}
     merged: list[list[int]] = []
     for local, remote, length in sorted(runs):
         if length <= 0:
             continue
         if merged:
             last = merged[-1]
-            if last[0] + last[2] == local and last[1] + last[2] == remote:
+            if (
+                last[0] + last[2] == local
+                and last[1] + last[2] == remote
+                and local not in local_starts
+                and remote not in remote_starts
+            ):
                 last[2] += length
                 continue
         merged.append([local, remote, length])
@@ -267,7 +282,7 @@ class TransferEngine(ABC):
             raise TransferError(f"unknown peer {peer_id!r}; connect() first")
         if notify is not None and not self.supports_notifications:
             raise TransferError(f"{self.name} does not support notifications")
-        runs = coalesce_runs(runs)
+        runs = coalesce_runs(runs, self._regions, peer.regions)
         if not runs:
             raise TransferError("empty transfer: no byte runs given")
         for local, remote, length in runs:

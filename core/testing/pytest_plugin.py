@@ -1,8 +1,9 @@
 """pytest plugin (entry point ``pytest11``): the conformance kit's marker and fixtures.
 
-Suites are plain classes in ``pdcore.testing``; this plugin only adds the
+Suites are plain classes in ``pdcore.testing``; this plugin adds the
 ``pdcore_conformance`` marker to their tests (``-m pdcore_conformance`` selects
-them) and a ``pdcore_registry`` fixture with a freshly discovered registry.
+them), skips ``gpu``/``npu``-marked tests where that hardware is absent, and
+offers a ``pdcore_registry`` fixture with a freshly discovered registry.
 """
 
 from __future__ import annotations
@@ -14,6 +15,33 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "pdcore_conformance: a test from pdcore's backend conformance kit"
     )
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "npu: needs an Ascend NPU (skipped without one)")
+
+
+def pytest_runtest_setup(item):
+    """Skip ``gpu``/``npu`` tests cleanly where that hardware is absent."""
+    if item.get_closest_marker("gpu") and not _cuda_available():
+        pytest.skip("needs a CUDA GPU")
+    if item.get_closest_marker("npu") and not _npu_available():
+        pytest.skip("needs an Ascend NPU with torch_npu")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _npu_available() -> bool:
+    try:
+        import torch
+        import torch_npu  # noqa: F401
+    except Exception:  # missing CANN libraries raise OSError/RuntimeError too
+        return False
+    return torch.npu.device_count() > 0
 
 
 def pytest_collection_modifyitems(items):
