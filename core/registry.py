@@ -274,7 +274,7 @@ class Registry:
         candidates = [r for r in candidates if self.availability(r).ok]
         if not candidates:
             raise ConfigError(flag, "no platform is available (not even cpu)")
-        return max(candidates, key=lambda r: r.spec.priority).spec
+        return max(candidates, key=_preference).spec
 
     def select_attention(
         self, name: str | None, platform: Platform, flag: str = "--attention-backend"
@@ -298,7 +298,7 @@ class Registry:
         ]
         if not candidates:
             raise ConfigError(flag, f"no attention backend available for {platform.name!r}")
-        return max(candidates, key=lambda r: r.spec.priority).spec
+        return max(candidates, key=_preference).spec
 
     # ---- optional hooks ------------------------------------------------------
 
@@ -334,6 +334,11 @@ class Registry:
         dist, _, ep = name.partition(":")
         version = _installed(dist) or "?"
         return Provider(ep, dist, version)
+
+
+def _preference(reg: Registered) -> tuple:
+    """Higher priority wins; on a tie the core's own backend, then the first name."""
+    return (reg.spec.priority, reg.provider.plugin == BUILTIN, [-ord(c) for c in reg.name])
 
 
 def _name_set(value: str | None) -> set[str] | None:

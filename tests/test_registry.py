@@ -200,3 +200,8 @@ def test_discovery_imports_no_heavy_library():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "[]", f"discovery imported: {out.stdout}"
+
+
+def test_default_attention_prefers_builtin_on_equal_priority():
+    reg = discover(ep("k", "pdcore-k", attention_plugin("aaa-first-by-name")))
+    assert reg.select_attention(None, reg.get("platform", "cpu")).name == "torch"

@@ -150,3 +150,9 @@ def test_handle_use_after_release_is_an_error(engine_and_bufs):
     handle.release()
     with pytest.raises(TransferError, match="after release"):
         handle.status()
+
+
+def test_metadata_without_agent_is_a_transfer_error():
+    engine = LoopbackEngine(TransferConfig())
+    with pytest.raises(TransferError, match="malformed peer metadata"):
+        engine.connect({"engine": "loopback", "regions": []})

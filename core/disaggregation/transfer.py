@@ -254,6 +254,8 @@ class TransferEngine(ABC):
                 f"peer uses transfer engine {got!r}, this side uses {self.name!r}; "
                 "both sides must pass the same --disaggregation-transfer-backend"
             )
+        if "agent" not in peer_metadata or not isinstance(peer_metadata.get("regions", []), list):
+            raise TransferError("malformed peer metadata: needs 'agent' and a 'regions' list")
         regions = [MemoryRegion.from_dict(d) for d in peer_metadata.get("regions", [])]
         peer_id, handle = self._connect(peer_metadata["agent"])
         self._peers[peer_id] = PeerInfo(peer_id, regions, handle)

@@ -1,0 +1,204 @@
+"""Real transfers into another process's memory through NIXL (UCX) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from pdcore.disaggregation.transfer import MemoryRegion, TransferError, TransferStatus
+
+KB = 1024
+MB = 1 << 20
+
+
+def random_runs(rng, local_base, remote_base, size, count):
+    """``count`` runs of random length; destinations never overlap, sources may."""
+    slot = size // count
+    runs = []
+    for i in range(count):
+        length = int(rng.integers(1, slot + 1))
+        dst = i * slot + int(rng.integers(0, slot - length + 1))
+        src = int(rng.integers(0, size - length + 1))
+        runs.append((local_base + src, remote_base + dst, length))
+    return runs
+
+
+def write_and_wait(engine, peer_id, runs, notify=None, timeout=20.0):
+    handle = engine.write(peer_id, runs, notify)
+    try:
+        handle.wait(timeout)
+        assert handle.status() is TransferStatus.DONE
+    finally:
+        handle.release()
+
+
+def record_descriptor_lengths(engine, monkeypatch) -> list[list[int]]:
+    """Record the byte lengths of every descriptor list handed to NIXL."""
+    seen: list[list[int]] = []
+    original = engine._agent.get_xfer_descs
+
+    def spy(descs, mem_type=None):
+        seen.append([int(row[1]) for row in descs])
+        return original(descs, mem_type)
+
+    monkeypatch.setattr(engine._agent, "get_xfer_descs", spy)
+    return seen
+
+
+@pytest.mark.timeout(60)
+def test_random_runs_land_intact(pair):
+    engine, buf, peer, peer_id = pair
+    rng = np.random.default_rng(7)
+    buf[:] = rng.integers(0, 256, buf.nbytes, dtype=np.uint8)
+    runs = random_runs(rng, buf.ctypes.data, peer.base, buf.nbytes, 64)
+    write_and_wait(engine, peer_id, runs)
+    remote = np.frombuffer(peer.read(), dtype=np.uint8)
+    for local, dst, length in runs:
+        src, off = local - buf.ctypes.data, dst - peer.base
+        assert remote[off : off + length].tobytes() == buf[src : src + length].tobytes()
+    assert engine.inflight() == 0
+
+
+@pytest.mark.timeout(60)
+def test_contiguous_runs_are_submitted_coalesced(pair, monkeypatch):
+    engine, buf, peer, peer_id = pair
+    seen = record_descriptor_lengths(engine, monkeypatch)
+    buf[: 80 * KB] = np.random.default_rng(3).integers(0, 256, 80 * KB, dtype=np.uint8)
+    pages = [(buf.ctypes.data + i * 4 * KB, peer.base + i * 4 * KB, 4 * KB) for i in range(16)]
+    stray = (buf.ctypes.data + 72 * KB, peer.base + 200 * KB, 4 * KB)
+    write_and_wait(engine, peer_id, [*pages[::-1], stray])
+    assert [sorted(d) for d in seen] == [[4 * KB, 64 * KB]] * 2  # local and remote lists
+    assert peer.read(0, 64 * KB) == buf[: 64 * KB].tobytes()
+    assert peer.read(200 * KB, 4 * KB) == buf[72 * KB : 76 * KB].tobytes()
+
+
+@pytest.mark.timeout(60)
+def test_adjacent_registrations_are_not_merged(pair, monkeypatch):
+    """NIXL rejects a descriptor spanning two registrations (NIXL_ERR_NOT_FOUND)."""
+    engine, _, peer, peer_id = pair
+    block = np.random.default_rng(4).integers(0, 256, 128 * KB, dtype=np.uint8)
+    halves = [MemoryRegion(block.ctypes.data + i * 64 * KB, 64 * KB) for i in range(2)]
+    engine.register(halves)
+    seen = record_descriptor_lengths(engine, monkeypatch)
+    try:
+        runs = [
+            (halves[0].end - 8 * KB, peer.base + 300 * KB, 8 * KB),
+            (halves[1].addr, peer.base + 308 * KB, 8 * KB),
+        ]
+        write_and_wait(engine, peer_id, runs)
+        assert seen[0] == [8 * KB, 8 * KB]
+        assert peer.read(300 * KB, 16 * KB) == block[56 * KB : 72 * KB].tobytes()
+    finally:
+        engine.deregister(halves)
+
+
+def test_out_of_bounds_runs_are_rejected(pair):
+    engine, buf, peer, peer_id = pair
+    base = buf.ctypes.data
+    bad = [
+        [(base, peer.base + peer.size - 4 * KB, 8 * KB)],  # straddles the remote end
+        [(base, peer.base - 4 * KB, 4 * KB)],
+        [(base + buf.nbytes - 4 * KB, peer.base, 8 * KB)],  # straddles the local end
+        [(base, peer.base, 4 * KB), (base + 8 * KB, peer.base + peer.size, 1)],
+    ]
+    for runs in bad:
+        with pytest.raises(TransferError, match="outside"):
+            engine.write(peer_id, runs)
+    assert engine.inflight() == 0
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_writes_then_nothing_in_flight(pair):
+    engine, buf, peer, peer_id = pair
+    handles = [
+        engine.write(peer_id, [(buf.ctypes.data + i * 8 * KB, peer.base + i * 8 * KB, 8 * KB)])
+        for i in range(12)
+    ]
+    assert engine.inflight() == 12
+    for h in handles:
+        h.wait(20)
+    for h in handles:
+        h.release()
+        h.release()  # idempotent
+    assert engine.inflight() == 0
+
+
+@pytest.mark.timeout(60)
+def test_notification_reaches_peer_after_data(pair):
+    engine, buf, peer, peer_id = pair
+    buf[: 32 * KB] = np.random.default_rng(5).integers(0, 256, 32 * KB, dtype=np.uint8)
+    write_and_wait(engine, peer_id, [(buf.ctypes.data, peer.base + 512 * KB, 32 * KB)], b"req-17")
+    assert peer.call("notifications", 20.0) == [b"req-17"]
+    assert peer.read(512 * KB, 32 * KB) == buf[: 32 * KB].tobytes()
+
+
+@pytest.mark.timeout(60)
+def test_notifications_name_the_sending_agent(new_engine):
+    sender, receiver = new_engine(), new_engine()
+    src, dst = np.arange(4 * KB, dtype=np.uint8), np.zeros(4 * KB, dtype=np.uint8)
+    sender.register([MemoryRegion(src.ctypes.data, src.nbytes)])
+    receiver.register([MemoryRegion(dst.ctypes.data, dst.nbytes)])
+    peer_id = sender.connect(receiver.metadata())
+    write_and_wait(sender, peer_id, [(src.ctypes.data, dst.ctypes.data, 4 * KB)], b"one")
+    write_and_wait(sender, peer_id, [(src.ctypes.data, dst.ctypes.data, 4 * KB)], b"two")
+    got, deadline = [], time.monotonic() + 20
+    while len(got) < 2 and time.monotonic() < deadline:
+        got += receiver.notifications()
+        time.sleep(0.01)
+    name = sender.metadata()["agent"]["name"]
+    assert sorted(got) == [(name, b"one"), (name, b"two")]
+    assert receiver.notifications() == []
+    assert np.array_equal(src, dst)
+
+
+@pytest.mark.timeout(60)
+def test_killed_peer_fails_fast(new_engine, spawn_peer):
+    """SIGKILL after a first write connected UCX: NIXL reports the disconnect at once."""
+    engine = new_engine()
+    buf = np.ones(256 * KB, dtype=np.uint8)
+    engine.register([MemoryRegion(buf.ctypes.data, buf.nbytes)])
+    peer = spawn_peer()
+    peer_id = engine.connect(peer.metadata)
+    write_and_wait(engine, peer_id, [(buf.ctypes.data, peer.base, 4 * KB)])
+    peer.kill()
+    start = time.monotonic()
+    with pytest.raises(TransferError, match="RemoteDisconnect"):
+        write_and_wait(engine, peer_id, [(buf.ctypes.data, peer.base, buf.nbytes)])
+    assert time.monotonic() - start < 10
+    assert engine.inflight() == 0
+
+
+@pytest.mark.timeout(60)
+def test_hung_peer_fails_at_transfer_timeout(new_engine, spawn_peer, monkeypatch):
+    """SIGSTOP: over UCX's TCP transport a large write stalls; the deadline ends it.
+
+    (Over shared memory UCX would copy into the stopped process without its help.)
+    """
+    monkeypatch.setenv("UCX_TLS", "tcp")  # read when an agent starts; inherited by the peer
+    engine = new_engine(transfer_timeout_s=1.5)
+    buf = np.ones(64 * MB, dtype=np.uint8)
+    engine.register([MemoryRegion(buf.ctypes.data, buf.nbytes)])
+    peer = spawn_peer(region_bytes=64 * MB)
+    peer_id = engine.connect(peer.metadata)
+    write_and_wait(engine, peer_id, [(buf.ctypes.data, peer.base, 4 * KB)])
+    peer.signal(signal.SIGSTOP)
+    start = time.monotonic()
+    handle = engine.write(peer_id, [(buf.ctypes.data, peer.base, buf.nbytes)])
+    with pytest.raises(TransferError, match=r"transfer_timeout_s=1\.5s"):
+        handle.wait(20)
+    assert 1.4 < time.monotonic() - start < 5
+    assert handle.status() is TransferStatus.FAILED
+    handle.release()  # cancels the stalled request
+    assert engine.inflight() == 0
+    peer.kill()
+    engine.close()
+
+
+def test_bad_options_are_rejected(new_engine):
+    with pytest.raises(TransferError, match="transfer_timeout_s"):
+        new_engine(transfer_timeout_s="soon")
+    with pytest.raises(TransferError, match="not available"):
+        new_engine(backend="NO_SUCH_BACKEND")
