@@ -96,6 +96,24 @@ class TransferConfig:
 
 Run = tuple[int, int, int]  # (local_addr, remote_addr, length)
 
+DEFAULT_TRANSFER_TIMEOUT_S = 30.0
+
+
+def transfer_timeout(config: TransferConfig, engine_name: str) -> float:
+    """``options["transfer_timeout_s"]``: the deadline after which ``_poll`` reports FAILED.
+
+    Engines whose native library never times out a hung peer (NIXL) or only after
+    its own fixed timers (Mooncake) enforce this deadline themselves.
+    """
+    value = config.options.get("transfer_timeout_s", DEFAULT_TRANSFER_TIMEOUT_S)
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        timeout = 0.0
+    if not timeout > 0:
+        raise TransferError(f"{engine_name} option transfer_timeout_s must be > 0, got {value!r}")
+    return timeout
+
 
 def coalesce_runs(
     runs: Iterable[Run],

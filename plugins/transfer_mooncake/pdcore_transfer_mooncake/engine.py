@@ -44,6 +44,7 @@ from pdcore.disaggregation.transfer import (
     TransferEngine,
     TransferError,
     TransferStatus,
+    transfer_timeout,
 )
 from pdcore.platform import MemoryKind
 
@@ -52,17 +53,6 @@ _FAILURES = {
     -1: "Mooncake reported the transfer failed (peer died or refused it; see Mooncake's log)",
     -2: "Mooncake timed the transfer out",
 }
-
-
-def _timeout_option(options: dict) -> float:
-    value = options.get("transfer_timeout_s", 30.0)
-    try:
-        timeout = float(value)
-    except (TypeError, ValueError):
-        timeout = 0.0
-    if not timeout > 0:
-        raise TransferError(f"mooncake option transfer_timeout_s must be > 0, got {value!r}")
-    return timeout
 
 
 @dataclass
@@ -87,7 +77,7 @@ class MooncakeTransferEngine(TransferEngine):
         self._protocol = str(opts.get("protocol") or ("rdma" if config.ib_device else "tcp"))
         metadata_server = str(opts.get("metadata_server") or P2P)
         device_name = str(opts.get("device_name") or config.ib_device or "")
-        self._timeout = _timeout_option(opts)
+        self._timeout = transfer_timeout(config, "mooncake")
         if config.memory_kind is MemoryKind.VRAM:
             self._require_cuda()
         self._te = mc.TransferEngine()

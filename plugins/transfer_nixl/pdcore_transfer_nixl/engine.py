@@ -44,6 +44,7 @@ from pdcore.disaggregation.transfer import (
     TransferEngine,
     TransferError,
     TransferStatus,
+    transfer_timeout,
 )
 from pdcore.platform import MemoryKind
 
@@ -52,17 +53,6 @@ log = logging.getLogger(__name__)
 
 def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
-
-
-def _timeout_option(options: dict) -> float:
-    value = options.get("transfer_timeout_s", 30.0)
-    try:
-        timeout = float(value)
-    except (TypeError, ValueError):
-        timeout = 0.0
-    if not timeout > 0:
-        raise TransferError(f"nixl option transfer_timeout_s must be > 0, got {value!r}")
-    return timeout
 
 
 def _descs(regions: list[MemoryRegion], addrs: list[int], lengths: list[int], side: str):
@@ -100,7 +90,7 @@ class NixlTransferEngine(TransferEngine):
     def __init__(self, config: TransferConfig):
         super().__init__(config)
         self._backend = str(config.options.get("backend", "UCX"))
-        self._timeout = _timeout_option(config.options)
+        self._timeout = transfer_timeout(config, "nixl")
         self._name = f"{config.role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # No listener thread: metadata goes through pdcore's handshake. RW sync
         # lets transfers and polls run from several threads at once.
