@@ -59,3 +59,41 @@ def pdcore_registry():
     from pdcore.registry import Registry
 
     return Registry.discover()
+
+
+@pytest.fixture
+def pdcore_transfer_backend():
+    """Override in a transfer plugin's conftest: the backend name its tests exercise."""
+    raise pytest.UsageError("define a `pdcore_transfer_backend` fixture returning a name")
+
+
+@pytest.fixture
+def spawn_transfer_peer(pdcore_transfer_backend):
+    """``spawn_transfer_peer(region_bytes=..., **options)``: a peer process; killed after."""
+    from pdcore.testing.transfer_peer import PeerProcess
+
+    peers = []
+
+    def spawn(region_bytes: int = 1 << 20, **options):
+        peers.append(PeerProcess(pdcore_transfer_backend, options, region_bytes))
+        return peers[-1]
+
+    yield spawn
+    for peer in peers:
+        peer.kill()
+
+
+@pytest.fixture
+def new_transfer_engine(pdcore_transfer_backend):
+    """``new_transfer_engine(**options)``: a local engine of the backend; closed after."""
+    from pdcore.testing.transfer_peer import build_engine
+
+    engines = []
+
+    def build(**options):
+        engines.append(build_engine(pdcore_transfer_backend, None, options, "prefill"))
+        return engines[-1]
+
+    yield build
+    for engine in engines:
+        engine.close()

@@ -7,6 +7,9 @@ answers commands over a pipe so the test process can check what landed there.
 from __future__ import annotations
 
 import importlib
+import multiprocessing as mp
+import os
+import signal
 import time
 
 import numpy as np
@@ -48,3 +51,54 @@ def peer_main(conn, backend_name, factory_path, options, region_bytes):
             engine.close()
             conn.send("closed")
             return
+
+
+class PeerProcess:
+    """A spawned process running ``peer_main``; commands go over a pipe, bounded in time."""
+
+    def __init__(
+        self,
+        backend_name: str,
+        options: dict | None = None,
+        region_bytes: int = 1 << 20,
+        factory_path: str | None = None,
+        timeout: float = 60.0,
+    ):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.timeout = timeout
+        args = (child, backend_name, factory_path, dict(options or {}), region_bytes)
+        self.proc = ctx.Process(target=peer_main, args=args, daemon=True)
+        self.proc.start()
+        self.metadata = self._recv()
+        self.base = self.metadata["regions"][0]["addr"]
+        self.size = region_bytes
+
+    def _recv(self):
+        if not self.conn.poll(self.timeout):
+            raise AssertionError(f"peer process did not answer within {self.timeout}s")
+        return self.conn.recv()
+
+    def call(self, *cmd):
+        self.conn.send(cmd)
+        return self._recv()
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        return self.call("read", offset, self.size - offset if length is None else length)
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.signal(signal.SIGKILL)
+        self.proc.join(10)
+
+    def close(self) -> None:
+        """Close the remote engine politely, then make sure the process is gone."""
+        if self.proc.is_alive():
+            try:
+                self.call("close")
+            except (AssertionError, EOFError, OSError):
+                self.kill()
+        self.kill()

@@ -10,9 +10,6 @@ a hang, within ``dead_peer_timeout_s``.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
-import signal
 import time
 from contextlib import contextmanager
 
@@ -25,58 +22,20 @@ from pdcore.disaggregation.transfer import (
     TransferError,
     TransferStatus,
 )
-from pdcore.testing.transfer_peer import build_engine, peer_main
+from pdcore.testing.transfer_peer import PeerProcess, build_engine
 
 PAGE = 4096
 REGION_PAGES = 64
 
 
-class Peer:
-    """A spawned process holding the remote engine; commands go over a pipe."""
-
-    def __init__(self, suite, timeout: float):
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.timeout = timeout
-        self.proc = ctx.Process(
-            target=peer_main,
-            args=(
-                child,
-                suite.backend_name,
-                suite.factory_path,
-                suite.engine_options,
-                REGION_PAGES * PAGE,
-            ),
-            daemon=True,
-        )
-        self.proc.start()
-        self.metadata = self._recv()
-        self.base = self.metadata["regions"][0]["addr"]
-
-    def _recv(self):
-        if not self.conn.poll(self.timeout):
-            raise AssertionError(f"peer process did not answer within {self.timeout}s")
-        return self.conn.recv()
-
-    def call(self, *cmd):
-        self.conn.send(cmd)
-        return self._recv()
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.call("read", offset, length)
-
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.join(10)
-
-    def close(self) -> None:
-        if self.proc.is_alive():
-            try:
-                self.call("close")
-            except (AssertionError, EOFError, OSError):
-                pass
-        self.kill()
+def _peer(suite) -> PeerProcess:
+    return PeerProcess(
+        suite.backend_name,
+        suite.engine_options,
+        REGION_PAGES * PAGE,
+        suite.factory_path,
+        suite.startup_timeout_s,
+    )
 
 
 class TransferBackendSuite:
@@ -96,7 +55,7 @@ class TransferBackendSuite:
         engine = build_engine(cls.backend_name, cls.factory_path, cls.engine_options, "prefill")
         buf = np.zeros(REGION_PAGES * PAGE, dtype=np.uint8)
         engine.register([MemoryRegion(buf.ctypes.data, buf.nbytes)])
-        peer = Peer(cls, cls.startup_timeout_s)
+        peer = _peer(cls)
         try:
             peer_id = engine.connect(peer.metadata)
             peer.call("connect", engine.metadata())
@@ -231,7 +190,7 @@ class TransferBackendSuite:
 
     def test_dead_peer_fails_within_timeout(self):
         with self._fresh_engine() as (engine, buf):
-            peer = Peer(self, self.startup_timeout_s)
+            peer = _peer(self)
             try:
                 peer_id = engine.connect(peer.metadata)
                 peer.call("connect", engine.metadata())

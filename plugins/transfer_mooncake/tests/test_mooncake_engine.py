@@ -130,12 +130,12 @@ def test_concurrent_writes_then_nothing_in_flight(pair):
 
 
 @pytest.mark.timeout(60)
-def test_killed_peer_fails_fast(new_engine, spawn_peer):
+def test_killed_peer_fails_fast(new_transfer_engine, spawn_transfer_peer):
     """SIGKILL after a first write opened the connection: Mooncake reports -1 quickly."""
-    engine = new_engine()
+    engine = new_transfer_engine()
     buf = np.ones(256 * KB, dtype=np.uint8)
     engine.register([MemoryRegion(buf.ctypes.data, buf.nbytes)])
-    peer = spawn_peer()
+    peer = spawn_transfer_peer()
     peer_id = engine.connect(peer.metadata)
     write_and_wait(engine, peer_id, [(buf.ctypes.data, peer.base, 4 * KB)])
     peer.kill()
@@ -147,12 +147,12 @@ def test_killed_peer_fails_fast(new_engine, spawn_peer):
 
 
 @pytest.mark.timeout(60)
-def test_hung_peer_fails_at_transfer_timeout(new_engine, spawn_peer):
+def test_hung_peer_fails_at_transfer_timeout(new_transfer_engine, spawn_transfer_peer):
     """SIGSTOP: the peer never acks; the engine's own deadline ends the transfer."""
-    engine = new_engine(transfer_timeout_s=1.5)
+    engine = new_transfer_engine(transfer_timeout_s=1.5)
     buf = np.ones(1 << 20, dtype=np.uint8)
     engine.register([MemoryRegion(buf.ctypes.data, buf.nbytes)])
-    peer = spawn_peer()
+    peer = spawn_transfer_peer()
     peer_id = engine.connect(peer.metadata)
     write_and_wait(engine, peer_id, [(buf.ctypes.data, peer.base, 4 * KB)])
     peer.signal(signal.SIGSTOP)
@@ -169,6 +169,6 @@ def test_hung_peer_fails_at_transfer_timeout(new_engine, spawn_peer):
     assert time.monotonic() - start < 5
 
 
-def test_bad_options_are_rejected(new_engine):
+def test_bad_options_are_rejected(new_transfer_engine):
     with pytest.raises(TransferError, match="transfer_timeout_s"):
-        new_engine(transfer_timeout_s=0)
+        new_transfer_engine(transfer_timeout_s=0)

@@ -136,8 +136,8 @@ def test_notification_reaches_peer_after_data(pair):
 
 
 @pytest.mark.timeout(60)
-def test_notifications_name_the_sending_agent(new_engine):
-    sender, receiver = new_engine(), new_engine()
+def test_notifications_name_the_sending_agent(new_transfer_engine):
+    sender, receiver = new_transfer_engine(), new_transfer_engine()
     src, dst = np.arange(4 * KB, dtype=np.uint8), np.zeros(4 * KB, dtype=np.uint8)
     sender.register([MemoryRegion(src.ctypes.data, src.nbytes)])
     receiver.register([MemoryRegion(dst.ctypes.data, dst.nbytes)])
@@ -155,12 +155,12 @@ def test_notifications_name_the_sending_agent(new_engine):
 
 
 @pytest.mark.timeout(60)
-def test_killed_peer_fails_fast(new_engine, spawn_peer):
+def test_killed_peer_fails_fast(new_transfer_engine, spawn_transfer_peer):
     """SIGKILL after a first write connected UCX: NIXL reports the disconnect at once."""
-    engine = new_engine()
+    engine = new_transfer_engine()
     buf = np.ones(256 * KB, dtype=np.uint8)
     engine.register([MemoryRegion(buf.ctypes.data, buf.nbytes)])
-    peer = spawn_peer()
+    peer = spawn_transfer_peer()
     peer_id = engine.connect(peer.metadata)
     write_and_wait(engine, peer_id, [(buf.ctypes.data, peer.base, 4 * KB)])
     peer.kill()
@@ -172,16 +172,16 @@ def test_killed_peer_fails_fast(new_engine, spawn_peer):
 
 
 @pytest.mark.timeout(60)
-def test_hung_peer_fails_at_transfer_timeout(new_engine, spawn_peer, monkeypatch):
+def test_hung_peer_fails_at_transfer_timeout(new_transfer_engine, spawn_transfer_peer, monkeypatch):
     """SIGSTOP: over UCX's TCP transport a large write stalls; the deadline ends it.
 
     (Over shared memory UCX would copy into the stopped process without its help.)
     """
     monkeypatch.setenv("UCX_TLS", "tcp")  # read when an agent starts; inherited by the peer
-    engine = new_engine(transfer_timeout_s=1.5)
+    engine = new_transfer_engine(transfer_timeout_s=1.5)
     buf = np.ones(64 * MB, dtype=np.uint8)
     engine.register([MemoryRegion(buf.ctypes.data, buf.nbytes)])
-    peer = spawn_peer(region_bytes=64 * MB)
+    peer = spawn_transfer_peer(region_bytes=64 * MB)
     peer_id = engine.connect(peer.metadata)
     write_and_wait(engine, peer_id, [(buf.ctypes.data, peer.base, 4 * KB)])
     peer.signal(signal.SIGSTOP)
@@ -197,8 +197,8 @@ def test_hung_peer_fails_at_transfer_timeout(new_engine, spawn_peer, monkeypatch
     engine.close()
 
 
-def test_bad_options_are_rejected(new_engine):
+def test_bad_options_are_rejected(new_transfer_engine):
     with pytest.raises(TransferError, match="transfer_timeout_s"):
-        new_engine(transfer_timeout_s="soon")
+        new_transfer_engine(transfer_timeout_s="soon")
     with pytest.raises(TransferError, match="not available"):
-        new_engine(backend="NO_SUCH_BACKEND")
+        new_transfer_engine(backend="NO_SUCH_BACKEND")
