@@ -1,0 +1,1 @@
+"""The engine process: scheduler + model runner, driven over ZMQ by the front end."""

@@ -1,0 +1,291 @@
+"""``Engine``: the synchronous serving loop body (scheduler + model runner + sampler).
+
+The engine process (``engine_process.run_engine``) owns one and calls
+``add_request`` / ``abort`` as messages arrive and ``step`` while
+``has_work()``. Every call is non-blocking apart from the forward pass.
+
+KV accounting invariant (checked by ``kv_usage().check()`` and the tests)::
+
+    total_pages == free_pages + used_pages + cached_pages
+    cached_pages == locked_pages + evictable_pages
+
+``total``: allocatable pages (the padding page excluded). ``free``: on the
+allocator's free list. ``used``: owned by live requests and not in the prefix
+cache. ``cached``: owned by the radix cache; ``locked`` of them are shared by
+running requests, the rest can be evicted. When nothing runs, used == locked
+== 0, so free + evictable == total.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pdcore.attention.base import AttentionBackend, AttentionConfig, AttentionImpl
+from pdcore.config import ServerArgs
+from pdcore.engine.io_struct import EngineError, EngineStats, GenerateReq, TokenOut
+from pdcore.engine.model_runner import ModelRunner
+from pdcore.engine.sampler import Sampler
+from pdcore.kvcache.pool import KVPool, KVShape, pages_for_budget
+from pdcore.kvcache.radix_cache import RadixCache
+from pdcore.model.base import CausalLM
+from pdcore.model.config import ModelConfig
+from pdcore.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
+from pdcore.scheduler.request import Req, finish_reason
+from pdcore.scheduler.scheduler import Scheduler, SchedulerConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_RUNNING_REQUESTS = 256
+
+AttentionSpec = str | AttentionBackend | Callable[[AttentionConfig], AttentionImpl] | None
+
+
+@dataclass(frozen=True)
+class KVUsage:
+    """Page counts; see the module docstring for the invariant."""
+
+    total: int
+    free: int
+    used: int
+    cached: int
+    locked: int
+
+    @property
+    def evictable(self) -> int:
+        return self.cached - self.locked
+
+    def check(self) -> None:
+        if self.total != self.free + self.used + self.cached:
+            raise AssertionError(f"KV pages leaked or double-counted: {self}")
+        if not 0 <= self.locked <= self.cached:
+            raise AssertionError(f"locked pages out of range: {self}")
+
+
+class Engine:
+    def __init__(
+        self,
+        model: CausalLM,
+        model_config: ModelConfig,
+        server_args: ServerArgs,
+        attention: AttentionSpec = None,
+        device: torch.device | str | None = None,
+    ):
+        self.model = model
+        self.model_config = model_config
+        self.server_args = server_args
+        platform = None
+        registry_needed = attention is None or isinstance(attention, str)
+        if device is None or registry_needed or server_args.max_total_tokens is None:
+            from pdcore.registry import get_registry
+
+            platform = get_registry().select_platform(server_args.device)
+        if device is None:
+            device = platform.torch_device(server_args.base_gpu_id)
+        self.device = torch.device(device)
+        dtype = next(model.parameters()).dtype
+        cfg = model_config
+        shape = KVShape(
+            num_layers=cfg.num_hidden_layers,
+            num_kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim,
+            page_size=server_args.page_size,
+            dtype=dtype,
+        )
+        free_bytes = None
+        if server_args.max_total_tokens is None:
+            # Weights are loaded by now, so this is what is left for the KV cache.
+            free_bytes = platform.memory_info(self.device.index or 0).free_bytes
+        num_pages = pages_for_budget(
+            shape,
+            max_total_tokens=server_args.max_total_tokens,
+            mem_fraction_static=server_args.mem_fraction_static,
+            free_bytes=free_bytes,
+            device_type=self.device.type,
+        )
+        self.pool = KVPool(shape, num_pages, self.device)
+        self.cache = RadixCache(server_args.page_size, self.pool.allocator)
+        context = server_args.context_length or cfg.max_position_embeddings
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                page_size=server_args.page_size,
+                max_running_requests=server_args.max_running_requests
+                or min(DEFAULT_MAX_RUNNING_REQUESTS, self.pool.allocator.capacity),
+                chunked_prefill_size=server_args.chunked_prefill_size,
+                max_prefill_tokens=server_args.max_prefill_tokens,
+                context_length=context,
+                eos_token_ids=list(cfg.eos_token_ids),
+            ),
+            self.pool.allocator,
+            self.cache,
+        )
+        attn_config = AttentionConfig(
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            server_args.page_size,
+            dtype,
+            self.device,
+        )
+        self.attention_name, factory = _attention_factory(attention, server_args, platform)
+        self.runner = ModelRunner(model, self.pool, factory(attn_config), self.device)
+        self.sampler = Sampler(self.device, server_args.random_seed)
+        self._pending: list[TokenOut | EngineError] = []
+
+    # ---- requests ------------------------------------------------------------
+
+    def add_request(self, msg: GenerateReq) -> None:
+        """Queue a request; a request that cannot run yields an ``EngineError`` output."""
+        try:
+            req = self._make_req(msg)
+        except (ValueError, TypeError) as e:
+            self._pending.append(EngineError(msg.rid, str(e), 400))
+            return
+        if req.params.max_new_tokens == 0:
+            req.finish(finish_reason("length"))
+            self._pending.append(self._token_out(req))
+            return
+        self.scheduler.add(req)
+
+    def _make_req(self, msg: GenerateReq) -> Req:
+        vocab = self.model_config.vocab_size
+        params = SamplingParams.from_dict(msg.sampling)
+        params.validate(vocab)
+        if params.n != 1:
+            raise ValueError("n must be 1 here; the front end fans n > 1 out into requests")
+        ids = msg.input_ids
+        if not ids:
+            raise ValueError("input_ids must not be empty")
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            raise ValueError(f"input_ids must be token ids in [0, {vocab})")
+        if not 0 <= msg.top_logprobs_num <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}]")
+        if msg.rid in self.scheduler.reqs:
+            raise ValueError(f"request id {msg.rid!r} is already in flight")
+        error = self.scheduler.admission_error(len(ids))
+        if error:
+            raise ValueError(error)
+        return Req(msg.rid, list(ids), params, msg.return_logprob, msg.top_logprobs_num)
+
+    def abort(self, rid: str) -> None:
+        """Stop ``rid`` and free its pages now; unknown or finished rids are ignored.
+
+        An aborted request gets a last ``TokenOut`` with finish_reason abort.
+        """
+        req = self.scheduler.abort(rid)
+        if req is not None:
+            self._pending.append(self._token_out(req))
+
+    def has_work(self) -> bool:
+        return bool(self._pending) or self.scheduler.has_work()
+
+    # ---- stepping ------------------------------------------------------------
+
+    def step(self) -> list[TokenOut | EngineError]:
+        """Run one scheduler step; returns the outputs it produced (maybe none).
+
+        Outputs stay queued until the step succeeds, so ``fail_all`` after an
+        exception still delivers them.
+        """
+        batch = self.scheduler.schedule()
+        self._pending.extend(self._token_out(r) for r in self.scheduler.finished_unreported)
+        self.scheduler.finished_unreported.clear()
+        if batch is not None:
+            logits = self.runner.forward(batch)
+            rows = [r for r, s in zip(batch.reqs, batch.sample, strict=True) if s]
+            sampled = self.sampler(logits, rows, self.model_config.eos_token_ids) if rows else []
+            produced = self.scheduler.commit(batch, sampled)
+            self._pending.extend(self._token_out(r) for r in produced)
+        outs, self._pending = self._pending, []
+        return outs
+
+    def fail_all(self, message: str) -> list[TokenOut | EngineError]:
+        """After an unrecoverable step error: queued outputs, then an error for every
+        live request, whose pages are released."""
+        errors = [EngineError(r.rid, message, 500) for r in self.scheduler.fail_all()]
+        outs, self._pending = [*self._pending, *errors], []
+        return outs
+
+    def _token_out(self, req: Req) -> TokenOut:
+        start = req.sent_tokens
+        req.sent_tokens = len(req.output_ids)
+        return TokenOut(
+            rid=req.rid,
+            token_ids=req.output_ids[start:],
+            logprobs=req.logprobs[start:],
+            top_logprobs=req.top_logprobs[start:],
+            finish_reason=req.finish_reason,
+            prompt_tokens=len(req.input_ids),
+            cached_tokens=req.cached_tokens,
+            completion_tokens=len(req.output_ids),
+        )
+
+    # ---- cache and accounting ------------------------------------------------
+
+    def flush_cache(self) -> bool:
+        """Empty the prefix cache; refused (False) while requests are waiting or running."""
+        if self.scheduler.has_work():
+            return False
+        self.cache.reset()
+        return True
+
+    def kv_usage(self) -> KVUsage:
+        used = sum(len(r.pages) - r.num_cached_pages for r in self.scheduler.running)
+        return KVUsage(
+            total=self.pool.allocator.capacity,
+            free=self.pool.allocator.num_free,
+            used=used,
+            cached=self.cache.cached_pages,
+            locked=self.cache.locked_pages,
+        )
+
+    def stats(self, token: int = 0, flushed: bool = False) -> EngineStats:
+        usage = self.kv_usage()
+        return EngineStats(
+            token=token,
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            total_pages=usage.total,
+            free_pages=usage.free,
+            used_pages=usage.used,
+            cached_pages=usage.cached,
+            page_size=self.pool.page_size,
+            flushed=flushed,
+        )
+
+    def info(self) -> dict:
+        """Facts the front end needs at startup (sent with the ready message)."""
+        return {
+            "device": str(self.device),
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "attention_backend": self.attention_name,
+            "page_size": self.pool.page_size,
+            "total_pages": self.pool.allocator.capacity,
+            "max_total_tokens": self.pool.max_total_tokens,
+            "max_running_requests": self.scheduler.config.max_running_requests,
+            "context_length": self.scheduler.config.context_length,
+            "max_seq_len": self.scheduler.max_seq_len,
+            "vocab_size": self.model_config.vocab_size,
+            "eos_token_ids": list(self.model_config.eos_token_ids),
+        }
+
+
+def _attention_factory(attention: AttentionSpec, server_args: ServerArgs, platform):
+    """``(name, factory)`` from a backend name/spec, a plain factory, or the registry."""
+    if attention is None or isinstance(attention, str):
+        from pdcore.registry import get_registry
+
+        attention = get_registry().select_attention(
+            attention or server_args.attention_backend, platform
+        )
+    if isinstance(attention, AttentionBackend):
+        if not attention.kv_layout.accepts_page_size(server_args.page_size):
+            raise ValueError(
+                f"attention backend {attention.name!r} does not accept page size "
+                f"{server_args.page_size} (accepts {attention.kv_layout.page_sizes})"
+            )
+        return attention.name, attention.factory
+    return getattr(attention, "__name__", type(attention).__name__), attention

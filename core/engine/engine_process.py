@@ -1,0 +1,167 @@
+"""The engine process: loads the model, then serves the front end over ZMQ.
+
+Start it with ``multiprocessing`` (spawn) as ``run_engine(server_args_dict,
+in_addr, out_addr, ready_conn)``. The front end binds both addresses (PUSH on
+``in_addr``, PULL on ``out_addr``); the engine connects, so either side may
+start first. Messages in: ``GenerateReq``, ``AbortReq``, ``StatsReq``,
+``FlushCacheReq`` (msgpack, one per ZMQ message). Out: one msgpack list of
+``TokenOut`` / ``EngineError`` / ``EngineStats`` per message. Stats and flush
+requests are answered with an ``EngineStats`` at once, between steps.
+Startup reports ``("ready", info)`` or ``("error", message)`` on ``ready_conn``.
+The process exits on SIGTERM/SIGINT, or by itself once its parent is gone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import traceback
+
+from pdcore.engine.io_struct import (
+    AbortReq,
+    EngineError,
+    FlushCacheReq,
+    GenerateReq,
+    StatsReq,
+    decode_to_engine,
+    encode,
+)
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL_MS = 50
+
+
+def run_engine(
+    server_args_dict: dict,
+    in_addr: str,
+    out_addr: str,
+    ready_conn,
+    model_factory: str | None = None,
+) -> None:
+    """Process entry point; returns when SIGTERM (or SIGINT) arrives.
+
+    ``model_factory``: optional ``"module:function"`` called as
+    ``function(server_args, device)`` and returning an object with ``.model``
+    and ``.config`` like ``pdcore.model.loader.load_model`` (tests inject a
+    tiny model this way).
+    """
+    stop = {"flag": False}
+
+    def request_stop(signum, frame):
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        engine = _build_engine(server_args_dict, model_factory)
+    except Exception as e:
+        logger.exception("engine startup failed")
+        ready_conn.send(("error", f"{type(e).__name__}: {e}"))
+        ready_conn.close()
+        raise SystemExit(1) from None
+    import zmq
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    push = ctx.socket(zmq.PUSH)
+    for sock in (pull, push):
+        sock.setsockopt(zmq.LINGER, 0)
+    pull.connect(in_addr)
+    push.connect(out_addr)
+    ready_conn.send(("ready", {**engine.info(), "pid": os.getpid()}))
+    ready_conn.close()
+    try:
+        _serve(engine, pull, push, stop)
+    finally:
+        pull.close()
+        push.close()
+        ctx.term()
+        logger.info("engine process stopped")
+
+
+def _build_engine(server_args_dict: dict, model_factory: str | None):
+    import torch
+
+    from pdcore.config import ServerArgs
+    from pdcore.engine.engine import Engine
+    from pdcore.registry import get_registry
+
+    args = ServerArgs(**server_args_dict)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s engine %(levelname)s %(message)s"
+    )
+    torch.manual_seed(args.random_seed)
+    platform = get_registry().select_platform(args.device)
+    platform.set_device(args.base_gpu_id)
+    device = platform.torch_device(args.base_gpu_id)
+    if model_factory:
+        module, _, func = model_factory.partition(":")
+        loaded = getattr(importlib.import_module(module), func)(args, device)
+    else:
+        from pdcore.model.loader import load_model
+
+        loaded = load_model(args.model_path, args.dtype, device)
+    loaded.model.eval()
+    return Engine(loaded.model, loaded.config, args, args.attention_backend, device)
+
+
+def _serve(engine, pull, push, stop) -> None:
+    import zmq
+
+    poller = zmq.Poller()
+    poller.register(pull, zmq.POLLIN)
+    parent = os.getppid()
+    while not stop["flag"]:
+        if not engine.has_work():
+            if not poller.poll(IDLE_POLL_MS):
+                if os.getppid() != parent:  # the front end died without stopping us
+                    logger.warning("parent process is gone; engine exiting")
+                    return
+                continue
+        _drain(engine, pull, push)
+        if not engine.has_work():
+            continue
+        try:
+            outs = engine.step()
+        except Exception as e:
+            logger.error("engine step failed:\n%s", traceback.format_exc())
+            outs = engine.fail_all(f"internal engine error: {type(e).__name__}: {e}")
+        if outs:
+            push.send(encode(outs))
+
+
+def _drain(engine, pull, push) -> None:
+    """Handle every message already queued, without blocking."""
+    import zmq
+
+    while True:
+        try:
+            data = pull.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            msg = decode_to_engine(data)
+        except Exception as e:
+            logger.warning("dropping undecodable message: %s", e)
+            continue
+        try:
+            _handle(engine, msg, push)
+        except Exception as e:  # one bad message must not take the engine down
+            logger.error("failed to handle %s:\n%s", type(msg).__name__, traceback.format_exc())
+            if isinstance(msg, GenerateReq):
+                push.send(encode([EngineError(msg.rid, f"{type(e).__name__}: {e}", 500)]))
+
+
+def _handle(engine, msg, push) -> None:
+    if isinstance(msg, GenerateReq):
+        engine.add_request(msg)
+    elif isinstance(msg, AbortReq):
+        engine.abort(msg.rid)
+    elif isinstance(msg, StatsReq):
+        push.send(encode([engine.stats(msg.token)]))
+    elif isinstance(msg, FlushCacheReq):
+        flushed = engine.flush_cache()
+        push.send(encode([engine.stats(flushed=flushed)]))

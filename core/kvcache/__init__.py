@@ -1,0 +1,1 @@
+"""Paged KV cache: page allocator, per-layer K/V pool and the radix prefix cache."""

@@ -1,0 +1,114 @@
+"""``KVPool``: the paged K/V tensors of every layer, sized once at startup.
+
+Layout is the attention seam's "NHD": per layer a K and a V tensor of shape
+``[num_pages, page_size, num_kv_heads, head_dim]``. Page 0 is the padding page:
+page-table rows point at it past a request's last page, so it is zeroed and
+never allocated (garbage there could be NaN, and NaN times a zero attention
+weight is still NaN).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from pdcore.kvcache.allocator import PageAllocator
+
+logger = logging.getLogger(__name__)
+
+PADDING_PAGES = 1
+# Fraction of free memory (after weights) for KV when --mem-fraction-static is unset.
+# The host is shared with everything else, so the CPU default is modest.
+DEFAULT_MEM_FRACTION = {"cpu": 0.1}
+DEFAULT_MEM_FRACTION_ACCEL = 0.85
+
+
+@dataclass(frozen=True)
+class KVShape:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    page_size: int
+    dtype: torch.dtype
+
+    @property
+    def bytes_per_page(self) -> int:
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.page_size * self.num_kv_heads * self.head_dim * elem
+
+
+def pages_for_budget(
+    shape: KVShape,
+    *,
+    max_total_tokens: int | None,
+    mem_fraction_static: float | None,
+    free_bytes: int | None,
+    device_type: str = "cpu",
+) -> int:
+    """Usable pages (padding page excluded): from a token budget, else from memory.
+
+    ``max_total_tokens`` wins when set (rounded up to whole pages); otherwise
+    ``mem_fraction_static`` of ``free_bytes`` (free memory after the weights are
+    loaded) divided by the bytes one page takes over all layers.
+    """
+    if max_total_tokens is not None:
+        return -(-max_total_tokens // shape.page_size)
+    if free_bytes is None:
+        raise ValueError("free_bytes is needed when max_total_tokens is not set")
+    if mem_fraction_static is None:
+        mem_fraction_static = DEFAULT_MEM_FRACTION.get(device_type, DEFAULT_MEM_FRACTION_ACCEL)
+    pages = int(free_bytes * mem_fraction_static) // shape.bytes_per_page - PADDING_PAGES
+    if pages < 1:
+        raise MemoryError(
+            f"no memory left for the KV cache: {free_bytes} bytes free x "
+            f"{mem_fraction_static} is less than two pages of {shape.bytes_per_page} bytes; "
+            "lower the model size or raise --mem-fraction-static / set --max-total-tokens"
+        )
+    return pages
+
+
+class KVPool:
+    """K/V tensors of all layers plus the allocator over their page ids."""
+
+    def __init__(self, shape: KVShape, num_usable_pages: int, device: torch.device | str = "cpu"):
+        self.shape = shape
+        self.page_size = shape.page_size
+        self.num_pages = num_usable_pages + PADDING_PAGES
+        self.device = torch.device(device)
+        dims = (self.num_pages, shape.page_size, shape.num_kv_heads, shape.head_dim)
+        self.layer_caches: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (
+                torch.zeros(dims, dtype=shape.dtype, device=self.device),
+                torch.zeros(dims, dtype=shape.dtype, device=self.device),
+            )
+            for _ in range(shape.num_layers)
+        ]
+        self.allocator = PageAllocator(self.num_pages, reserved=PADDING_PAGES)
+        logger.info(
+            "KV pool: %d pages x %d tokens (%d tokens), %.1f MiB on %s",
+            num_usable_pages,
+            shape.page_size,
+            self.max_total_tokens,
+            self.num_pages * shape.bytes_per_page / 2**20,
+            self.device,
+        )
+
+    @property
+    def num_usable_pages(self) -> int:
+        return self.num_pages - PADDING_PAGES
+
+    @property
+    def max_total_tokens(self) -> int:
+        return self.num_usable_pages * self.page_size
+
+    def buffers(self) -> list[tuple[int, int]]:
+        """``(data_ptr, nbytes)`` of every K and V tensor, layer by layer (K first).
+
+        Transfer engines register these regions once; a page's bytes inside a
+        tensor start at ``page_id * nbytes // num_pages``.
+        """
+        return [
+            (t.data_ptr(), t.numel() * t.element_size()) for pair in self.layer_caches for t in pair
+        ]

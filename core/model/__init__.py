@@ -1,0 +1,1 @@
+"""Model families in torch (one file each), their config, loaders and tokenizers."""

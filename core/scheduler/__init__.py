@@ -1,0 +1,1 @@
+"""Continuous batching: requests, admission by KV budget, chunked prefill, retraction."""

@@ -1,0 +1,97 @@
+"""``Req``: one generation request as the scheduler tracks it.
+
+A request's sequence is ``input_ids + output_ids``; ``computed_len`` of those
+tokens have K/V in ``pages``. The first ``num_cached_pages`` pages belong to
+the radix cache (locked through ``prefix_handle``), the rest to the request.
+After a retraction the request starts over from ``computed_len == 0`` with its
+generated tokens kept, so it recomputes them as prompt and continues.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pdcore.sampling_params import SamplingParams
+
+
+class ReqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+_admission_clock = itertools.count(1)
+
+
+def finish_reason(kind: str, matched: int | str | None = None, message: str = "") -> dict:
+    """The ``TokenOut.finish_reason`` dict: type stop, length or abort."""
+    return {"type": kind, "matched": matched, "message": message}
+
+
+@dataclass(eq=False)
+class Req:
+    rid: str
+    input_ids: list[int]
+    params: SamplingParams
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)
+    num_cached_pages: int = 0
+    prefix_handle: Any = None
+    cached_tokens: int = 0  # prefix-cache hit of the first admission (reported)
+    computed_len: int = 0
+    status: ReqStatus = ReqStatus.WAITING
+    finish_reason: dict | None = None
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[list[float]]] = field(default_factory=list)
+    generator: torch.Generator | None = None  # from params.seed, made by the sampler
+    sent_tokens: int = 0  # output tokens already streamed
+    admit_order: int = 0
+    admissions: int = 0
+
+    @property
+    def fill_ids(self) -> list[int]:
+        """Every token of the sequence; all need K/V before the next is sampled."""
+        return self.input_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.input_ids) + len(self.output_ids)
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still to feed through the model before the next sample."""
+        return self.seq_len - self.computed_len
+
+    @property
+    def in_prefill(self) -> bool:
+        """More than one token to feed: a (chunked) prefill, not a decode step."""
+        return self.remaining > 1
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        """``fill_ids[start:end]`` without building the whole list (decode reads one)."""
+        n_in = len(self.input_ids)
+        if end <= n_in:
+            return self.input_ids[start:end]
+        if start >= n_in:
+            return self.output_ids[start - n_in : end - n_in]
+        return self.input_ids[start:] + self.output_ids[: end - n_in]
+
+    @property
+    def finished(self) -> bool:
+        return self.status is ReqStatus.FINISHED
+
+    def mark_admitted(self) -> None:
+        self.status = ReqStatus.RUNNING
+        self.admit_order = next(_admission_clock)
+        self.admissions += 1
+
+    def finish(self, reason: dict) -> None:
+        self.status = ReqStatus.FINISHED
+        self.finish_reason = reason
