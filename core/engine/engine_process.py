@@ -103,7 +103,10 @@ def _build_engine(server_args_dict: dict, model_factory: str | None):
     else:
         from pdcore.model.loader import load_model
 
-        loaded = load_model(args.model_path, args.dtype, device)
+        dtype_name = platform.default_dtype() if args.dtype == "auto" else args.dtype
+        loaded = load_model(
+            args.model_path, getattr(torch, dtype_name), device, load_tokenizer=False
+        )
     loaded.model.eval()
     return Engine(loaded.model, loaded.config, args, args.attention_backend, device)
 

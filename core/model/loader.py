@@ -1,0 +1,215 @@
+"""Turn a model path into a ready ``CausalLM``, its ``ModelConfig`` and tokenizer.
+
+Accepted: a HF folder (config.json + ``model.safetensors`` or shards listed in
+``model.safetensors.index.json``), a single ``.gguf`` file (or a folder holding
+exactly one), or None for the embedded SmolLM2 GGUF. Everything is local: a
+path that does not exist is an error, never a hub download. Every failure is a
+``ModelLoadError`` naming the path and, where one is at fault, the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pdcore.errors import PdcoreError
+from pdcore.model.base import CausalLM
+from pdcore.model.config import ModelConfig
+from pdcore.model.embedded import embedded_model_path
+from pdcore.model.gguf_loader import gguf_model_config, gguf_weights, open_gguf
+from pdcore.model.registry import get_model_class
+from pdcore.model.rotary import RotaryEmbedding
+from pdcore.model.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+class ModelLoadError(PdcoreError):
+    """The model at a path cannot be loaded; the message says which file or tensor."""
+
+
+@dataclass
+class LoadedModel:
+    model: CausalLM
+    config: ModelConfig
+    tokenizer: Tokenizer | None  # None when loaded with load_tokenizer=False
+    path: str  # the resolved file or folder
+
+
+def resolve_model_path(model_path: str | None) -> str:
+    """The GGUF file or HF folder that ``model_path`` names (None = embedded model)."""
+    if model_path is None:
+        try:
+            return embedded_model_path()
+        except FileNotFoundError as e:
+            raise ModelLoadError(str(e)) from None
+    path = Path(model_path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(
+            f"Model path {model_path!r} does not exist (pdcore loads local files only; "
+            f"download hub models first)"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(
+                f"Model path {model_path!r} is a file but not a .gguf; "
+                f"pass a .gguf file or a HF model folder"
+            )
+        return str(path)
+    if (path / "config.json").is_file():
+        return str(path)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return str(ggufs[0])
+    hint = f" and {len(ggufs)} .gguf files (pass one of them)" if ggufs else ""
+    raise ModelLoadError(f"Model folder {model_path!r} has no config.json{hint}")
+
+
+def _is_gguf(path: str) -> bool:
+    return path.endswith(".gguf")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"Cannot read {path}: {e}") from None
+
+
+def _hf_config(folder: str) -> ModelConfig:
+    raw = _read_json(Path(folder) / "config.json")
+    try:
+        config = ModelConfig.from_hf(raw)
+    except ValueError as e:
+        raise ModelLoadError(f"{folder}/config.json: {e}") from None
+    gen_path = Path(folder) / "generation_config.json"
+    if gen_path.is_file():
+        eos = _read_json(gen_path).get("eos_token_id")
+        extra = [eos] if isinstance(eos, int) else list(eos or [])
+        config.eos_token_ids = sorted(set(config.eos_token_ids) | set(extra))
+    return config
+
+
+def load_model_config(model_path: str | None) -> ModelConfig:
+    """The ``ModelConfig`` alone (metadata only, no weights); raises ``ModelLoadError``."""
+    path = resolve_model_path(model_path)
+    config = _gguf_config(path) if _is_gguf(path) else _hf_config(path)
+    _model_class(config, path)
+    return config
+
+
+def _gguf_config(path: str) -> ModelConfig:
+    try:
+        return gguf_model_config(open_gguf(path))
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+
+
+def _model_class(config: ModelConfig, path: str) -> type[CausalLM]:
+    """The class to build; also rejects RoPE variants early, before any weight is read."""
+    try:
+        RotaryEmbedding(
+            config.head_dim,
+            config.rope_theta,
+            config.rope_scaling,
+            config.max_position_embeddings,
+        )
+        return get_model_class(config.architecture)
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+
+
+def _safetensors_files(folder: str) -> list[Path]:
+    root = Path(folder)
+    index = root / SAFETENSORS_INDEX
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map") or {}
+        files = [root / name for name in sorted(set(weight_map.values()))]
+        if not files:
+            raise ModelLoadError(f"{index} lists no weight files")
+        for file in files:
+            if not file.is_file():
+                raise ModelLoadError(f"{index} names {file.name}, which is missing")
+        return files
+    if (root / "model.safetensors").is_file():
+        return [root / "model.safetensors"]
+    files = sorted(root.glob("*.safetensors"))
+    if files:
+        return files
+    bins = sorted(p.name for p in root.glob("*.bin"))
+    hint = f" (found {', '.join(bins)}: convert them to safetensors)" if bins else ""
+    raise ModelLoadError(f"Model folder {folder!r} has no *.safetensors weights{hint}")
+
+
+def _safetensors_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
+
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except (OSError, RuntimeError, ValueError, SafetensorError) as e:
+            raise ModelLoadError(f"Cannot read weights file {file}: {e}") from None
+
+
+def _build(cls: type[CausalLM], config: ModelConfig, dtype: torch.dtype, device) -> CausalLM:
+    """Construct without initializing (meta device), then allocate on ``device``:
+    every parameter is overwritten by the checkpoint, and the loader checks that."""
+    with torch.device("meta"):
+        model = cls(config)
+    return model.to(dtype=dtype).to_empty(device=device)
+
+
+def load_model(
+    model_path: str | None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    *,
+    load_tokenizer: bool = True,
+) -> LoadedModel:
+    """Load weights (cast to ``dtype``, on ``device``) and, unless told not to, the tokenizer."""
+    path = resolve_model_path(model_path)
+    if _is_gguf(path):
+        try:
+            reader = open_gguf(path)
+            config = gguf_model_config(reader)
+        except ValueError as e:
+            raise ModelLoadError(f"{path}: {e}") from None
+        cls = _model_class(config, path)
+        weights = gguf_weights(reader, config)
+    else:
+        config = _hf_config(path)
+        cls = _model_class(config, path)
+        weights = _safetensors_weights(_safetensors_files(path))
+    try:
+        model = _build(cls, config, dtype, torch.device(device))
+        model.load_weights(weights)
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+    model.eval().requires_grad_(False)
+    tokenizer = _load_tokenizer(path, config) if load_tokenizer else None
+    logger.info("loaded %s (%s) from %s", config.architecture, dtype, path)
+    return LoadedModel(model=model, config=config, tokenizer=tokenizer, path=path)
+
+
+def _load_tokenizer(path: str, config: ModelConfig) -> Tokenizer:
+    has_files = any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES)
+    if not _is_gguf(path) and not has_files:
+        raise ModelLoadError(
+            f"Model folder {path!r} has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+            f"pass load_tokenizer=False to load the weights alone"
+        )
+    try:
+        return Tokenizer.from_pretrained(path, eos_token_ids=config.eos_token_ids)
+    except Exception as e:
+        raise ModelLoadError(f"Cannot load the tokenizer of {path}: {e}") from e
