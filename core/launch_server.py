@@ -54,12 +54,9 @@ def run(argv: list[str], prog: str = "python -m pdcore.launch_server") -> int:
     if ns.check_config:
         print(json.dumps(resolved, indent=2, default=str))
         return 0
-    print(
-        f"{prog}: configuration is valid, but the serving engine is not part of this "
-        "build yet; use --check-config to validate a configuration.",
-        file=sys.stderr,
-    )
-    return 2
+    from pdcore.server.launch import serve
+
+    return serve(args, server_info=resolved)
 
 
 def main() -> None:

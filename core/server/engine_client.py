@@ -1,0 +1,201 @@
+"""The ZMQ link to the engine process: sockets, receive loop, stats replies, liveness.
+
+The front end binds both sockets (PUSH to the engine's input, PULL for its
+outputs) and the engine connects, so either side may start first. ``TokenOut``
+and ``EngineError`` go to ``on_output``; ``EngineStats`` replies resolve their
+waiter by token, and a reply whose token was not issued here answers the pending
+``FlushCacheReq`` (which carries no token). A watcher polls ``engine_alive``:
+once the engine is gone (or the socket breaks) ``on_dead(reason)`` runs once and
+every waiter fails with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from pdcore.engine import io_struct
+from pdcore.engine.io_struct import EngineStats, FlushCacheReq, StatsReq
+from pdcore.server.errors import RequestError
+
+logger = logging.getLogger(__name__)
+
+
+class EngineClient:
+    def __init__(
+        self,
+        in_addr: str,
+        out_addr: str,
+        *,
+        on_output: Callable[[object, float], None],
+        on_dead: Callable[[RequestError], None],
+        engine_alive: Callable[[], bool] | None = None,
+        health_poll_s: float = 0.5,
+        timeout_s: float = 10.0,
+    ):
+        self.in_addr, self.out_addr = in_addr, out_addr
+        self._on_output, self._on_dead = on_output, on_dead
+        self._engine_alive = engine_alive
+        self._health_poll_s = health_poll_s
+        self.timeout_s = timeout_s
+        self._stats_waiters: dict[int, asyncio.Future] = {}
+        self._flush_waiter: asyncio.Future | None = None
+        self._tokens = itertools.count(1)
+        self._tasks: list[asyncio.Task] = []
+        self._push = self._pull = None
+        self._contexts: list[zmq.Context] = []
+        self.dead_reason: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._push is not None
+
+    async def start(self) -> None:
+        """Bind the sockets, start the receive and watcher tasks (idempotent)."""
+        if self._tasks:
+            return
+        sync_ctx, async_ctx = zmq.Context(), zmq.asyncio.Context()
+        self._contexts = [sync_ctx, async_ctx]
+        self._push = sync_ctx.socket(zmq.PUSH)  # sync: sends never block (no HWM)
+        self._pull = async_ctx.socket(zmq.PULL)
+        for sock, hwm in ((self._push, zmq.SNDHWM), (self._pull, zmq.RCVHWM)):
+            sock.setsockopt(hwm, 0)
+            sock.setsockopt(zmq.LINGER, 0)
+        self._push.bind(self.in_addr)
+        self._pull.bind(self.out_addr)
+        self._tasks = [asyncio.create_task(self._recv_loop(), name="pdcore-recv")]
+        if self._engine_alive is not None:
+            self._tasks.append(asyncio.create_task(self._watch(), name="pdcore-watch"))
+        await self._wait_connected()
+
+    async def stop(self, error: RequestError) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._fail_waiters(error)
+        for sock in (self._push, self._pull):
+            if sock is not None:
+                sock.close(linger=0)
+        for ctx in self._contexts:
+            ctx.term()
+        self._push = self._pull = None
+        self._contexts = []
+
+    def connected(self) -> bool:
+        """True while a connected engine can take messages."""
+        return bool(self._push is not None and self._push.poll(0, zmq.POLLOUT))
+
+    def require(self) -> None:
+        """Raise 503 unless the engine can take a request now."""
+        if self.dead_reason is not None:
+            raise RequestError(f"engine unavailable: {self.dead_reason}", 503)
+        if not self.connected():
+            raise RequestError("the engine is not connected", 503)
+
+    def send(self, obj) -> None:
+        self.send_bytes(io_struct.encode(obj))
+
+    def send_bytes(self, data: bytes) -> None:
+        if self._push is None:
+            return
+        try:
+            self._push.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            logger.warning("engine not connected; a message was dropped")
+
+    async def stats(self) -> EngineStats:
+        self.require()
+        token = next(self._tokens)
+        future = asyncio.get_running_loop().create_future()
+        self._stats_waiters[token] = future
+        self.send(StatsReq(token=token))
+        try:
+            return await self._await(future, "a stats request")
+        finally:
+            self._stats_waiters.pop(token, None)
+
+    async def flush(self) -> EngineStats:
+        """Send ``FlushCacheReq``; the engine's reply (``flushed`` set) or, failing
+        that, the stats that follow it (the engine answers in order)."""
+        self.require()
+        waiter = self._flush_waiter = asyncio.get_running_loop().create_future()
+        try:
+            self.send(FlushCacheReq())
+            stats = await self.stats()
+        finally:
+            self._flush_waiter = None
+        return waiter.result() if waiter.done() and not waiter.cancelled() else stats
+
+    def mark_dead(self, reason: str) -> None:
+        if self.dead_reason is not None:
+            return
+        logger.error("engine unavailable: %s", reason)
+        self.dead_reason = reason
+        error = RequestError(f"engine unavailable: {reason}", 503)
+        self._fail_waiters(error)
+        self._on_dead(error)
+
+    async def _await(self, future: asyncio.Future, what: str):
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            raise RequestError(
+                f"the engine did not answer {what} within {self.timeout_s:g}s", 503
+            ) from None
+
+    async def _wait_connected(self) -> None:
+        """The engine reconnects to freshly bound sockets within its reconnect interval."""
+        deadline = time.monotonic() + self.timeout_s
+        while not self.connected() and time.monotonic() < deadline:
+            if self._engine_alive is not None and not self._engine_alive():
+                return
+            await asyncio.sleep(0.01)
+        if not self.connected():
+            logger.warning("the engine has not connected to %s yet", self.in_addr)
+
+    async def _recv_loop(self) -> None:
+        try:
+            while True:
+                data = await self._pull.recv()
+                try:
+                    outputs = io_struct.decode_from_engine(data)
+                except msgspec.DecodeError as e:
+                    logger.error("dropping an undecodable engine message: %s", e)
+                    continue
+                now = time.perf_counter()
+                for out in outputs:
+                    if isinstance(out, EngineStats):
+                        self._on_stats(out)
+                    else:
+                        self._on_output(out, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.exception("engine receive loop failed")
+            self.mark_dead(f"the front end lost the engine connection ({e})")
+
+    def _on_stats(self, stats: EngineStats) -> None:
+        waiter = self._stats_waiters.get(stats.token) or self._flush_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(stats)
+
+    async def _watch(self) -> None:
+        while self.dead_reason is None:
+            await asyncio.sleep(self._health_poll_s)
+            if not self._engine_alive():
+                self.mark_dead("the engine process exited")
+
+    def _fail_waiters(self, error: RequestError) -> None:
+        for waiter in self._stats_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+        if self._flush_waiter is not None:
+            self._flush_waiter.cancel()  # its caller fails through its stats request

@@ -1,0 +1,121 @@
+"""The FastAPI app: SGLang + OpenAI routes, JSON errors, API key, ``/metrics``.
+
+``create_app(tokenizer_manager)`` is all a server needs; the manager's lifetime
+follows the app's (lifespan). Bad input is always a 400 JSON error in OpenAI's
+shape; an unexpected exception is a 500 that leaves the server serving.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import pdcore
+from pdcore.server.errors import RequestError, error_body
+from pdcore.server.http_utils import ClientGone
+from pdcore.server.native_api import native_router
+from pdcore.server.openai_api import openai_router
+
+logger = logging.getLogger(__name__)
+OPEN_PATHS = ("/health", "/health_generate", "/metrics")
+CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it
+
+
+def create_app(tokenizer_manager, *, server_info: dict | None = None) -> FastAPI:
+    """The HTTP app around ``tokenizer_manager``; ``server_info``: resolved server args."""
+    tm = tokenizer_manager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await tm.start()
+        try:
+            yield
+        finally:
+            await tm.stop()
+
+    app = FastAPI(
+        title="pdcore", version=pdcore.__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.tokenizer_manager = tm
+    _install_error_handlers(app)
+    if tm.server_args.api_key:
+        _install_api_key(app, tm.server_args.api_key)
+    app.include_router(native_router(tm, server_info))
+    app.include_router(openai_router(tm))
+
+    @app.get("/metrics")
+    async def metrics():
+        if tm.healthy:
+            try:
+                await tm.get_stats()  # refreshes the engine gauges
+            except RequestError as e:
+                logger.warning("metrics without engine stats: %s", e.message)
+        return Response(tm.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _json_error(message: str, status: int) -> JSONResponse:
+    return JSONResponse(error_body(message, status), status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(_request, exc: RequestError):
+        return _json_error(exc.message, exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request, exc: RequestValidationError):
+        return _json_error(validation_message(exc.errors()), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc: StarletteHTTPException):
+        return _json_error(str(exc.detail), exc.status_code)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_request, _exc):
+        return Response(status_code=CLIENT_CLOSED)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request, exc: Exception):
+        logger.exception("unhandled error")
+        return _json_error(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+
+def validation_message(errors) -> str:
+    """Pydantic errors as one line, ``field: problem; ...`` (union member tags dropped)."""
+    parts: list[str] = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            return f"malformed JSON body: {err.get('ctx', {}).get('error', err.get('msg'))}"
+        loc = ".".join(str(x) for x in err.get("loc", ()) if not _is_type_tag(x))
+        part = f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))
+        if part not in parts:
+            parts.append(part)
+    return "invalid request: " + "; ".join(parts[:3])
+
+
+def _is_type_tag(loc_item) -> bool:
+    """Union errors name the member tried ("str", "list[int]", "function-before[...]")."""
+    if not isinstance(loc_item, str):
+        return False
+    return loc_item == "body" or "[" in loc_item or loc_item in ("str", "int", "float", "bool")
+
+
+def _install_api_key(app: FastAPI, key: str) -> None:
+    expected = f"Bearer {key}".encode()
+
+    @app.middleware("http")
+    async def check_api_key(request: Request, call_next):
+        if request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _json_error("invalid or missing API key", 401)
+        return await call_next(request)

@@ -1,0 +1,187 @@
+"""``serve(server_args)``: engine process + HTTP front end, started and stopped together.
+
+The engine runs in a ``spawn`` child (CUDA-safe) and talks ZMQ over ipc sockets
+in a private temp dir. The tokenizer loads in this process while the engine
+loads the model. SIGINT/SIGTERM stop uvicorn gracefully; the engine is then
+terminated (killed if it lingers) and the temp dir removed, on every exit path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing as mp
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import uvicorn
+
+from pdcore.config import ServerArgs
+from pdcore.errors import PdcoreError
+from pdcore.server.http_server import create_app
+from pdcore.server.tokenizer_manager import TokenizerManager
+
+logger = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 10.0
+ENGINE_STOP_TIMEOUT_S = 10.0
+
+
+class EngineStartError(PdcoreError):
+    """The engine process failed to load or exited before it was ready."""
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived outside uvicorn's own handling (startup, or re-raised after it)."""
+
+
+def load_tokenizer(server_args: ServerArgs):
+    """The model's tokenizer (``--tokenizer-path`` or the model's own), with its eos ids."""
+    from pdcore.model.loader import load_model_config, resolve_model_path
+    from pdcore.model.tokenizer import Tokenizer
+
+    config = load_model_config(server_args.model_path)
+    path = server_args.tokenizer_path or resolve_model_path(server_args.model_path)
+    try:
+        return Tokenizer.from_pretrained(path, eos_token_ids=config.eos_token_ids)
+    except Exception as e:
+        raise PdcoreError(f"cannot load the tokenizer from {path}: {e}") from e
+
+
+def _default_engine_target() -> Callable:
+    from pdcore.engine.engine_process import run_engine
+
+    return run_engine
+
+
+def serve(
+    server_args: ServerArgs,
+    *,
+    server_info: dict | None = None,
+    engine_target: Callable | None = None,
+    tokenizer=None,
+) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the process exit status.
+
+    ``server_info``: resolved args for ``/get_server_info``; ``engine_target`` and
+    ``tokenizer`` replace the real engine entry point and tokenizer (tests).
+    """
+    logging.basicConfig(
+        level=server_args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
+    in_addr, out_addr = f"ipc://{ipc_dir}/engine-in", f"ipc://{ipc_dir}/engine-out"
+    ctx = mp.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(
+        target=engine_target or _default_engine_target(),
+        args=(dataclasses.asdict(server_args), in_addr, out_addr, writer),
+        name="pdcore-engine",
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _say(f"starting the engine process ({server_args.model_path or 'embedded model'})")
+        proc.start()
+        writer.close()
+        # while the engine loads the model:
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(server_args)
+        server_info = dict(server_info) if server_info else _resolved(server_args)
+        info = _wait_ready(proc, reader)
+        server_info["engine_info"] = info
+        context = info.get("context_length") or server_args.context_length
+        if not context:
+            raise EngineStartError("the engine did not report its context length")
+        tm = TokenizerManager(
+            tokenizer,
+            in_addr,
+            out_addr,
+            context_length=int(context),
+            server_args=server_args,
+            engine_alive=proc.is_alive,
+        )
+        app = create_app(tm, server_info=server_info)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=server_args.host,
+                port=server_args.port,
+                log_level=server_args.log_level,
+                timeout_graceful_shutdown=5,
+            )
+        )
+        _say(f"engine ready; serving on http://{server_args.host}:{server_args.port}")
+        server.run()
+        return 0 if server.started else 1
+    except PdcoreError as e:
+        print(f"pdcore: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except (KeyboardInterrupt, _Terminated):
+        _say("shutting down")
+        return 0
+    except SystemExit as e:  # uvicorn exits 1 when it cannot bind the port
+        return e.code if isinstance(e.code, int) else 1
+    finally:
+        _stop_engine(proc)
+        shutil.rmtree(ipc_dir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_ready(proc, reader) -> dict:
+    start = time.monotonic()
+    next_note = start + PROGRESS_EVERY_S
+    while True:
+        if reader.poll(0.2):
+            try:
+                kind, payload = reader.recv()
+            except EOFError:
+                raise EngineStartError(_exit_note(proc)) from None
+            if kind == "ready":
+                _say(f"engine loaded in {time.monotonic() - start:.1f}s")
+                return dict(payload or {})
+            raise EngineStartError(f"the engine failed to start: {payload}")
+        if not proc.is_alive():
+            raise EngineStartError(_exit_note(proc))
+        if time.monotonic() >= next_note:
+            _say(f"still loading the model ({time.monotonic() - start:.0f}s)")
+            next_note += PROGRESS_EVERY_S
+
+
+def _exit_note(proc) -> str:
+    proc.join(1.0)
+    return f"the engine process exited (code {proc.exitcode}) before it was ready"
+
+
+def _stop_engine(proc) -> None:
+    if proc.pid is None:
+        return
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(ENGINE_STOP_TIMEOUT_S)
+    if proc.is_alive():
+        logger.warning("engine did not stop within %ss; killing it", ENGINE_STOP_TIMEOUT_S)
+        proc.kill()
+    proc.join(ENGINE_STOP_TIMEOUT_S)
+
+
+def _resolved(server_args: ServerArgs) -> dict:
+    """The effective config (device, backend); plain args if plugins cannot say."""
+    try:
+        from pdcore.registry import get_registry
+
+        return server_args.resolved(get_registry())
+    except Exception:
+        out = dataclasses.asdict(server_args)
+        out["api_key"] = "***" if server_args.api_key else None
+        return out
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _say(message: str) -> None:
+    print(f"pdcore: {message}", flush=True)

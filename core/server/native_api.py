@@ -1,0 +1,105 @@
+"""SGLang's native endpoints besides ``/generate``: health, info, cache, abort."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+import pdcore
+from pdcore.sampling_params import SamplingParams
+from pdcore.server.errors import RequestError
+from pdcore.server.generate_api import handle_generate
+from pdcore.server.protocol import AbortRequest, GenerateRequest
+from pdcore.server.request_state import GenerateInput
+
+HEALTH_GENERATE_TIMEOUT_S = 20.0
+
+
+def native_router(tm, server_info: dict | None = None) -> APIRouter:
+    """Routes for ``tm``; ``server_info``: the resolved server args (default: ``tm``'s)."""
+    router = APIRouter()
+    info = dict(server_info) if server_info else _args_dict(tm.server_args)
+
+    @router.post("/generate")
+    async def generate(body: GenerateRequest, request: Request):
+        return await handle_generate(tm, body, request)
+
+    @router.api_route("/health", methods=["GET", "POST"])
+    async def health():
+        if not tm.healthy:
+            raise RequestError(f"engine unavailable: {tm.dead_reason}", 503)
+        return Response(status_code=200)
+
+    @router.api_route("/health_generate", methods=["GET", "POST"])
+    async def health_generate():
+        """Generate one token end to end; 503 if the engine cannot."""
+        inp = GenerateInput(
+            input_ids=tm.encode("Hi"),
+            params=SamplingParams(max_new_tokens=1, temperature=0.0),
+            rid=f"health-{tm.new_id()}",
+        )
+        group = tm.submit([inp])
+        try:
+            await asyncio.wait_for(group.wait_all(), HEALTH_GENERATE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise RequestError("engine did not generate a token in time", 503) from None
+        finally:
+            group.abort_unfinished("health check over")
+        error = group.first_error()
+        if error is not None:
+            raise RequestError(f"health generation failed: {error.message}", 503)
+        return Response(status_code=200)
+
+    @router.get("/get_model_info")
+    @router.get("/model_info")
+    async def model_info():
+        args = tm.server_args
+        return {
+            "model_path": tm.model_path,
+            "tokenizer_path": args.tokenizer_path or tm.model_path,
+            "served_model_name": tm.served_model_name,
+            "is_generation": True,
+            "context_length": tm.context_length,
+            "vocab_size": tm.vocab_size,
+        }
+
+    @router.get("/get_server_info")
+    @router.get("/server_info")
+    async def server_info_route():
+        out = {**info, "version": pdcore.__version__, "context_length": tm.context_length}
+        try:
+            stats = await tm.get_stats()
+        except RequestError as e:
+            out["engine"] = {"alive": False, "error": e.message}
+            return out
+        out["engine"] = {"alive": True, "num_running_reqs": stats.num_running}
+        out["engine"]["num_waiting_reqs"] = stats.num_waiting
+        out["kv_cache"] = {
+            "page_size": stats.page_size,
+            "total_pages": stats.total_pages,
+            "free_pages": stats.free_pages,
+            "used_pages": stats.used_pages,
+            "cached_pages": stats.cached_pages,
+        }
+        return out
+
+    @router.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache():
+        ok, message = await tm.flush_cache()
+        return PlainTextResponse(message, status_code=200 if ok else 400)
+
+    @router.post("/abort_request")
+    async def abort_request(body: AbortRequest):
+        count = tm.abort_all() if body.abort_all else tm.abort(body.rid) if body.rid else 0
+        return JSONResponse({"aborted": count})
+
+    return router
+
+
+def _args_dict(args) -> dict:
+    out = dataclasses.asdict(args)
+    out["api_key"] = "***" if args.api_key else None
+    return out

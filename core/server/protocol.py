@@ -1,0 +1,107 @@
+"""Request bodies of the SGLang and OpenAI APIs (pydantic v2).
+
+Models are lenient where real clients are: unknown fields are kept and ignored
+(SGLang and OpenAI SDKs send many we do not implement), numbers may arrive as
+JSON strings. They are strict where a wrong type would otherwise reach the
+engine: booleans are not numbers, prompts are strings or token-id lists.
+Semantic checks (ranges, lengths, vocabulary) happen in ``requests.py`` and
+``SamplingParams.validate``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+TokenIds = list[Int]
+Stop = str | list[str]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class GenerateRequest(_Lenient):
+    """SGLang ``/generate``: one prompt or a batch (lists), text or token ids."""
+
+    text: str | list[str] | None = None
+    input_ids: TokenIds | list[TokenIds] | None = None
+    sampling_params: dict | list[dict] | None = None
+    rid: str | list[str] | None = None
+    stream: bool = False
+    return_logprob: bool | list[bool] = False
+    top_logprobs_num: Int | list[Int] = 0
+    logprob_start_len: Int | list[Int] = -1
+    return_text_in_logprobs: bool = False
+    stream_options: StreamOptions | None = None
+    model: str | None = None
+
+
+class _OpenAISampling(_Lenient):
+    """Fields shared by completions and chat, incl. SGLang's extensions."""
+
+    model: str | None = None
+    max_tokens: Int | None = None
+    max_completion_tokens: Int | None = None
+    temperature: Float | None = None
+    top_p: Float | None = None
+    n: Int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Stop | None = None
+    seed: Int | None = None
+    presence_penalty: Float | None = None
+    frequency_penalty: Float | None = None
+    user: str | None = None
+    # SGLang / vLLM extensions
+    top_k: Int | None = None
+    min_p: Float | None = None
+    repetition_penalty: Float | None = None
+    min_tokens: Int | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: list[Int] | None = None
+    skip_special_tokens: bool | None = None
+    no_stop_trim: bool = False
+    include_stop_str_in_output: bool = False
+
+
+class CompletionRequest(_OpenAISampling):
+    prompt: str | list[str] | TokenIds | list[TokenIds]
+    logprobs: Int | None = None
+    echo: bool = False
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Lenient):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class ChatCompletionRequest(_OpenAISampling):
+    messages: list[ChatMessage]
+    logprobs: bool = False
+    top_logprobs: Int | None = None
+
+
+class AbortRequest(_Lenient):
+    rid: str = ""
+    abort_all: bool = False
