@@ -21,6 +21,7 @@ test: lint
 
 demo: setup
 	$(VENV)/bin/pdcore plugins
+	$(PY) scripts/demo.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache
