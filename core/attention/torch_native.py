@@ -56,22 +56,32 @@ class TorchNativeAttention(AttentionImpl):
             start += ext
         return out
 
+    def plan(self, meta):
+        super().plan(meta)
+        self._decode_index = None
+        if meta.is_decode:
+            page_size = self.config.page_size
+            max_pages = -(-max(meta.seq_lens_cpu) // page_size)
+            pages = meta.page_table[:, :max_pages]
+            offsets = torch.arange(page_size, device=pages.device)
+            slots = (pages[:, :, None] * page_size + offsets).reshape(-1)
+            length = max_pages * page_size
+            positions = torch.arange(length, device=pages.device)
+            mask = positions[None, :] < meta.seq_lens.to(pages.device)[:, None]
+            self._decode_index = (slots, length, mask[:, None, None, :])
+
     def _decode(self, q, k_cache, v_cache):
-        cfg, meta = self.config, self.meta
-        page_size = k_cache.shape[1]
-        max_len = max(meta.seq_lens_cpu)
-        max_pages = -(-max_len // page_size)
-        pages = meta.page_table[:, :max_pages]
-        batch = pages.shape[0]
-        keys = k_cache[pages].reshape(batch, max_pages * page_size, *k_cache.shape[2:])
-        values = v_cache[pages].reshape(batch, max_pages * page_size, *v_cache.shape[2:])
-        positions = torch.arange(max_pages * page_size, device=q.device)
-        mask = positions[None, :] < meta.seq_lens.to(q.device)[:, None]  # [B, L]
+        """One query per request: gather its pages once (indices planned per batch)."""
+        cfg = self.config
+        slots, length, mask = self._decode_index
+        batch, heads = q.shape[0], k_cache.shape[2:]
+        keys = k_cache.view(-1, *heads).index_select(0, slots).view(batch, length, *heads)
+        values = v_cache.view(-1, *heads).index_select(0, slots).view(batch, length, *heads)
         res = F.scaled_dot_product_attention(
             q.unsqueeze(2),  # [B, H, 1, D]
             keys.transpose(1, 2),
             values.transpose(1, 2),
-            attn_mask=mask[:, None, None, :],
+            attn_mask=mask,
             scale=cfg.softmax_scale,
             enable_gqa=cfg.num_heads != cfg.num_kv_heads,
         )
