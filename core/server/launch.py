@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import uvicorn
 
 from pdcore.config import ServerArgs
-from pdcore.errors import PdcoreError
+from pdcore.errors import ConfigError, PdcoreError
 from pdcore.server.http_server import create_app
 from pdcore.server.tokenizer_manager import TokenizerManager
 
@@ -57,6 +58,16 @@ def _default_engine_target() -> Callable:
     return run_engine
 
 
+def _bind_http(server_args: ServerArgs) -> socket.socket:
+    """Take the HTTP port before the model loads, so a busy port fails in a second."""
+    host, port = server_args.host, server_args.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
+    except OSError as e:
+        raise ConfigError("--port", f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 def serve(
     server_args: ServerArgs,
     *,
@@ -73,6 +84,11 @@ def serve(
         level=server_args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        http_socket = _bind_http(server_args)
+    except ConfigError as e:
+        print(f"pdcore: error: {e}", file=sys.stderr, flush=True)
+        return 1
     ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
     in_addr, out_addr = f"ipc://{ipc_dir}/engine-in", f"ipc://{ipc_dir}/engine-out"
     ctx = mp.get_context("spawn")
@@ -114,7 +130,7 @@ def serve(
             )
         )
         _say(f"engine ready; serving on http://{server_args.host}:{server_args.port}")
-        server.run()
+        server.run(sockets=[http_socket])
         return 0 if server.started else 1
     except PdcoreError as e:
         print(f"pdcore: error: {e}", file=sys.stderr, flush=True)
@@ -126,6 +142,7 @@ def serve(
         return e.code if isinstance(e.code, int) else 1
     finally:
         _stop_engine(proc)
+        http_socket.close()
         shutil.rmtree(ipc_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
 

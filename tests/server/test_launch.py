@@ -61,3 +61,17 @@ def test_engine_load_error_exits_1_with_the_message():
     assert proc.returncode == 1
     assert "the engine failed to start" in stderr and "missing tensor 'lm_head'" in stderr
     assert ipc_dirs() <= before
+
+
+def test_busy_port_fails_before_the_engine_starts():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        before = ipc_dirs()
+        proc = launch("run_fake_engine", port)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert f"--port: cannot listen on 127.0.0.1:{port}" in stderr
+    assert "starting the engine" not in stdout, "the engine was started for a busy port"
+    assert ipc_dirs() <= before
