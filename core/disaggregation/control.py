@@ -1,0 +1,126 @@
+"""Plain HTTP transport for control messages: one msgpack message per POST.
+
+HTTP (stdlib) rather than fire-and-forget sockets because every control message
+needs to know whether the peer took it: a refused connection is how prefill
+learns decode died and how decode's heartbeats find prefill offline.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import msgspec
+
+from pdcore.disaggregation.protocol import ErrorReply, Message, decode, encode
+from pdcore.errors import PdcoreError
+
+log = logging.getLogger(__name__)
+
+PATH = "/pdcore/disagg/v1"
+MAX_BODY = 16 << 20
+CONTENT_TYPE = "application/msgpack"
+
+
+class ControlError(PdcoreError):
+    """The peer could not be reached or answered garbage."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_GET(self):
+        body = b"ok" if self.path == "/health" else b"not found"
+        self._reply(200 if self.path == "/health" else 404, body, "text/plain")
+
+    def do_POST(self):
+        if self.path != PATH:
+            self._reply(404, b"not found", "text/plain")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY:
+            self._reply(400, encode(ErrorReply("bad Content-Length", "bad_request")))
+            return
+        try:
+            msg = decode(self.rfile.read(length))
+        except msgspec.DecodeError as e:
+            self._reply(400, encode(ErrorReply(f"malformed message: {e}", "bad_request")))
+            return
+        try:
+            reply = self.server.on_message(msg)
+        except Exception as e:  # a handler bug must answer, not hang the peer
+            log.exception("control handler failed on %s", type(msg).__name__)
+            reply = ErrorReply(f"{type(e).__name__}: {e}")
+        self._reply(200, encode(reply))
+
+    def _reply(self, status: int, body: bytes, ctype: str = CONTENT_TYPE) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        log.debug("control %s: " + format, self.address_string(), *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    on_message: Callable[[Message], Message]
+
+
+class ControlServer:
+    """Serves ``on_message(msg) -> reply`` on ``host:port`` (0 = any free port)."""
+
+    def __init__(self, host: str, port: int, on_message: Callable[[Message], Message]):
+        try:
+            self._server = _Server((host, port), _Handler)
+        except OSError as e:
+            raise ControlError(f"cannot listen on {host}:{port}: {e}") from e
+        self._server.on_message = on_message
+        self.host = host
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"pd-control-{self.port}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def request(addr: str, msg: Message, timeout: float) -> Message:
+    """POST ``msg`` to ``addr`` (``host:port``) and return the reply message."""
+    host, port = split_addr(addr)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        body = encode(msg)
+        conn.request("POST", PATH, body, {"Content-Type": CONTENT_TYPE})
+        resp = conn.getresponse()
+        data = resp.read(MAX_BODY + 1)
+    except (OSError, http.client.HTTPException) as e:
+        raise ControlError(f"{addr} unreachable: {type(e).__name__}: {e}") from e
+    finally:
+        conn.close()
+    try:
+        return decode(data)
+    except msgspec.DecodeError as e:
+        raise ControlError(f"{addr} answered HTTP {resp.status} with a malformed body") from e

@@ -1,0 +1,437 @@
+"""``KVManager``: one per side and TP rank; owns the transfer engine and every room.
+
+Prefill: answers the bootstrap server's handshakes and transfer requests, and
+pushes chunks through worker threads (``THREAD_POOL_SIZE`` threads over
+``QUEUE_SIZE`` queues, rooms sharded by id so one slow room cannot hold up all).
+Decode: handshakes through ``BootstrapClient`` and listens for prefill's notices.
+A monitor thread applies timeouts even to rooms nobody polls, so every room ends
+in SUCCESS or FAILED and is then dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from pdcore.disaggregation.aux import DEFAULT_TOP_K, AuxBuffer, AuxData
+from pdcore.disaggregation.bootstrap import BootstrapClient, BootstrapServer
+from pdcore.disaggregation.control import ControlError, ControlServer, request
+from pdcore.disaggregation.kv_args import FINAL, KVArgs, KVPoll
+from pdcore.disaggregation.protocol import (
+    Abort,
+    Ack,
+    AuxLayout,
+    ChunkDone,
+    EndpointInfo,
+    ErrorReply,
+    Heartbeat,
+    HeartbeatReply,
+    Message,
+    RoomFailed,
+    TransferRequest,
+    check_compat,
+    compat_fields,
+    compat_hash,
+)
+from pdcore.disaggregation.receiver import KVReceiver
+from pdcore.disaggregation.sender import KVSender
+from pdcore.disaggregation.transfer import (
+    DEFAULT_TRANSFER_TIMEOUT_S,
+    MemoryRegion,
+    TransferConfig,
+    TransferError,
+)
+from pdcore.envs import DisaggregationEnv
+from pdcore.errors import PdcoreError
+from pdcore.platform import MemoryKind
+
+log = logging.getLogger(__name__)
+
+MONITOR_TICK_S = 0.1
+NOTICE_TIMEOUT_S = 5.0
+
+
+class KVManager:
+    """Transfer engine, aux buffer and rooms of one side (``role``: prefill or decode)."""
+
+    def __init__(
+        self,
+        role: str,
+        args: KVArgs,
+        backend: str,
+        *,
+        env: DisaggregationEnv | None = None,
+        hostname: str = "127.0.0.1",
+        ib_device: str | None = None,
+        engine_options: dict | None = None,
+        bootstrap: BootstrapServer | None = None,
+        aux_slots: int = 256,
+        aux_top_k: int = DEFAULT_TOP_K,
+        request_timeout: float = 5.0,
+    ):
+        if role not in ("prefill", "decode"):
+            raise ValueError(f"role must be 'prefill' or 'decode', got {role!r}")
+        from pdcore.registry import get_registry
+
+        self.role = role
+        self.args = args
+        self.backend = backend
+        self.env = env or DisaggregationEnv.from_env()
+        self.tp_rank = args.tp_rank
+        self.instance_id = f"{role}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.aux = AuxBuffer(aux_slots, aux_top_k)
+        options = dict(engine_options or {})
+        self.transfer_timeout = float(options.get("transfer_timeout_s", DEFAULT_TRANSFER_TIMEOUT_S))
+        config = TransferConfig(
+            role=role,
+            hostname=hostname,
+            ib_device=ib_device,
+            memory_kind=args.memory_kind,
+            device_id=args.device_id,
+            options=options,
+        )
+        self.engine = get_registry().get("transfer", backend).factory(config)
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._rooms: dict[int, KVSender | KVReceiver] = {}
+        self.bytes_transferred = 0
+        self.transfer_seconds = 0.0
+        self.rooms_succeeded = 0
+        self.rooms_failed = 0
+        self._closed = False
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._executor = ThreadPoolExecutor(4, thread_name_prefix=f"pd-{role}-ctl")
+        self._notices: ControlServer | None = None
+        self.client: BootstrapClient | None = None
+        try:
+            self._register_memory()
+            if role == "decode":
+                self._notices = ControlServer(hostname, 0, self._on_notice)
+            self.info = self._endpoint_info()
+            if role == "decode":
+                self.client = BootstrapClient(
+                    self.info, self.env, self._on_peer_lost, request_timeout
+                )
+            else:
+                self._init_prefill(bootstrap)
+        except BaseException:
+            self.close()
+            raise
+        self._spawn(self._monitor, "pd-monitor")
+
+    # ---- setup -----------------------------------------------------------------
+
+    def _register_memory(self) -> None:
+        a = self.args
+        kv = [MemoryRegion(p, n, a.memory_kind, a.device_id) for p, n in a.kv_buffers]
+        self.engine.register([*kv, MemoryRegion(self.aux.addr, self.aux.nbytes, MemoryKind.DRAM)])
+
+    def _endpoint_info(self) -> EndpointInfo:
+        a = self.args
+        aux = AuxLayout(self.aux.addr, self.aux.row_bytes, self.aux.num_slots, self.aux.top_k)
+        fields = dict(
+            instance_id=self.instance_id,
+            role=self.role,
+            tp_rank=a.tp_rank,
+            tp_size=a.tp_size,
+            page_size=a.page_size,
+            kv_dtype=a.kv_dtype,
+            layout=a.layout,
+            model=a.model,
+            transfer_backend=self.backend,
+            transfer_metadata=self.engine.metadata(),
+            kv_buffers=[p for p, _ in a.kv_buffers],
+            page_bytes=a.page_bytes,
+            num_pages=a.num_pages,
+            aux=aux,
+            compat_hash="",
+            notify_addr=self._notices.address if self._notices else "",
+        )
+        draft = EndpointInfo(**fields)
+        return EndpointInfo(**{**fields, "compat_hash": compat_hash(compat_fields(draft))})
+
+    def _init_prefill(self, bootstrap: BootstrapServer | None) -> None:
+        self._peers: dict[str, tuple[EndpointInfo, str]] = {}
+        self._pending: dict[int, tuple[TransferRequest, float]] = {}
+        self._aborted: dict[int, tuple[str, float]] = {}
+        n_queues = self.env.queue_size
+        per_queue = max(1, self.env.thread_pool_size // n_queues)
+        self._queues = [queue.SimpleQueue() for _ in range(n_queues)]
+        for i, q in enumerate(self._queues):
+            for j in range(per_queue):
+                self._spawn(lambda q=q: self._worker(q), f"pd-transfer-{i}.{j}")
+        if bootstrap is not None:
+            bootstrap.register(self)
+
+    def _spawn(self, target, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    # ---- public API ------------------------------------------------------------
+
+    def sender(self, room: int) -> KVSender:
+        """Prefill: the room's sender, READY once decode's ``TransferRequest`` is here."""
+        self._check_role("prefill")
+        _check_room(room)
+        with self._lock:
+            if room in self._rooms:
+                raise PdcoreError(f"room {room} is already active")
+            s = KVSender(self, room)
+            self._rooms[room] = s
+            aborted = self._aborted.pop(room, None)
+            pending = self._pending.pop(room, None)
+            if aborted is not None:
+                s._fail_locked(aborted[0])
+            elif pending is not None:
+                self._attach_locked(s, pending[0])
+            return s
+
+    def receiver(self, room: int, bootstrap_addr: str) -> KVReceiver:
+        """Decode: the room's receiver; handshakes with ``bootstrap_addr`` (``host:port``)."""
+        self._check_role("decode")
+        _check_room(room)
+        with self._lock:
+            if room in self._rooms:
+                raise PdcoreError(f"room {room} is already active")
+            fut = self._executor.submit(self.client.handshake, bootstrap_addr)
+            r = KVReceiver(self, room, bootstrap_addr, fut)
+            self._rooms[room] = r
+            return r
+
+    @property
+    def active_rooms(self) -> int:
+        with self._lock:
+            return len(self._rooms)
+
+    def stats(self) -> dict:
+        """Counters for metrics: rooms, bytes moved, seconds spent in transfers."""
+        with self._lock:
+            return {
+                "active_rooms": len(self._rooms),
+                "rooms_succeeded": self.rooms_succeeded,
+                "rooms_failed": self.rooms_failed,
+                "bytes_transferred": self.bytes_transferred,
+                "transfer_seconds": self.transfer_seconds,
+                "inflight_transfers": self.engine.inflight(),
+                "pending_requests": len(getattr(self, "_pending", {})),
+            }
+
+    def close(self) -> None:
+        """Fail every active room, stop threads and servers, close the engine."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            for room in list(self._rooms.values()):
+                if room.state not in FINAL:
+                    self._finalize(room, KVPoll.FAILED, "KV manager closed")
+        self._stop.set()
+        for q in getattr(self, "_queues", []):
+            for _ in range(len(self._threads)):
+                q.put(None)
+        if self.client is not None:
+            self.client.close()
+        if self._notices is not None:
+            self._notices.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for t in self._threads:
+            t.join(self.transfer_timeout + 1)
+        self.engine.close()
+
+    # ---- shared internals ------------------------------------------------------
+
+    def _check_role(self, role: str) -> None:
+        if self.role != role:
+            raise PdcoreError(f"this is the {self.role} KV manager, not the {role} one")
+        if self._closed:
+            raise PdcoreError("KV manager is closed")
+
+    def _finalize(self, room: KVSender | KVReceiver, state: KVPoll, reason: str) -> None:
+        """Enter a final state and drop the room (caller holds the lock)."""
+        room.state, room.reason = state, reason
+        if self._rooms.get(room.room) is room:
+            del self._rooms[room.room]
+        if state is KVPoll.SUCCESS:
+            self.rooms_succeeded += 1
+        else:
+            self.rooms_failed += 1
+            log.info("room %d failed (%s): %s", room.room, self.role, reason)
+            if self.role == "prefill":
+                self._aborted[room.room] = (reason, time.monotonic())
+        self._cond.notify_all()
+
+    def _monitor(self) -> None:
+        while not self._stop.wait(MONITOR_TICK_S):
+            with self._lock:
+                for room in list(self._rooms.values()):
+                    room.poll()
+                if self.role == "prefill":
+                    self._expire_locked()
+
+    # ---- prefill internals -----------------------------------------------------
+
+    def accept_peer(self, peer: EndpointInfo) -> EndpointInfo:
+        """Bootstrap server: check compatibility, connect decode's engine, return our info."""
+        check_compat(self.info, peer)
+        peer_id = self.engine.connect(peer.transfer_metadata)
+        with self._lock:
+            self._peers[peer.instance_id] = (peer, peer_id)
+        return self.info
+
+    def on_transfer_request(self, msg: TransferRequest) -> Message:
+        with self._lock:
+            peer = self._peers.get(msg.decode_peer_id)
+            if peer is None:
+                return ErrorReply(f"unknown decode peer {msg.decode_peer_id!r}", "unknown_peer")
+            info = peer[0]
+            bad = [p for p in msg.dst_pages if not 0 < p < info.num_pages]
+            if bad or not 0 <= msg.aux_slot < info.aux.num_slots or msg.room <= 0:
+                return ErrorReply(
+                    f"room {msg.room}: page ids {bad[:8]} or aux slot {msg.aux_slot} out of range",
+                    "bad_request",
+                )
+            if msg.room in self._aborted:
+                return ErrorReply(f"room {msg.room} aborted: {self._aborted[msg.room][0]}")
+            sender = self._rooms.get(msg.room)
+            if sender is None:
+                self._pending[msg.room] = (msg, time.monotonic())
+            elif sender.request is not None:
+                return ErrorReply(f"duplicate transfer request for room {msg.room}")
+            else:
+                self._attach_locked(sender, msg)
+            return Ack()
+
+    def on_abort(self, msg: Abort) -> Message:
+        """Decode aborted: fail the room and answer once no write into its pages runs."""
+        with self._lock:
+            self._pending.pop(msg.room, None)
+            sender = self._rooms.get(msg.room)
+            if sender is None:
+                self._aborted[msg.room] = (f"aborted by decode: {msg.reason}", time.monotonic())
+                return Ack()
+            sender._fail_locked(f"aborted by decode: {msg.reason}")
+            self._cond.wait_for(lambda: sender.inflight == 0, self.transfer_timeout + 1)
+            return Ack(sender.inflight == 0)
+
+    def _attach_locked(self, sender: KVSender, msg: TransferRequest) -> None:
+        sender.request = msg
+        sender.peer, sender.peer_id = self._peers[msg.decode_peer_id]
+        if sender.state is KVPoll.WAITING_FOR_DECODE:
+            sender.state = KVPoll.READY
+
+    def _expire_locked(self) -> None:
+        horizon = time.monotonic() - self.env.bootstrap_timeout
+        for table in (self._pending, self._aborted):
+            for room in [r for r, (_, t) in table.items() if t < horizon]:
+                del table[room]
+
+    def _submit_chunk(self, sender, chunk, src, dst, is_last, aux) -> None:
+        self._queues[sender.room % len(self._queues)].put((sender, chunk, src, dst, is_last, aux))
+
+    def _worker(self, q: queue.SimpleQueue) -> None:
+        while True:
+            task = q.get()
+            if task is None:
+                return
+            sender = task[0]
+            error = self._transfer_chunk(*task)
+            with self._lock:
+                sender.inflight -= 1
+                if error:
+                    sender._fail_locked(error)
+                if sender.abort_reason and sender.inflight == 0 and sender.state not in FINAL:
+                    self._finalize(sender, KVPoll.FAILED, sender.abort_reason)
+                elif task[4] and not error:
+                    sender.last_done = True
+                if sender.last_done and sender.inflight == 0 and sender.state not in FINAL:
+                    self._finalize(sender, KVPoll.SUCCESS, "")
+                self._cond.notify_all()
+            if error and sender.peer is not None:
+                self._notify(sender.peer.notify_addr, RoomFailed(sender.room, error))
+
+    def _transfer_chunk(self, sender, chunk, src, dst, is_last, aux: AuxData | None) -> str:
+        """Write one chunk (and the aux row if last), then tell decode; '' or an error."""
+        if sender.abort_reason or sender.state in FINAL:
+            return ""
+        peer, pb = sender.peer, self.args.page_bytes
+        slot = None
+        try:
+            runs = [
+                (lb + s * pb, rb + d * pb, pb)
+                for (lb, _), rb in zip(self.args.kv_buffers, peer.kv_buffers, strict=True)
+                for s, d in zip(src, dst, strict=True)
+            ]
+            if is_last:
+                slot = self.aux.alloc()
+                if slot is None:
+                    return f"no free aux slot on prefill ({self.aux.num_slots} in use)"
+                self.aux.write(slot, sender.room, aux or AuxData(token_id=-1))
+                remote = peer.aux.addr + sender.request.aux_slot * peer.aux.row_bytes
+                runs.append((self.aux.row_addr(slot), remote, self.aux.row_bytes))
+            if runs:
+                start = time.monotonic()
+                handle = self.engine.write(sender.peer_id, runs)
+                try:
+                    handle.wait(self.transfer_timeout)
+                finally:
+                    handle.release()
+                with self._lock:
+                    self.bytes_transferred += handle.nbytes
+                    self.transfer_seconds += time.monotonic() - start
+            done = ChunkDone(sender.room, chunk, is_last, len(src))
+            reply = request(peer.notify_addr, done, NOTICE_TIMEOUT_S)
+            if isinstance(reply, ErrorReply):
+                return f"decode refused chunk {chunk} notice: {reply.message}"
+            return ""
+        except (TransferError, ControlError) as e:
+            return f"chunk {chunk} of room {sender.room}: {e}"
+        finally:
+            if slot is not None:
+                self.aux.free(slot)
+
+    def _notify_abort(self, sender: KVSender, reason: str) -> None:
+        msg = Abort(sender.room, reason, self.instance_id)
+        self._executor.submit(self._notify, sender.peer.notify_addr, msg)
+
+    def _notify(self, addr: str, msg: Message) -> None:
+        try:
+            request(addr, msg, NOTICE_TIMEOUT_S)
+        except ControlError as e:
+            log.info("could not tell decode %s about room %d: %s", addr, msg.room, e)
+
+    # ---- decode internals ------------------------------------------------------
+
+    def _on_notice(self, msg: Message) -> Message:
+        if isinstance(msg, Heartbeat):
+            return HeartbeatReply(self.instance_id)
+        if not isinstance(msg, ChunkDone | RoomFailed | Abort):
+            return ErrorReply(f"decode does not take {type(msg).__name__}", "bad_request")
+        with self._lock:
+            receiver = self._rooms.get(msg.room)
+            if receiver is None:
+                return Ack(False)
+            if isinstance(msg, ChunkDone):
+                receiver._on_chunk(msg)
+            elif isinstance(msg, RoomFailed):
+                receiver._fail_locked(f"prefill failed the transfer: {msg.reason}")
+            else:
+                receiver._fail_locked(f"aborted by prefill: {msg.reason}")
+        return Ack()
+
+    def _on_peer_lost(self, addr: str, reason: str) -> None:
+        with self._lock:
+            for room in list(self._rooms.values()):
+                if room.addr == addr:
+                    room._fail_locked(reason)
+
+
+def _check_room(room: int) -> None:
+    if not 0 < room < 1 << 64:
+        raise PdcoreError(f"bootstrap_room must be in [1, 2**64), got {room}")
