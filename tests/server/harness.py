@@ -136,12 +136,12 @@ def healthy(url: str) -> bool:
         return False
 
 
-def run_script(code: str) -> subprocess.Popen:
+def run_script(code: str, env: dict | None = None) -> subprocess.Popen:
     """``python -c code`` with ``tests/`` importable (for spawned children too)."""
     path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

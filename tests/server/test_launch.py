@@ -5,9 +5,9 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import tempfile
 
 import httpx
+import pytest
 from server.harness import free_port, run_script, wait_healthy
 
 SCRIPT = """
@@ -21,12 +21,19 @@ sys.exit(serve(args, server_info=info, engine_target={target}, tokenizer=ByteTok
 """
 
 
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path, monkeypatch):
+    """Each launched server makes its ipc dir here, so other processes' dirs don't count."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    return tmp_path
+
+
 def launch(target: str, port: int):
-    return run_script(SCRIPT.format(target=target, port=port))
+    return run_script(SCRIPT.format(target=target, port=port), env={"TMPDIR": os.environ["TMPDIR"]})
 
 
 def ipc_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "pdcore-ipc-*")))
+    return set(glob.glob(os.path.join(os.environ["TMPDIR"], "pdcore-ipc-*")))
 
 
 def test_serve_runs_until_sigterm_then_cleans_up():
