@@ -28,6 +28,7 @@ from pdcore.attention.base import AttentionBackend, AttentionConfig, AttentionIm
 from pdcore.config import ServerArgs
 from pdcore.engine.io_struct import EngineError, EngineStats, GenerateReq, TokenOut
 from pdcore.engine.model_runner import ModelRunner
+from pdcore.engine.pd import build_pd_queues
 from pdcore.engine.sampler import Sampler
 from pdcore.kvcache.pool import KVPool, KVShape, pages_for_budget
 from pdcore.kvcache.radix_cache import RadixCache
@@ -134,6 +135,8 @@ class Engine:
         self.runner = ModelRunner(model, self.pool, factory(attn_config), self.device)
         self.sampler = Sampler(self.device, server_args.random_seed)
         self._pending: list[TokenOut | EngineError] = []
+        # PD prefill/decode queues around the scheduler (None in null mode).
+        self.pd = build_pd_queues(server_args, self.pool, self.scheduler, cfg)
 
     # ---- requests ------------------------------------------------------------
 
@@ -148,7 +151,23 @@ class Engine:
             req.finish(finish_reason("length"))
             self._pending.append(self._token_out(req))
             return
-        self.scheduler.add(req)
+        if self.pd is None:
+            self.scheduler.add(req)
+            return
+        try:
+            self._add_pd(req, msg)
+        except ValueError as e:
+            self._pending.append(EngineError(msg.rid, str(e), 400))
+
+    def _add_pd(self, req: Req, msg: GenerateReq) -> None:
+        for name in ("bootstrap_host", "bootstrap_port", "bootstrap_room"):
+            if getattr(msg, name) is None:
+                raise ValueError(f"{name!r} is required with PD disaggregation")
+        if self.server_args.disaggregation_mode == "prefill":
+            self.pd.add(req, msg.bootstrap_room)
+        else:
+            addr = f"{msg.bootstrap_host}:{msg.bootstrap_port}"
+            self.pd.add(req, msg.bootstrap_room, addr)
 
     def _make_req(self, msg: GenerateReq) -> Req:
         vocab = self.model_config.vocab_size
@@ -163,7 +182,7 @@ class Engine:
             raise ValueError(f"input_ids must be token ids in [0, {vocab})")
         if not 0 <= msg.top_logprobs_num <= MAX_TOP_LOGPROBS:
             raise ValueError(f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}]")
-        if msg.rid in self.scheduler.reqs:
+        if msg.rid in self.scheduler.reqs or (self.pd is not None and self.pd.knows(msg.rid)):
             raise ValueError(f"request id {msg.rid!r} is already in flight")
         error = self.scheduler.admission_error(len(ids))
         if error:
@@ -176,11 +195,20 @@ class Engine:
         An aborted request gets a last ``TokenOut`` with finish_reason abort.
         """
         req = self.scheduler.abort(rid)
+        if req is None and self.pd is not None:
+            req = self.pd.abort(rid)
         if req is not None:
             self._pending.append(self._token_out(req))
 
     def has_work(self) -> bool:
-        return bool(self._pending) or self.scheduler.has_work()
+        return bool(self._pending) or self.has_compute() or self._pd_waiting()
+
+    def has_compute(self) -> bool:
+        """Work for the model; False while only PD transfers or handshakes are awaited."""
+        return self.scheduler.has_work()
+
+    def _pd_waiting(self) -> bool:
+        return self.pd is not None and self.pd.has_work()
 
     # ---- stepping ------------------------------------------------------------
 
@@ -190,14 +218,21 @@ class Engine:
         Outputs stay queued until the step succeeds, so ``fail_all`` after an
         exception still delivers them.
         """
+        if self.pd is not None:
+            self._pending.extend(self._pd_out(x) for x in self.pd.poll())
         batch = self.scheduler.schedule()
-        self._pending.extend(self._token_out(r) for r in self.scheduler.finished_unreported)
+        for req in self.scheduler.finished_unreported:
+            if self.pd is not None:
+                self.pd.dropped(req)
+            self._pending.append(self._token_out(req))
         self.scheduler.finished_unreported.clear()
         if batch is not None:
             logits = self.runner.forward(batch)
             rows = [r for r, s in zip(batch.reqs, batch.sample, strict=True) if s]
             sampled = self.sampler(logits, rows, self.model_config.eos_token_ids) if rows else []
             produced = self.scheduler.commit(batch, sampled)
+            if self.pd is not None:
+                produced = self.pd.after_commit(batch, produced)
             self._pending.extend(self._token_out(r) for r in produced)
         outs, self._pending = self._pending, []
         return outs
@@ -208,6 +243,13 @@ class Engine:
         errors = [EngineError(r.rid, message, 500) for r in self.scheduler.fail_all()]
         outs, self._pending = [*self._pending, *errors], []
         return outs
+
+    def _pd_out(self, item: Req | tuple[str, str]) -> TokenOut | EngineError:
+        """A PD queue's report: a request with new tokens, or ``(rid, failure reason)``."""
+        if isinstance(item, Req):
+            return self._token_out(item)
+        rid, reason = item
+        return EngineError(rid, f"PD KV transfer failed: {reason}", 502)
 
     def _token_out(self, req: Req) -> TokenOut:
         start = req.sent_tokens
@@ -227,13 +269,15 @@ class Engine:
 
     def flush_cache(self) -> bool:
         """Empty the prefix cache; refused (False) while requests are waiting or running."""
-        if self.scheduler.has_work():
+        if self.scheduler.has_work() or self._pd_waiting():
             return False
         self.cache.reset()
         return True
 
     def kv_usage(self) -> KVUsage:
         used = sum(len(r.pages) - r.num_cached_pages for r in self.scheduler.running)
+        if self.pd is not None:
+            used += self.pd.held_pages()
         return KVUsage(
             total=self.pool.allocator.capacity,
             free=self.pool.allocator.num_free,
@@ -254,7 +298,13 @@ class Engine:
             cached_pages=usage.cached,
             page_size=self.pool.page_size,
             flushed=flushed,
+            disaggregation=self.pd.stats() if self.pd is not None else None,
         )
+
+    def close(self) -> None:
+        """Stop PD threads and servers (their rooms fail); the engine is done after."""
+        if self.pd is not None:
+            self.pd.close()
 
     def info(self) -> dict:
         """Facts the front end needs at startup (sent with the ready message)."""

@@ -32,6 +32,7 @@ from pdcore.engine.io_struct import (
 logger = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 50
+PD_POLL_MS = 2  # waiting only on PD peers: poll them often, without spinning
 
 
 def run_engine(
@@ -76,6 +77,7 @@ def run_engine(
     try:
         _serve(engine, pull, push, stop)
     finally:
+        engine.close()
         pull.close()
         push.close()
         ctx.term()
@@ -118,12 +120,14 @@ def _serve(engine, pull, push, stop) -> None:
     poller.register(pull, zmq.POLLIN)
     parent = os.getppid()
     while not stop["flag"]:
+        if os.getppid() != parent:  # the front end died without stopping us
+            logger.warning("parent process is gone; engine exiting")
+            return
         if not engine.has_work():
             if not poller.poll(IDLE_POLL_MS):
-                if os.getppid() != parent:  # the front end died without stopping us
-                    logger.warning("parent process is gone; engine exiting")
-                    return
                 continue
+        elif not engine.has_compute():
+            poller.poll(PD_POLL_MS)
         _drain(engine, pull, push)
         if not engine.has_work():
             continue

@@ -16,6 +16,11 @@ class GenerateReq(msgspec.Struct, tag=True):
     sampling: dict  # SamplingParams.to_dict(), already validated
     return_logprob: bool = False
     top_logprobs_num: int = 0
+    # PD disaggregation (SGLang's fields): where prefill's bootstrap server is, and
+    # the room id both sides of this request share.
+    bootstrap_host: str | None = None
+    bootstrap_port: int | None = None
+    bootstrap_room: int | None = None
 
 
 class AbortReq(msgspec.Struct, tag=True):
@@ -61,6 +66,7 @@ class EngineStats(msgspec.Struct, tag=True):
     cached_pages: int
     page_size: int
     flushed: bool = False
+    disaggregation: dict | None = None  # KV manager stats in prefill/decode mode
 
 
 class EngineError(msgspec.Struct, tag=True):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pdcore.kvcache.allocator import PageAllocator
@@ -80,6 +80,9 @@ class Scheduler:
         self.num_retractions = 0
         # Requests finished while scheduling (not by a sample); the engine reports them.
         self.finished_unreported: list[Req] = []
+        # PD prefill: takes a leaving request whose pages a transfer may still read,
+        # returning True; that queue calls ``_release`` once the transfer is over.
+        self.defer_release: Callable[[Req], bool] | None = None
 
     # ---- limits --------------------------------------------------------------
 
@@ -127,13 +130,12 @@ class Scheduler:
         req = self.reqs.get(rid)
         if req is None:
             return None
-        if req.status is ReqStatus.WAITING:
-            self.waiting.remove(req)
-        else:
-            self.running.remove(req)
-            self._release(req)
+        was_running = req.status is not ReqStatus.WAITING
+        (self.running if was_running else self.waiting).remove(req)
         del self.reqs[rid]
         req.finish(finish_reason("abort", message="aborted by the client"))
+        if was_running:
+            self._drop(req)
         return req
 
     def has_work(self) -> bool:
@@ -244,6 +246,11 @@ class Scheduler:
         self.num_retractions += 1
         logger.debug("retracted %s at %d tokens", req.rid, req.seq_len)
 
+    def _drop(self, req: Req) -> None:
+        """Release a leaving request's pages unless ``defer_release`` takes them."""
+        if self.defer_release is None or not self.defer_release(req):
+            self._release(req)
+
     def _release(self, req: Req) -> None:
         """Hand the request's full computed pages to the cache, free the rest, unlock."""
         n_full = req.computed_len // self.page_size
@@ -313,16 +320,16 @@ class Scheduler:
 
     def _finish(self, req: Req, reason: dict) -> None:
         self.running.remove(req)
-        self._release(req)
         del self.reqs[req.rid]
         req.finish(reason)
+        self._drop(req)
 
     def fail_all(self) -> list[Req]:
         """Drop every live request (after an unrecoverable step error), releasing pages."""
         failed = list(self.waiting) + list(self.running)
         for req in list(self.running):
             self.running.remove(req)
-            self._release(req)
+            self._drop(req)
         self.waiting.clear()
         self.reqs.clear()
         return failed

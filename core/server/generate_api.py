@@ -75,6 +75,10 @@ def build_inputs(tm, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
     rids = _per_prompt(body.rid, count, "rid", default=None)
     logprob = _per_prompt(body.return_logprob, count, "return_logprob", default=False)
     top_n = _per_prompt(body.top_logprobs_num, count, "top_logprobs_num", default=0)
+    pd = {
+        name: _per_prompt(getattr(body, name), count, name, default=None)
+        for name in ("bootstrap_host", "bootstrap_port", "bootstrap_room")
+    }
     inputs = []
     for p, ids in enumerate(prompts):
         raw = sampling[p] or {}
@@ -90,6 +94,7 @@ def build_inputs(tm, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
                     top_logprobs_num=top_n[p],
                     stop_trim=not raw.get("no_stop_trim", False),
                     max_tokens_given=raw.get("max_new_tokens") is not None,
+                    **{name: values[p] for name, values in pd.items()},
                 )
             )
     return inputs, batched

@@ -35,7 +35,14 @@ def native_router(tm, server_info: dict | None = None) -> APIRouter:
 
     @router.api_route("/health_generate", methods=["GET", "POST"])
     async def health_generate():
-        """Generate one token end to end; 503 if the engine cannot."""
+        """Generate one token end to end; 503 if the engine cannot.
+
+        A PD server cannot generate alone (it needs its peer), so there it checks
+        that the engine answers instead.
+        """
+        if tm.server_args.disaggregation_mode != "null":
+            await tm.get_stats()
+            return Response(status_code=200)
         inp = GenerateInput(
             input_ids=tm.encode("Hi"),
             params=SamplingParams(max_new_tokens=1, temperature=0.0),
@@ -84,6 +91,8 @@ def native_router(tm, server_info: dict | None = None) -> APIRouter:
             "used_pages": stats.used_pages,
             "cached_pages": stats.cached_pages,
         }
+        if stats.disaggregation is not None:
+            out["disaggregation"] = stats.disaggregation
         return out
 
     @router.api_route("/flush_cache", methods=["GET", "POST"])

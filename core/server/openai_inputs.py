@@ -120,6 +120,10 @@ def expand(
             top_logprobs_num=top_logprobs or 0,
             stop_trim=not (req.no_stop_trim or req.include_stop_str_in_output),
             max_tokens_given=max_given,
+            # One room per request: PD serves single-choice, single-prompt requests.
+            bootstrap_host=req.bootstrap_host if total == 1 else None,
+            bootstrap_port=req.bootstrap_port if total == 1 else None,
+            bootstrap_room=req.bootstrap_room if total == 1 else None,
         )
         for p, ids in enumerate(prompts)
         for i in range(n)

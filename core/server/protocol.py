@@ -50,6 +50,9 @@ class GenerateRequest(_Lenient):
     return_text_in_logprobs: bool = False
     stream_options: StreamOptions | None = None
     model: str | None = None
+    bootstrap_host: str | list[str] | None = None
+    bootstrap_port: Int | list[Int] | None = None
+    bootstrap_room: Int | list[Int] | None = None
 
 
 class _OpenAISampling(_Lenient):
@@ -78,6 +81,10 @@ class _OpenAISampling(_Lenient):
     skip_special_tokens: bool | None = None
     no_stop_trim: bool = False
     include_stop_str_in_output: bool = False
+    # PD disaggregation (added by the router)
+    bootstrap_host: str | None = None
+    bootstrap_port: Int | None = None
+    bootstrap_room: Int | None = None
 
 
 class CompletionRequest(_OpenAISampling):

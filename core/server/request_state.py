@@ -29,6 +29,9 @@ class GenerateInput:
     top_logprobs_num: int = 0
     stop_trim: bool = True  # False: keep a matched stop string/token in the text
     max_tokens_given: bool = True  # False: cap max_new_tokens at the context left
+    bootstrap_host: str | None = None  # PD: prefill's bootstrap server and the room id
+    bootstrap_port: int | None = None
+    bootstrap_room: int | None = None
 
 
 class RequestState:

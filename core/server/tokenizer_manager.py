@@ -221,6 +221,7 @@ class TokenizerManager:
             raise RequestError(
                 f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {inp.top_logprobs_num}"
             )
+        self._check_bootstrap(inp)
         sampling = params.to_dict()
         sampling["n"] = 1
         req = GenerateReq(
@@ -229,11 +230,31 @@ class TokenizerManager:
             sampling=sampling,
             return_logprob=inp.return_logprob,
             top_logprobs_num=inp.top_logprobs_num if inp.return_logprob else 0,
+            bootstrap_host=inp.bootstrap_host,
+            bootstrap_port=inp.bootstrap_port,
+            bootstrap_room=inp.bootstrap_room,
         )
         try:
             return io_struct.encode(req)
         except (OverflowError, msgspec.EncodeError, TypeError) as e:
             raise RequestError(f"a sampling parameter is out of range: {e}") from None
+
+    def _check_bootstrap(self, inp: GenerateInput) -> None:
+        """In PD modes both servers must learn the room and prefill's address from the body."""
+        if self.server_args.disaggregation_mode == "null":
+            return
+        for name in ("bootstrap_host", "bootstrap_port", "bootstrap_room"):
+            if getattr(inp, name) is None:
+                raise RequestError(
+                    f"'{name}' is required in --disaggregation-mode "
+                    f"{self.server_args.disaggregation_mode} (the router adds it)"
+                )
+        if inp.params.n != 1:
+            raise RequestError("n > 1 is not supported with PD disaggregation")
+        if not 0 < inp.bootstrap_room < 2**64:
+            raise RequestError(f"'bootstrap_room' must be in [1, 2^64), got {inp.bootstrap_room}")
+        if not 0 < inp.bootstrap_port < 65536:
+            raise RequestError(f"'bootstrap_port' must be a TCP port, got {inp.bootstrap_port}")
 
     def _on_output(self, out, now: float) -> None:
         if isinstance(out, TokenOut):

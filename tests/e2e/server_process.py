@@ -18,10 +18,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, timeout: float = 240.0):
+    def __init__(self, *args: str, timeout: float = 240.0, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
         self.log = open(os.devnull, "w")
         self.proc = subprocess.Popen(
             [

@@ -1,0 +1,157 @@
+"""PD decode: a prealloc queue and a transfer queue in front of the running batch.
+
+A request first handshakes with its prefill (through its ``KVReceiver``), then
+gets pages for its whole prompt when the KV budget allows (else it waits, in
+order), hands them to prefill, and waits, polled once per step and never
+blocking the engine, until the KV and the first token arrived. It then joins
+the running decode batch as if it had been prefilled here. A failed transfer
+frees its pages and aux slot and reports the reason.
+"""
+
+from __future__ import annotations
+
+from pdcore.disaggregation.kv_args import KVPoll
+from pdcore.disaggregation.kv_manager import KVManager
+from pdcore.disaggregation.receiver import KVReceiver
+from pdcore.errors import PdcoreError
+from pdcore.scheduler.request import Req, finish_reason
+from pdcore.scheduler.scheduler import ScheduledBatch, Scheduler
+
+
+class DecodeQueues:
+    def __init__(self, scheduler: Scheduler, manager: KVManager):
+        self.scheduler = scheduler
+        self.manager = manager
+        self.prealloc: dict[str, Req] = {}
+        self.transfers: dict[str, Req] = {}
+        self.receivers: dict[str, KVReceiver] = {}
+        self.slots: dict[str, int] = {}
+        self.aborted: set[str] = set()
+
+    def knows(self, rid: str) -> bool:
+        return rid in self.receivers
+
+    def add(self, req: Req, room: int, bootstrap_addr: str) -> None:
+        """Open the request's room with its prefill; raises ValueError (a 400) for a busy room."""
+        if self.knows(req.rid):
+            raise ValueError(f"request id {req.rid!r} is already in flight")
+        try:
+            self.receivers[req.rid] = self.manager.receiver(room, bootstrap_addr)
+        except PdcoreError as e:
+            raise ValueError(str(e)) from None
+        self.prealloc[req.rid] = req
+
+    def poll(self) -> list:
+        """Advance both queues; returns requests with their first token and
+        ``(rid, reason)`` pairs for failed ones."""
+        out: list = []
+        blocked = False
+        for rid, req in list(self.prealloc.items()):
+            receiver = self.receivers[rid]
+            state = receiver.poll()
+            if state is KVPoll.FAILED:
+                del self.prealloc[rid]
+                out.append((rid, self._forget(rid)))
+            elif state is KVPoll.WAITING_FOR_INPUT and not blocked:
+                blocked = not self._preallocate(req, receiver)
+        for rid, req in list(self.transfers.items()):
+            state = self.receivers[rid].poll()
+            if state not in (KVPoll.SUCCESS, KVPoll.FAILED):
+                continue
+            del self.transfers[rid]
+            if state is KVPoll.SUCCESS and rid not in self.aborted:
+                self._start_decode(req)
+                out.append(req)
+                continue
+            self.scheduler.allocator.free(req.pages)
+            req.pages = []
+            reason = self._forget(rid)
+            if rid in self.aborted:  # reported when aborted (even if the KV arrived)
+                self.aborted.discard(rid)
+            else:
+                out.append((rid, reason))
+        return out
+
+    def _preallocate(self, req: Req, receiver: KVReceiver) -> bool:
+        """Pages for the whole prompt plus an aux slot, if the KV budget allows; in order."""
+        sched = self.scheduler
+        busy = len(sched.running) + len(self.transfers)
+        if busy >= sched.config.max_running_requests:
+            return False
+        need = sched._pages_for(len(req.input_ids))
+        reserve = sched.config.decode_reserve_pages * (busy + 1) if busy else 0
+        if need + reserve > sched.allocator.num_free + sched.cache.evictable_pages:
+            return False
+        slot = self.manager.aux.alloc()
+        if slot is None:
+            return False
+        req.pages = sched._alloc(need)
+        self.slots[req.rid] = slot
+        receiver.send_request(req.pages, slot)
+        del self.prealloc[req.rid]
+        self.transfers[req.rid] = req
+        return True
+
+    def _start_decode(self, req: Req) -> None:
+        """The prompt's KV is in ``req.pages``: enter the running batch with the first token."""
+        sched = self.scheduler
+        rid = req.rid
+        aux = self.receivers[rid].aux()
+        self._forget(rid)
+        req.computed_len = len(req.input_ids)
+        req.num_cached_pages, req.prefix_handle = 0, None
+        req.mark_admitted()
+        req.output_ids.append(aux.token_id)
+        if req.return_logprob:
+            req.logprobs.append(aux.logprob)
+        if req.top_logprobs_num:
+            pairs = list(zip(aux.top_ids, aux.top_logprobs, strict=True))
+            req.top_logprobs.append([[t, lp] for t, lp in pairs[: req.top_logprobs_num]])
+        sched.running.append(req)
+        sched.reqs[rid] = req
+        reason = sched._stop_reason(req, aux.token_id)
+        if reason is not None:
+            sched._finish(req, reason)
+
+    def after_commit(self, batch: ScheduledBatch, produced: list[Req]) -> list[Req]:
+        return produced
+
+    def abort(self, rid: str) -> Req | None:
+        """Abort a request still waiting for its KV; pages wait for the receiver to fail."""
+        req = self.prealloc.pop(rid, None) or self.transfers.get(rid)
+        if req is None:
+            return None
+        self.receivers[rid].abort("aborted by the decode client")
+        if rid in self.transfers:
+            self.aborted.add(rid)
+        else:
+            self._forget(rid)
+        req.finish(finish_reason("abort", message="aborted by the client"))
+        return req
+
+    def dropped(self, req: Req) -> None:
+        """Decode requests leave the queues before the scheduler sees them: nothing to do."""
+
+    def _forget(self, rid: str) -> str:
+        slot = self.slots.pop(rid, None)
+        if slot is not None:
+            self.manager.aux.free(slot)
+        receiver = self.receivers.pop(rid)
+        return receiver.failure_reason or "KV transfer failed"
+
+    def has_work(self) -> bool:
+        return bool(self.prealloc or self.transfers)
+
+    def held_pages(self) -> int:
+        return sum(len(r.pages) for r in self.transfers.values())
+
+    def stats(self) -> dict:
+        return {
+            "mode": "decode",
+            "prealloc_queue": len(self.prealloc),
+            "transfer_queue": len(self.transfers),
+            **self.manager.stats(),
+        }
+
+    def close(self) -> None:
+        self.manager.close()
