@@ -209,7 +209,9 @@ def test_killed_prefill_fails_pending_room_within_heartbeat_window(backend):
         start = time.monotonic()
         assert wait_state(recv, 10) is KVPoll.FAILED
         window = ENV["heartbeat_interval"] * ENV["heartbeat_max_failure"]
-        assert time.monotonic() - start < window + 0.5, recv.failure_reason
+        # Slack for a loaded 2-core CI machine; still far below the 30 s waiting
+        # timeout, so the failure can only have come from the heartbeats.
+        assert time.monotonic() - start < window + 5.0, recv.failure_reason
         assert "offline" in recv.failure_reason
         assert mgr.active_rooms == 0
         proc.close()
