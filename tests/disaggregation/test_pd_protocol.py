@@ -212,7 +212,10 @@ def test_killed_prefill_fails_pending_room_within_heartbeat_window(backend):
         # Slack for a loaded 2-core CI machine; still far below the 30 s waiting
         # timeout, so the failure can only have come from the heartbeats.
         assert time.monotonic() - start < window + 5.0, recv.failure_reason
-        assert "offline" in recv.failure_reason
+        # Heartbeats mark the peer offline; if the kill lands while decode's transfer
+        # request still waits for its reply, that request fails first: both are right.
+        reason = recv.failure_reason
+        assert "offline" in reason or "unreachable" in reason, reason
         assert mgr.active_rooms == 0
         proc.close()
         proc = PrefillProcess(backend, port=proc.port)  # the same prefill address comes back

@@ -28,3 +28,23 @@ def smollm2_tokenizer(smollm2_path):
     from pdcore.model.tokenizer import Tokenizer
 
     return Tokenizer.from_pretrained(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def qwen3_path(tmp_path_factory, smollm2_tokenizer) -> str:
+    """A tiny random Qwen3 checkpoint (seed 5) for PD tests."""
+    from e2e.e2e_helpers import tiny_checkpoint
+
+    folder = tmp_path_factory.mktemp("qwen3")
+    tiny_checkpoint(folder, "qwen3", smollm2_tokenizer, seed=5)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def prompts(smollm2_tokenizer) -> list[list[int]]:
+    """12 prompts: long ones (over the chunked-prefill size), shared prefixes, short ones."""
+    from e2e.test_greedy_vs_hf import make_prompts
+
+    base = make_prompts(smollm2_tokenizer)
+    extra = [p + smollm2_tokenizer.encode(" again", add_special_tokens=False) for p in base[2:6]]
+    return base + extra

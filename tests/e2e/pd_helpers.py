@@ -1,0 +1,114 @@
+"""Helpers for PD end-to-end tests: server pairs, request bodies, idle checks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import httpx
+from e2e.server_process import ServerProcess, free_port
+
+MAX_NEW = 12
+CHUNK = 64
+COMMON = ("--chunked-prefill-size", str(CHUNK), "--max-total-tokens", "4096", "--page-size", "16")
+
+
+def gen_body(ids, **extra) -> dict:
+    return {
+        "input_ids": ids,
+        "return_logprob": True,
+        "top_logprobs_num": 2,
+        "sampling_params": {"max_new_tokens": MAX_NEW, "temperature": 0, "ignore_eos": True},
+        **extra,
+    }
+
+
+def room() -> int:
+    return random.getrandbits(63) or 1
+
+
+def start_decode(model: str, backend: str, *args: str, env=None) -> ServerProcess:
+    pd = ("--disaggregation-mode", "decode", "--disaggregation-transfer-backend", backend)
+    return ServerProcess("--model-path", model, *pd, *COMMON, *args, env=env)
+
+
+def pd_servers(model: str, backend: str, *, prefill_args=(), decode_args=(), env=None):
+    port = free_port()
+    pd = ("--disaggregation-transfer-backend", backend)
+    prefill = ServerProcess(
+        "--model-path",
+        model,
+        "--disaggregation-mode",
+        "prefill",
+        "--disaggregation-bootstrap-port",
+        str(port),
+        *pd,
+        *COMMON,
+        *prefill_args,
+        env=env,
+    )
+    try:
+        decode = start_decode(model, backend, *decode_args, env=env)
+    except BaseException:
+        prefill.stop()
+        raise
+    return prefill, decode, port
+
+
+async def pd_generate(prefill, decode, bodies) -> list[tuple[int, int, dict]]:
+    """Send each body to both servers concurrently; both statuses and decode's JSON per body."""
+    async with httpx.AsyncClient(timeout=120) as client:
+
+        async def one(b):
+            p, d = await asyncio.gather(
+                client.post(f"{prefill.url}/generate", json=b),
+                client.post(f"{decode.url}/generate", json=b),
+            )
+            return p.status_code, d.status_code, d.json()
+
+        return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def sse_events(lines) -> list[dict]:
+    return [json.loads(x[6:]) for x in lines if x.startswith("data: ") and x != "data: [DONE]"]
+
+
+def wait_idle(server, timeout: float = 10.0) -> dict:
+    """Poll until ``server`` holds no KV page (or ``timeout``); its last kv_cache info."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pages = server.kv_pages()
+        if pages["used_pages"] == 0 or time.monotonic() > deadline:
+            return pages
+        time.sleep(0.2)
+
+
+def assert_idle(*servers, timeout: float = 10.0) -> None:
+    """No used KV page and no active PD room on any of ``servers``."""
+    for server in servers:
+        pages = wait_idle(server, timeout)
+        assert pages["used_pages"] == 0, (server.url, pages)
+        stats = server.get("/get_server_info").json()["disaggregation"]
+        assert stats["active_rooms"] == 0, (server.url, stats)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every child process of ``pid``, recursively (``pgrep -P``)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    children = [int(x) for x in out.split()]
+    return children + [d for c in children for d in descendants(c)]
+
+
+def kill9(server: ServerProcess) -> None:
+    """SIGKILL the server process and all its children (the engine) at once."""
+    for pid in [*descendants(server.proc.pid), server.proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    server.proc.wait(10)
