@@ -128,6 +128,7 @@ class TransferBackendSuite:
             engine.write(peer_id, [(buf.ctypes.data + i * PAGE, peer.base + (50 + i) * PAGE, PAGE)])
             for i in range(8)
         ]
+        assert engine.inflight() == 8, "every submitted batch counts as in flight"
         try:
             for h in handles:
                 h.wait(self.transfer_timeout_s)
@@ -135,6 +136,8 @@ class TransferBackendSuite:
         finally:
             for h in handles:
                 h.release()
+                h.release()  # idempotent
+        assert engine.inflight() == 0
         self._assert_landed(
             peer, {50 + i: buf[i * PAGE : (i + 1) * PAGE].tobytes() for i in range(8)}
         )
@@ -158,6 +161,19 @@ class TransferBackendSuite:
         with pytest.raises(TransferError, match="outside"):
             engine.write(peer_id, [(buf.ctypes.data, peer.base - PAGE, PAGE)])
         assert engine.inflight() == before, "a rejected write must not leave a handle behind"
+
+    def test_runs_straddling_a_region_end_are_rejected(self, pair):
+        engine, buf, peer, peer_id = pair
+        base, size = buf.ctypes.data, REGION_PAGES * PAGE
+        bad = [
+            [(base, peer.base + size - PAGE // 2, PAGE)],  # straddles the remote end
+            [(base + buf.nbytes - PAGE // 2, peer.base, PAGE)],  # straddles the local end
+            [(base, peer.base, PAGE), (base + 2 * PAGE, peer.base + size, 1)],  # one bad run
+        ]
+        for runs in bad:
+            with pytest.raises(TransferError, match="outside"):
+                engine.write(peer_id, runs)
+        assert engine.inflight() == 0, "a rejected write must not leave a handle behind"
 
     def test_local_out_of_bounds_is_rejected(self, pair):
         engine, buf, peer, peer_id = pair
