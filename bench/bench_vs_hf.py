@@ -170,6 +170,45 @@ def run_hf(model, prompts, output_lens, batched: bool, pad_id: int):
     return {"output_tokens": tokens, "wall_s": wall, "output_tokens_per_s": tokens / wall}
 
 
+def matmul_floor(model, prompt_tokens: int, num_seqs: int, output_len: int, chunk: int = 512):
+    """Seconds the model's weight matmuls alone need for this workload.
+
+    A lower bound for any engine using these float32 weights: every prompt token
+    goes through every decoder projection (in chunks of ``chunk`` rows), the LM
+    head runs once per prompt and once per output token, and each decode step
+    multiplies ``num_seqs`` rows by every weight. Attention, norms, sampling,
+    scheduling and HTTP cost nothing here.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    head = model.get_output_embeddings().weight
+    weights = [
+        m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight is not head
+    ]
+
+    def timed(rows: int, mats, repeat: int = 3) -> float:
+        xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in mats}
+        for w in mats:  # warm-up
+            F.linear(xs[w.shape[1]], w)
+        start = time.perf_counter()
+        for _ in range(repeat):
+            for w in mats:
+                F.linear(xs[w.shape[1]], w)
+        return (time.perf_counter() - start) / repeat
+
+    with torch.inference_mode():
+        prefill = timed(chunk, weights) * prompt_tokens / chunk + timed(num_seqs, [head])
+        step = timed(num_seqs, [*weights, head])
+    total = prefill + output_len * step
+    return {
+        "prefill_s": prefill,
+        "decode_step_s": step,
+        "total_s": total,
+        "output_tokens_per_s": num_seqs * output_len / total,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--num-requests", type=int, default=32)
@@ -214,6 +253,9 @@ def main() -> None:
     pad = tokenizer.eos_token_ids[0]
     hf_batched = run_hf(hf_model, prompts, output_lens, True, pad)
     hf_seq = None if args.skip_hf_sequential else run_hf(hf_model, prompts, output_lens, False, pad)
+    floor = None
+    if not args.mixed_lengths:
+        floor = matmul_floor(hf_model, sum(input_lens), n, args.output_len)
     result = {
         "benchmark": args.name,
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
@@ -232,7 +274,13 @@ def main() -> None:
         "hf_batched": hf_batched,
         "hf_sequential": hf_seq,
         "speedup_vs_hf_batched": pd["output_tokens_per_s"] / hf_batched["output_tokens_per_s"],
+        # Upper bound on any engine's throughput here: weight matmuls only.
+        "matmul_floor": floor,
     }
+    if floor:
+        result["matmul_floor_vs_hf_batched"] = (
+            floor["output_tokens_per_s"] / hf_batched["output_tokens_per_s"]
+        )
     if hf_seq:
         result["speedup_vs_hf_sequential"] = (
             pd["output_tokens_per_s"] / hf_seq["output_tokens_per_s"]

@@ -38,6 +38,7 @@ class ServerArgs:
     port: int = 30000
     api_key: str | None = None
     log_level: str = "info"
+    skip_server_warmup: bool = False
     # hardware
     device: str = "auto"
     base_gpu_id: int = 0
@@ -90,6 +91,11 @@ class ServerArgs:
         g.add_argument("--port", type=int, default=d.port)
         g.add_argument("--api-key", default=d.api_key)
         g.add_argument("--log-level", default=d.log_level, choices=LOG_LEVELS)
+        g.add_argument(
+            "--skip-server-warmup",
+            action="store_true",
+            help="serve without first generating one request end to end",
+        )
         g = parser.add_argument_group("hardware")
         g.add_argument(
             "--device", default=d.device, help="platform name (cpu, cuda, npu, ...) or auto"
@@ -128,7 +134,8 @@ class ServerArgs:
         g.add_argument(
             "--disaggregation-transfer-backend",
             default=d.disaggregation_transfer_backend,
-            help="transfer engine plugin: mooncake, nixl, ascend, ...",
+            help="transfer engine plugin: mooncake, nixl, ascend, ... "
+            "('fake' moves nothing: warm-up and testing only)",
         )
         g.add_argument(
             "--disaggregation-ib-device",
@@ -267,7 +274,8 @@ class ServerArgs:
                 f"attention backend {attention.name!r} needs "
                 f"--page-size in {{{sizes}}}, got {self.page_size}",
             )
-        if self.disaggregation_mode != "null":
+        if self.disaggregation_mode != "null" and self.disaggregation_transfer_backend != "fake":
+            # "fake" is no transfer engine: rooms succeed without a peer (warm-up, tests).
             transfer = registry.require(
                 "transfer",
                 self.disaggregation_transfer_backend,

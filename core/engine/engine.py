@@ -26,6 +26,7 @@ import torch
 
 from pdcore.attention.base import AttentionBackend, AttentionConfig, AttentionImpl
 from pdcore.config import ServerArgs
+from pdcore.disaggregation.fake import FAKE_BOOTSTRAP_HOST
 from pdcore.engine.io_struct import EngineError, EngineStats, GenerateReq, TokenOut
 from pdcore.engine.model_runner import ModelRunner
 from pdcore.engine.pd import build_pd_queues
@@ -163,11 +164,12 @@ class Engine:
         for name in ("bootstrap_host", "bootstrap_port", "bootstrap_room"):
             if getattr(msg, name) is None:
                 raise ValueError(f"{name!r} is required with PD disaggregation")
+        fake = msg.bootstrap_host == FAKE_BOOTSTRAP_HOST
         if self.server_args.disaggregation_mode == "prefill":
-            self.pd.add(req, msg.bootstrap_room)
+            self.pd.add(req, msg.bootstrap_room, fake=fake)
         else:
             addr = f"{msg.bootstrap_host}:{msg.bootstrap_port}"
-            self.pd.add(req, msg.bootstrap_room, addr)
+            self.pd.add(req, msg.bootstrap_room, addr, fake=fake)
 
     def _make_req(self, msg: GenerateReq) -> Req:
         vocab = self.model_config.vocab_size

@@ -12,6 +12,7 @@ import socket
 
 from pdcore.config import ServerArgs
 from pdcore.disaggregation.bootstrap import BootstrapServer
+from pdcore.disaggregation.fake import FAKE_BACKEND
 from pdcore.disaggregation.kv_args import KVArgs
 from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.model.config import ModelConfig
@@ -53,6 +54,8 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
         aux_top_k=MAX_TOP_LOGPROBS,
     )
     backend = args.disaggregation_transfer_backend
+    if backend == FAKE_BACKEND:  # warm-up/testing only: no KV manager, no bootstrap server
+        return DecodeQueues(scheduler, None) if mode == "decode" else PrefillQueues(scheduler, None)
     if mode == "decode":
         return DecodeQueues(scheduler, KVManager("decode", kv_args, backend, **options))
     server = BootstrapServer(args.host, args.disaggregation_bootstrap_port)

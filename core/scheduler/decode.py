@@ -10,6 +10,7 @@ frees its pages and aux slot and reports the reason.
 
 from __future__ import annotations
 
+from pdcore.disaggregation.fake import FakeKVReceiver
 from pdcore.disaggregation.kv_args import KVPoll
 from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.disaggregation.receiver import KVReceiver
@@ -19,26 +20,33 @@ from pdcore.scheduler.scheduler import ScheduledBatch, Scheduler
 
 
 class DecodeQueues:
-    def __init__(self, scheduler: Scheduler, manager: KVManager):
+    def __init__(self, scheduler: Scheduler, manager: KVManager | None):
+        """``manager`` None: the ``fake`` backend (every room is a fake one)."""
         self.scheduler = scheduler
         self.manager = manager
         self.prealloc: dict[str, Req] = {}
         self.transfers: dict[str, Req] = {}
-        self.receivers: dict[str, KVReceiver] = {}
+        self.receivers: dict[str, KVReceiver | FakeKVReceiver] = {}
         self.slots: dict[str, int] = {}
         self.aborted: set[str] = set()
 
     def knows(self, rid: str) -> bool:
         return rid in self.receivers
 
-    def add(self, req: Req, room: int, bootstrap_addr: str) -> None:
-        """Open the request's room with its prefill; raises ValueError (a 400) for a busy room."""
+    def add(self, req: Req, room: int, bootstrap_addr: str, fake: bool = False) -> None:
+        """Open the request's room with its prefill; raises ValueError (a 400) for a busy room.
+
+        ``fake``: a warm-up or health-check request (see ``disaggregation.fake``).
+        """
         if self.knows(req.rid):
             raise ValueError(f"request id {req.rid!r} is already in flight")
-        try:
-            self.receivers[req.rid] = self.manager.receiver(room, bootstrap_addr)
-        except PdcoreError as e:
-            raise ValueError(str(e)) from None
+        if fake or self.manager is None:
+            self.receivers[req.rid] = FakeKVReceiver(room, req.input_ids[-1])
+        else:
+            try:
+                self.receivers[req.rid] = self.manager.receiver(room, bootstrap_addr)
+            except PdcoreError as e:
+                raise ValueError(str(e)) from None
         self.prealloc[req.rid] = req
 
     def poll(self) -> list:
@@ -72,7 +80,7 @@ class DecodeQueues:
                 out.append((rid, reason))
         return out
 
-    def _preallocate(self, req: Req, receiver: KVReceiver) -> bool:
+    def _preallocate(self, req: Req, receiver: KVReceiver | FakeKVReceiver) -> bool:
         """Pages for the whole prompt plus an aux slot, if the KV budget allows; in order."""
         sched = self.scheduler
         busy = len(sched.running) + len(self.transfers)
@@ -82,11 +90,13 @@ class DecodeQueues:
         reserve = sched.config.decode_reserve_pages * (busy + 1) if busy else 0
         if need + reserve > sched.allocator.num_free + sched.cache.evictable_pages:
             return False
-        slot = self.manager.aux.alloc()
+        fake = isinstance(receiver, FakeKVReceiver)
+        slot = -1 if fake else self.manager.aux.alloc()
         if slot is None:
             return False
         req.pages = sched._alloc(need)
-        self.slots[req.rid] = slot
+        if not fake:
+            self.slots[req.rid] = slot
         receiver.send_request(req.pages, slot)
         del self.prealloc[req.rid]
         self.transfers[req.rid] = req
@@ -150,8 +160,9 @@ class DecodeQueues:
             "mode": "decode",
             "prealloc_queue": len(self.prealloc),
             "transfer_queue": len(self.transfers),
-            **self.manager.stats(),
+            **(self.manager.stats() if self.manager else {"transfer_backend": "fake"}),
         }
 
     def close(self) -> None:
-        self.manager.close()
+        if self.manager is not None:
+            self.manager.close()

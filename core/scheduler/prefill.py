@@ -11,6 +11,7 @@ finished request's, and the client gets the first token or the failure.
 from __future__ import annotations
 
 from pdcore.disaggregation.aux import AuxData
+from pdcore.disaggregation.fake import FakeKVSender
 from pdcore.disaggregation.kv_args import FINAL, KVPoll
 from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.disaggregation.sender import KVSender
@@ -20,14 +21,15 @@ from pdcore.scheduler.scheduler import ScheduledBatch, Scheduler
 
 
 class PrefillQueues:
-    def __init__(self, scheduler: Scheduler, manager: KVManager, closers=()):
+    def __init__(self, scheduler: Scheduler, manager: KVManager | None, closers=()):
+        """``manager`` None: the ``fake`` backend (every room is a fake one)."""
         self.scheduler = scheduler
         self.manager = manager
         self._closers = list(closers)
         self.page_size = scheduler.page_size
         self.bootstrap: dict[str, Req] = {}
         self.transfers: dict[str, Req] = {}  # finished prefill, pages held for the sender
-        self.senders: dict[str, KVSender] = {}
+        self.senders: dict[str, KVSender | FakeKVSender] = {}
         self.sent_pages: dict[str, int] = {}
         self.aborted: set[str] = set()
         scheduler.defer_release = self._hold
@@ -35,14 +37,20 @@ class PrefillQueues:
     def knows(self, rid: str) -> bool:
         return rid in self.senders
 
-    def add(self, req: Req, room: int) -> None:
-        """Open the request's room; raises ValueError (a 400) for a busy room."""
+    def add(self, req: Req, room: int, fake: bool = False) -> None:
+        """Open the request's room; raises ValueError (a 400) for a busy room.
+
+        ``fake``: a warm-up or health-check request (see ``disaggregation.fake``).
+        """
         if self.knows(req.rid):
             raise ValueError(f"request id {req.rid!r} is already in flight")
-        try:
-            sender = self.manager.sender(room)
-        except PdcoreError as e:
-            raise ValueError(str(e)) from None
+        if fake or self.manager is None:
+            sender = FakeKVSender(room)
+        else:
+            try:
+                sender = self.manager.sender(room)
+            except PdcoreError as e:
+                raise ValueError(str(e)) from None
         req.params.max_new_tokens = 1  # decode generates the rest
         self.senders[req.rid] = sender
         self.sent_pages[req.rid] = 0
@@ -141,11 +149,12 @@ class PrefillQueues:
             "mode": "prefill",
             "bootstrap_queue": len(self.bootstrap),
             "transfer_queue": len(self.transfers),
-            **self.manager.stats(),
+            **(self.manager.stats() if self.manager else {"transfer_backend": "fake"}),
         }
 
     def close(self) -> None:
-        self.manager.close()
+        if self.manager is not None:
+            self.manager.close()
         for closer in self._closers:
             closer.close()
 

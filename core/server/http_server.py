@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -22,19 +23,28 @@ from pdcore.server.errors import RequestError, error_body
 from pdcore.server.http_utils import ClientGone
 from pdcore.server.native_api import native_router
 from pdcore.server.openai_api import openai_router
+from pdcore.server.probe import generate_probe
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/health_generate", "/metrics")
 CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it
 
 
-def create_app(tokenizer_manager, *, server_info: dict | None = None) -> FastAPI:
-    """The HTTP app around ``tokenizer_manager``; ``server_info``: resolved server args."""
+def create_app(
+    tokenizer_manager, *, server_info: dict | None = None, warmup: bool = False
+) -> FastAPI:
+    """The HTTP app around ``tokenizer_manager``; ``server_info``: resolved server args.
+
+    ``warmup``: generate once before accepting requests, so the first client
+    does not pay for lazy initialisation (SGLang does the same).
+    """
     tm = tokenizer_manager
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await tm.start()
+        if warmup:
+            await _warm_up(tm)
         try:
             yield
         finally:
@@ -60,6 +70,16 @@ def create_app(tokenizer_manager, *, server_info: dict | None = None) -> FastAPI
         return Response(tm.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _warm_up(tm) -> None:
+    start = time.perf_counter()
+    try:
+        await generate_probe(tm, "warmup")
+    except RequestError as e:  # the server still starts; /health_generate will say more
+        logger.error("warm-up failed: %s", e.message)
+        return
+    logger.info("warm-up generation took %.2fs", time.perf_counter() - start)
 
 
 def _json_error(message: str, status: int) -> JSONResponse:

@@ -119,7 +119,7 @@ def serve(
             server_args=server_args,
             engine_alive=proc.is_alive,
         )
-        app = create_app(tm, server_info=server_info)
+        app = create_app(tm, server_info=server_info, warmup=not server_args.skip_server_warmup)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

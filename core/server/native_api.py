@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 import pdcore
-from pdcore.sampling_params import SamplingParams
 from pdcore.server.errors import RequestError
 from pdcore.server.generate_api import handle_generate
+from pdcore.server.probe import generate_probe
 from pdcore.server.protocol import AbortRequest, GenerateRequest
-from pdcore.server.request_state import GenerateInput
-
-HEALTH_GENERATE_TIMEOUT_S = 20.0
 
 
 def native_router(tm, server_info: dict | None = None) -> APIRouter:
@@ -35,29 +31,8 @@ def native_router(tm, server_info: dict | None = None) -> APIRouter:
 
     @router.api_route("/health_generate", methods=["GET", "POST"])
     async def health_generate():
-        """Generate one token end to end; 503 if the engine cannot.
-
-        A PD server cannot generate alone (it needs its peer), so there it checks
-        that the engine answers instead.
-        """
-        if tm.server_args.disaggregation_mode != "null":
-            await tm.get_stats()
-            return Response(status_code=200)
-        inp = GenerateInput(
-            input_ids=tm.encode("Hi"),
-            params=SamplingParams(max_new_tokens=1, temperature=0.0),
-            rid=f"health-{tm.new_id()}",
-        )
-        group = tm.submit([inp])
-        try:
-            await asyncio.wait_for(group.wait_all(), HEALTH_GENERATE_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise RequestError("engine did not generate a token in time", 503) from None
-        finally:
-            group.abort_unfinished("health check over")
-        error = group.first_error()
-        if error is not None:
-            raise RequestError(f"health generation failed: {error.message}", 503)
+        """Generate end to end (PD servers alone, on the fake path); 503 if it fails."""
+        await generate_probe(tm, "health")
         return Response(status_code=200)
 
     @router.get("/get_model_info")

@@ -42,9 +42,16 @@ def qwen3_path(tmp_path_factory, smollm2_tokenizer) -> str:
 
 @pytest.fixture(scope="module")
 def prompts(smollm2_tokenizer) -> list[list[int]]:
-    """12 prompts: long ones (over the chunked-prefill size), shared prefixes, short ones."""
+    """16 prompts: long ones (over the chunked-prefill size), shared prefixes, short ones."""
     from e2e.test_greedy_vs_hf import make_prompts
 
+    encode = lambda text: smollm2_tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     base = make_prompts(smollm2_tokenizer)
-    extra = [p + smollm2_tokenizer.encode(" again", add_special_tokens=False) for p in base[2:6]]
-    return base + extra
+    again = [p + encode(" again") for p in base[2:6]]
+    more = [
+        base[0] + encode(" Answer briefly."),
+        base[1] + encode(" Rhyme."),
+        base[6] + encode(" Third."),
+        base[7] + encode(" 5, 6,"),
+    ]
+    return base + again + more

@@ -1,0 +1,76 @@
+"""The fake transfer path: rooms that succeed without a peer, for warm-up and health checks.
+
+As in SGLang, a request whose ``bootstrap_host`` is ``FAKE_BOOTSTRAP_HOST`` (or
+any request on a server started with ``--disaggregation-transfer-backend
+fake``) skips the bootstrap and the transfer. Prefill computes the prompt and
+its first token and sends nothing; decode starts from pages nobody wrote, so
+its tokens are meaningless. What it proves is that every compute path of a PD
+server works without a peer. Never the default, never for real traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pdcore.disaggregation.aux import AuxData
+from pdcore.disaggregation.kv_args import FINAL, KVPoll
+
+FAKE_BOOTSTRAP_HOST = "2.2.2.2"
+FAKE_BACKEND = "fake"
+
+
+class FakeKVSender:
+    """Prefill side: ready at once; SUCCESS when the last chunk is "sent"."""
+
+    def __init__(self, room: int):
+        self.room = room
+        self.state = KVPoll.READY
+        self.reason = ""
+
+    def poll(self) -> KVPoll:
+        return self.state
+
+    @property
+    def failure_reason(self) -> str:
+        return self.reason
+
+    def send_chunk(
+        self, src_pages: Sequence[int], is_last: bool, aux: AuxData | None = None
+    ) -> None:
+        if is_last and self.state not in FINAL:
+            self.state = KVPoll.SUCCESS
+
+    def abort(self, reason: str = "aborted by prefill") -> None:
+        if self.state not in FINAL:
+            self.state, self.reason = KVPoll.FAILED, reason
+
+
+class FakeKVReceiver:
+    """Decode side: asks for pages at once; SUCCESS as soon as it has them.
+
+    ``first_token`` stands in for the token prefill would have sampled.
+    """
+
+    def __init__(self, room: int, first_token: int):
+        self.room = room
+        self.first_token = first_token
+        self.state = KVPoll.WAITING_FOR_INPUT
+        self.reason = ""
+
+    def poll(self) -> KVPoll:
+        return self.state
+
+    @property
+    def failure_reason(self) -> str:
+        return self.reason
+
+    def send_request(self, dst_pages: Sequence[int], aux_slot: int) -> None:
+        if self.state is KVPoll.WAITING_FOR_INPUT:
+            self.state = KVPoll.SUCCESS
+
+    def aux(self) -> AuxData:
+        return AuxData(token_id=self.first_token)
+
+    def abort(self, reason: str = "aborted by decode") -> None:
+        if self.state not in FINAL:
+            self.state, self.reason = KVPoll.FAILED, reason
