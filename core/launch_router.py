@@ -31,6 +31,12 @@ class RouterArgs:
     policy: str = "cache_aware"
     prefill_policy: str | None = None
     decode_policy: str | None = None
+    max_retries: int = 2
+    health_check_interval_secs: float = 5.0
+    health_check_timeout_secs: float = 5.0
+    cb_failure_threshold: int = 3
+    cb_cooldown_secs: float = 10.0
+    log_level: str = "info"
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +73,41 @@ class RouterArgs:
         parser.add_argument("--policy", default=RouterArgs.policy, choices=POLICIES)
         parser.add_argument("--prefill-policy", choices=POLICIES, default=None)
         parser.add_argument("--decode-policy", choices=POLICIES, default=None)
+        parser.add_argument(
+            "--max-retries",
+            "--retry-max-retries",
+            type=int,
+            default=RouterArgs.max_retries,
+            help="retries on a new worker pair after a connection error or 5xx (before the "
+            "first byte reached the client)",
+        )
+        parser.add_argument(
+            "--health-check-interval-secs",
+            type=float,
+            default=RouterArgs.health_check_interval_secs,
+        )
+        parser.add_argument(
+            "--health-check-timeout-secs", type=float, default=RouterArgs.health_check_timeout_secs
+        )
+        parser.add_argument(
+            "--cb-failure-threshold",
+            "--health-failure-threshold",
+            type=int,
+            default=RouterArgs.cb_failure_threshold,
+            help="consecutive failures (requests or health checks) that take a worker out",
+        )
+        parser.add_argument(
+            "--cb-timeout-duration-secs",
+            dest="cb_cooldown_secs",
+            type=float,
+            default=RouterArgs.cb_cooldown_secs,
+            help="seconds before an unhealthy worker may be tried again by a request",
+        )
+        parser.add_argument(
+            "--log-level",
+            default=RouterArgs.log_level,
+            choices=("debug", "info", "warning", "error", "critical"),
+        )
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> RouterArgs:
@@ -82,6 +123,17 @@ class RouterArgs:
             prefill.append(WorkerSpec(_check_url(item[0], "--prefill"), port))
         decode = [WorkerSpec(_check_url(u[0], "--decode")) for u in ns.decode]
         workers = [_check_url(u, "--worker-urls") for u in ns.worker_urls]
+        tuning = {
+            name: getattr(ns, name)
+            for name in (
+                "max_retries",
+                "health_check_interval_secs",
+                "health_check_timeout_secs",
+                "cb_failure_threshold",
+                "cb_cooldown_secs",
+                "log_level",
+            )
+        }
         return cls(
             ns.pd_disaggregation,
             prefill,
@@ -92,11 +144,22 @@ class RouterArgs:
             ns.policy,
             ns.prefill_policy,
             ns.decode_policy,
+            **tuning,
         )
 
     def validate(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ConfigError("--port", f"must be a TCP port in 1..65535, got {self.port}")
+        if self.max_retries < 0:
+            raise ConfigError("--max-retries", f"must be >= 0, got {self.max_retries}")
+        if self.cb_failure_threshold < 1:
+            raise ConfigError("--cb-failure-threshold", "must be >= 1")
+        for flag, value in (
+            ("--health-check-interval-secs", self.health_check_interval_secs),
+            ("--health-check-timeout-secs", self.health_check_timeout_secs),
+        ):
+            if value <= 0:
+                raise ConfigError(flag, f"must be > 0, got {value}")
         if self.pd_disaggregation:
             if self.worker_urls:
                 raise ConfigError(
@@ -148,12 +211,35 @@ def run(argv: list[str], prog: str = "python -m pdcore.launch_router") -> int:
     if check_only:
         print(json.dumps(asdict(args), indent=2))
         return 0
-    print(
-        f"{prog}: configuration is valid, but the router is not part of this build yet; "
-        "use --check-config to validate a configuration.",
-        file=sys.stderr,
+    return serve(args)
+
+
+def serve(args: RouterArgs) -> int:
+    """Run the router until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+    import logging
+
+    import uvicorn
+
+    from pdcore.router.app import build_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return 2
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(
+                    f"router ready on http://{args.host}:{args.port}", file=sys.stderr, flush=True
+                )
+
+    config = uvicorn.Config(
+        build_app(args), host=args.host, port=args.port, log_level="warning", access_log=False
+    )
+    server = _Server(config)
+    server.run()
+    return 0 if server.started else 1
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def openai_router(tm) -> APIRouter:
         inputs.check_model(tm, body.model)
         prompts, texts = inputs.completion_prompts(tm, body)
         params, given = inputs.sampling_params(tm, body, inputs.COMPLETIONS_DEFAULT_MAX_TOKENS)
-        rid = f"cmpl-{tm.new_id()}"
+        rid = body.rid or f"cmpl-{tm.new_id()}"
         group = tm.submit(inputs.expand(prompts, params, given, rid, body, body.logprobs))
         view = _View(tm, rid, "text_completion", body, params.n, body.logprobs is not None)
         if body.echo:
@@ -63,7 +63,7 @@ def openai_router(tm) -> APIRouter:
         prompt = inputs.chat_prompt(tm, body)
         params, given = inputs.sampling_params(tm, body, tm.context_length)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        rid = f"chatcmpl-{tm.new_id()}"
+        rid = body.rid or f"chatcmpl-{tm.new_id()}"
         group = tm.submit(inputs.expand([prompt], params, given, rid, body, top))
         view = _View(tm, rid, "chat.completion", body, params.n, top is not None)
         if body.stream:

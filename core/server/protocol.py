@@ -81,10 +81,12 @@ class _OpenAISampling(_Lenient):
     skip_special_tokens: bool | None = None
     no_stop_trim: bool = False
     include_stop_str_in_output: bool = False
-    # PD disaggregation (added by the router)
+    # PD disaggregation (added by the router, which also names the request so
+    # that it can abort it on either server by ``rid``, as SGLang's router does)
     bootstrap_host: str | None = None
     bootstrap_port: Int | None = None
     bootstrap_room: Int | None = None
+    rid: str | None = None
 
 
 class CompletionRequest(_OpenAISampling):

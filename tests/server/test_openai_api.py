@@ -234,3 +234,18 @@ async def test_chat_extra_fields_ignored(stack):
     assert out["choices"][0]["message"]["content"] == "H"
     sampling = stack.engine.generate_reqs()[0].sampling
     assert sampling["top_k"] == 20 and sampling["seed"] == 7 and sampling["ignore_eos"] is True
+
+
+async def test_openai_request_named_by_rid_can_be_aborted_by_it(stack):
+    """The router names OpenAI requests with ``rid`` so it can abort them on either server."""
+    out = (
+        await post(
+            stack,
+            "/v1/chat/completions",
+            messages=[{"role": "user", "content": "x"}],
+            max_tokens=2,
+            rid="router-7",
+        )
+    ).json()
+    assert out["id"] == "router-7"
+    assert [r.rid for r in stack.engine.generate_reqs()] == ["router-7"]

@@ -1,0 +1,121 @@
+"""Workers the router knows: URL, role, bootstrap port, circuit breaker, load."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from urllib.parse import urlparse
+
+ROLES = ("prefill", "decode", "regular")
+
+
+class Circuit(str, Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Keeps a failing worker out of rotation, then lets one trial through.
+
+    Opens after ``threshold`` consecutive failures; after ``cooldown_s`` it is
+    half-open (requests may try it); a success closes it (readmitted), a failure
+    while half-open opens it again at once.
+    """
+
+    def __init__(
+        self, threshold: int = 3, cooldown_s: float = 10.0, clock: Callable = time.monotonic
+    ):
+        self.threshold = max(1, threshold)
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.state = Circuit.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+
+    def allows(self) -> bool:
+        if self.state is Circuit.OPEN and self.clock() - self.opened_at >= self.cooldown_s:
+            self.state = Circuit.HALF_OPEN
+        return self.state is not Circuit.OPEN
+
+    def success(self) -> None:
+        self.state, self.failures = Circuit.CLOSED, 0
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.state is Circuit.HALF_OPEN or self.failures >= self.threshold:
+            self.state, self.opened_at = Circuit.OPEN, self.clock()
+
+
+@dataclass(eq=False)
+class Worker:
+    url: str
+    role: str = "regular"
+    bootstrap_port: int | None = None
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    in_flight: int = 0  # this router's requests on the worker now
+    reported_load: int = 0  # running + waiting, from its /get_server_info
+    last_error: str | None = None
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def load(self) -> int:
+        return self.in_flight + self.reported_load
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.state is not Circuit.OPEN
+
+    def describe(self) -> dict:
+        return {
+            "url": self.url,
+            "role": self.role,
+            "bootstrap_port": self.bootstrap_port,
+            "healthy": self.healthy,
+            "circuit": self.breaker.state.value,
+            "consecutive_failures": self.breaker.failures,
+            "in_flight": self.in_flight,
+            "load": self.load,
+            "last_error": self.last_error,
+        }
+
+
+class WorkerPool:
+    """All workers by URL; ``available(role)`` is what policies choose from."""
+
+    def __init__(self, breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker):
+        self._workers: dict[str, Worker] = {}
+        self._breaker = breaker_factory
+
+    def add(self, url: str, role: str, bootstrap_port: int | None = None) -> Worker:
+        url = url.rstrip("/")
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}. Supported: {', '.join(ROLES)}")
+        if url in self._workers:
+            raise KeyError(f"worker {url} is already registered")
+        worker = Worker(url, role, bootstrap_port, self._breaker())
+        self._workers[url] = worker
+        return worker
+
+    def remove(self, url: str) -> Worker:
+        return self._workers.pop(url.rstrip("/"))
+
+    def get(self, url: str) -> Worker | None:
+        return self._workers.get(url.rstrip("/"))
+
+    def all(self) -> list[Worker]:
+        return list(self._workers.values())
+
+    def of_role(self, role: str) -> list[Worker]:
+        return [w for w in self._workers.values() if w.role == role]
+
+    def available(self, role: str, exclude: set[str] = frozenset()) -> list[Worker]:
+        """Workers of ``role`` whose breaker admits requests; ``exclude`` only if others exist."""
+        ready = [w for w in self.of_role(role) if w.breaker.allows()]
+        fresh = [w for w in ready if w.url not in exclude]
+        return fresh or ready

@@ -1,0 +1,76 @@
+"""What the router adds to PD request bodies, and what it refuses before sending."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pdcore.router import pd_body
+
+
+def inject(body, path="/generate"):
+    return pd_body.inject(path, body, "10.0.0.1", 8998, random.Random(0))
+
+
+def test_single_prompt_gets_scalar_bootstrap_fields_and_a_rid():
+    out = inject({"text": "hi"})
+    assert out["bootstrap_host"] == "10.0.0.1" and out["bootstrap_port"] == 8998
+    assert 0 < out["bootstrap_room"] < 2**63
+    assert isinstance(out["rid"], str) and out["rid"]
+
+
+def test_client_rid_is_kept_and_body_not_mutated():
+    body = {"input_ids": [1, 2], "rid": "mine"}
+    out = inject(body)
+    assert out["rid"] == "mine"
+    assert "bootstrap_room" not in body, "the client's body was modified"
+
+
+@pytest.mark.parametrize("body", [{"text": ["a", "b", "c"]}, {"input_ids": [[1], [2, 3], [4]]}])
+def test_batched_generate_gets_lists_of_the_same_length(body):
+    out = inject(body)
+    for name in ("bootstrap_host", "bootstrap_port", "bootstrap_room", "rid"):
+        assert isinstance(out[name], list) and len(out[name]) == 3, (name, out[name])
+    assert len(set(out["bootstrap_room"])) == 3, "rooms of one batch must differ"
+    assert len(set(out["rid"])) == 3
+
+
+def test_each_injection_draws_a_new_room_and_rid():
+    rng = random.Random(0)
+    a = pd_body.inject("/generate", {"text": "x"}, "h", 1, rng)
+    b = pd_body.inject("/generate", {"text": "x"}, "h", 1, rng)
+    assert a["bootstrap_room"] != b["bootstrap_room"] and a["rid"] != b["rid"]
+
+
+def test_openai_bodies_get_scalar_fields():
+    out = inject({"prompt": ["one"]}, "/v1/completions")
+    assert isinstance(out["bootstrap_room"], int)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/v1/chat/completions", {"messages": [], "n": 2}, "n > 1"),
+        ("/v1/completions", {"prompt": ["a", "b"]}, "several prompts"),
+        ("/generate", {"text": "a", "sampling_params": {"n": 3}}, "sampling_params.n"),
+    ],
+)
+def test_what_pd_servers_cannot_serve_is_refused(path, body, message):
+    with pytest.raises(pd_body.BadRequest, match=message):
+        pd_body.check_pd_body(path, body)
+
+
+def test_input_logprobs_wanted_only_with_a_start_inside_the_prompt():
+    assert pd_body.wants_input_logprobs({"return_logprob": True, "logprob_start_len": 0})
+    assert not pd_body.wants_input_logprobs({"return_logprob": True})
+    assert not pd_body.wants_input_logprobs({"logprob_start_len": 0})
+
+
+def test_prefill_input_logprobs_go_in_front_of_decodes():
+    prefill = {"meta_info": {"input_token_logprobs": [[None, 1, None], [-0.5, 2, None]]}}
+    decode = {"meta_info": {"output_token_logprobs": [[-0.1, 3, None]]}}
+    merged = pd_body.merge_input_logprobs(prefill, decode)
+    assert merged["meta_info"]["input_token_logprobs"] == [[None, 1, None], [-0.5, 2, None]]
+    batch = pd_body.merge_input_logprobs([prefill, prefill], [decode, {"meta_info": {}}])
+    assert all("input_token_logprobs" in m["meta_info"] for m in batch)
