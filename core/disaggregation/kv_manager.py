@@ -3,7 +3,9 @@
 Prefill: answers the bootstrap server's handshakes and transfer requests, and
 pushes chunks through worker threads (``THREAD_POOL_SIZE`` threads over
 ``QUEUE_SIZE`` queues, rooms sharded by id so one slow room cannot hold up all).
-Decode: handshakes through ``BootstrapClient`` and listens for prefill's notices.
+Decode: handshakes through ``BootstrapClient`` and listens for prefill's notices
+(in band with the data when the engine supports notifications, as NIXL does;
+else over the control plane).
 A monitor thread applies timeouts even to rooms nobody polls, so every room ends
 in SUCCESS or FAILED and is then dropped.
 """
@@ -38,6 +40,8 @@ from pdcore.disaggregation.protocol import (
     compat_fields,
     compat_hash,
 )
+from pdcore.disaggregation.protocol import decode as decode_message
+from pdcore.disaggregation.protocol import encode as encode_message
 from pdcore.disaggregation.receiver import KVReceiver
 from pdcore.disaggregation.sender import KVSender
 from pdcore.disaggregation.transfer import (
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 
 MONITOR_TICK_S = 0.1
 NOTICE_TIMEOUT_S = 5.0
+NOTIFY_POLL_S = 0.001
 
 
 class KVManager:
@@ -96,6 +101,10 @@ class KVManager:
             options=options,
         )
         self.engine = get_registry().get("transfer", backend).factory(config)
+        # Engines that carry a notification with the data (NIXL) tell decode that
+        # a chunk arrived in band; the others use a control-plane ChunkDone.
+        self.in_band_notices = bool(self.engine.supports_notifications)
+        self.notices_in_band = 0
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._rooms: dict[int, KVSender | KVReceiver] = {}
@@ -124,6 +133,8 @@ class KVManager:
             self.close()
             raise
         self._spawn(self._monitor, "pd-monitor")
+        if role == "decode" and self.in_band_notices:
+            self._spawn(self._poll_notifications, "pd-notifications")
 
     # ---- setup -----------------------------------------------------------------
 
@@ -221,6 +232,8 @@ class KVManager:
                 "transfer_seconds": self.transfer_seconds,
                 "inflight_transfers": self.engine.inflight(),
                 "pending_requests": len(getattr(self, "_pending", {})),
+                "chunk_notices": "in-band" if self.in_band_notices else "control",
+                "notices_in_band": self.notices_in_band,
             }
 
     def close(self) -> None:
@@ -375,9 +388,11 @@ class KVManager:
                 self.aux.write(slot, sender.room, aux or AuxData(token_id=-1))
                 remote = peer.aux.addr + sender.request.aux_slot * peer.aux.row_bytes
                 runs.append((self.aux.row_addr(slot), remote, self.aux.row_bytes))
+            done = ChunkDone(sender.room, chunk, is_last, len(src))
             if runs:
                 start = time.monotonic()
-                handle = self.engine.write(sender.peer_id, runs)
+                notice = encode_message(done) if self.in_band_notices else None
+                handle = self.engine.write(sender.peer_id, runs, notice)
                 try:
                     handle.wait(self.transfer_timeout)
                 finally:
@@ -385,7 +400,8 @@ class KVManager:
                 with self._lock:
                     self.bytes_transferred += handle.nbytes
                     self.transfer_seconds += time.monotonic() - start
-            done = ChunkDone(sender.room, chunk, is_last, len(src))
+                if notice is not None:  # decode learns of the chunk with its data
+                    return ""
             reply = request(peer.notify_addr, done, NOTICE_TIMEOUT_S)
             if isinstance(reply, ErrorReply):
                 return f"decode refused chunk {chunk} notice: {reply.message}"
@@ -424,6 +440,30 @@ class KVManager:
             else:
                 receiver._fail_locked(f"aborted by prefill: {msg.reason}")
         return Ack()
+
+    def _poll_notifications(self) -> None:
+        """Decode: turn the engine's in-band notifications into chunk notices."""
+        while not self._stop.is_set():
+            try:
+                notes = self.engine.notifications()
+            except Exception as e:  # a closing engine; the monitor handles rooms
+                if self._stop.is_set():
+                    return
+                log.warning("reading transfer notifications failed: %s", e)
+                notes = []
+            if not notes:
+                self._stop.wait(NOTIFY_POLL_S)
+                continue
+            for _agent, payload in notes:
+                try:
+                    msg = decode_message(payload)
+                except Exception:
+                    log.warning("ignoring an undecodable transfer notification")
+                    continue
+                if isinstance(msg, ChunkDone):
+                    with self._lock:
+                        self.notices_in_band += 1
+                    self._on_notice(msg)
 
     def _on_peer_lost(self, addr: str, reason: str) -> None:
         with self._lock:

@@ -108,6 +108,11 @@ def test_pd_matches_null_mode(backend, model, prompts, references):
         info = decode.get("/get_server_info").json()
         assert info["disaggregation"]["mode"] == "decode"
         assert info["disaggregation"]["rooms_succeeded"] == len(prompts) + 1
+        if backend == "nixl":  # chunk notices ride on NIXL's WRITEs, one per chunk at least
+            assert info["disaggregation"]["chunk_notices"] == "in-band"
+            assert info["disaggregation"]["notices_in_band"] >= len(prompts) + 1
+        else:
+            assert info["disaggregation"]["chunk_notices"] == "control"
         assert prefill.get("/get_server_info").json()["disaggregation"]["mode"] == "prefill"
         for server in (prefill, decode):
             assert wait_idle(server)["used_pages"] == 0
