@@ -293,7 +293,8 @@ class Engine:
         return EngineStats(
             token=token,
             num_running=len(self.scheduler.running),
-            num_waiting=len(self.scheduler.waiting),
+            # PD requests waiting for their peer are load too (the router reads this).
+            num_waiting=len(self.scheduler.waiting) + (self.pd.num_waiting() if self.pd else 0),
             total_pages=usage.total,
             free_pages=usage.free,
             used_pages=usage.used,

@@ -152,6 +152,10 @@ class DecodeQueues:
     def has_work(self) -> bool:
         return bool(self.prealloc or self.transfers)
 
+    def num_waiting(self) -> int:
+        """Requests waiting for pages (prealloc queue) or for their KV (transfer queue)."""
+        return len(self.prealloc) + len(self.transfers)
+
     def held_pages(self) -> int:
         return sum(len(r.pages) for r in self.transfers.values())
 

@@ -141,6 +141,10 @@ class PrefillQueues:
     def has_work(self) -> bool:
         return bool(self.bootstrap or self.transfers)
 
+    def num_waiting(self) -> int:
+        """Requests waiting for their decode (bootstrap queue) or their transfer."""
+        return len(self.bootstrap) + len(self.transfers)
+
     def held_pages(self) -> int:
         return sum(len(r.pages) - r.num_cached_pages for r in self.transfers.values())
 

@@ -105,3 +105,26 @@ def test_decode_failing_mid_prefill_stops_the_request_and_reports_it():
     assert step(sched, queues) == [("b", "decode went away")]
     assert not sched.running and not queues.has_work() and not queues.knows("b")
     assert sched.allocator.num_free + sched.cache.evictable_pages == sched.allocator.capacity
+
+
+def test_requests_waiting_for_decode_or_transfer_count_as_waiting():
+    """The router balances on running + waiting; PD's queues are load too."""
+    sched, queues, mgr = setup()
+    queues.add(Req("a", list(range(1, 15)), SamplingParams(max_new_tokens=2)), room=5)
+    queues.add(Req("b", list(range(1, 9)), SamplingParams(max_new_tokens=2)), room=6)
+    assert queues.num_waiting() == 2, "both wait for their decode"
+    mgr.senders[6].state = KVPoll.READY
+    step(sched, queues)
+    assert queues.num_waiting() == 1, "b left the bootstrap queue for the scheduler"
+
+
+def test_fake_room_needs_no_decode_and_succeeds_after_the_last_chunk():
+    sched, queues, mgr = setup()
+    req = Req("warm", list(range(1, 10)), SamplingParams(max_new_tokens=5))
+    queues.add(req, room=9, fake=True)
+    assert 9 not in mgr.senders, "a fake room never reaches the transfer manager"
+    reports = []
+    for _ in range(4):
+        reports += step(sched, queues)
+    assert reports == [req] and req.output_ids == [7]
+    assert sched.allocator.num_free + sched.cache.evictable_pages == 32, "no page held"
