@@ -1,11 +1,47 @@
-"""Entry point ``cuda``: registers the CUDA platform; imports no torch or CUDA library."""
+"""Entry point ``cuda``: the CUDA platform and the ``triton`` attention backend.
+
+Importing this module imports no torch, Triton or CUDA library: kernels load
+inside the factory, availability checks only when asked.
+"""
 
 from __future__ import annotations
 
-from pdcore.hookspecs import hookimpl
+from pdcore.attention.base import AttentionBackend
+from pdcore.hookspecs import Availability, hookimpl
 from pdcore_cuda.platform import CudaPlatform
+
+
+def _triton_factory(config):
+    from pdcore_cuda.triton_attention import TritonAttention
+
+    return TritonAttention(config)
+
+
+def _triton_check() -> Availability:
+    platform = CudaPlatform().availability()
+    if not platform.ok:
+        return Availability.no(f"needs a CUDA device: {platform.reason}")
+    try:
+        import triton
+    except ImportError as e:
+        return Availability.no(f"triton is not installed ({e}); pip install triton")
+    return Availability.yes(f"triton {triton.__version__}")
 
 
 @hookimpl
 def pdcore_platforms():
     return [CudaPlatform()]
+
+
+@hookimpl
+def pdcore_attention_backends():
+    return [
+        AttentionBackend(
+            name="triton",
+            factory=_triton_factory,
+            platforms=("cuda",),
+            check=_triton_check,
+            priority=10,
+            description="pdcore's Triton paged attention (prefill with prefix, split decode)",
+        )
+    ]

@@ -11,6 +11,7 @@ from pdcore_cuda.platform import CudaPlatform
 
 from pdcore.platform import MemoryKind
 from pdcore.registry import Registry
+from pdcore.testing import AttentionBackendSuite
 
 HAS_GPU = torch.version.cuda is not None and torch.cuda.device_count() > 0
 
@@ -125,3 +126,33 @@ def test_real_gpu_memory_and_devices():
     del block
     native_bf16 = torch.cuda.get_device_capability(0)[0] >= 8
     assert ("bfloat16" in p.supported_dtypes()) is native_bf16
+
+
+def test_triton_attention_registers_for_cuda_only_and_says_why_not_here():
+    reg = Registry.discover(env={})
+    found = reg.lookup("attention", "triton")
+    assert found.provider.distribution == "pdcore-cuda"
+    assert found.spec.platforms == ("cuda",)
+    availability = found.spec.check()
+    if not HAS_GPU:
+        assert not availability.ok and "CUDA" in availability.reason, availability
+
+
+@pytest.mark.gpu
+class TestTritonAttentionBf16(AttentionBackendSuite):
+    backend_name = "triton"
+    device = "cuda"
+    dtype = "bfloat16"
+    page_sizes = (1, 16, 64)
+    atol = 3e-2
+    rtol = 3e-2
+
+
+@pytest.mark.gpu
+class TestTritonAttentionFloat32(AttentionBackendSuite):
+    backend_name = "triton"
+    device = "cuda"
+    dtype = "float32"
+    page_sizes = (16,)
+    atol = 1e-3
+    rtol = 1e-3
