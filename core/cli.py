@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from pdcore.launch_router import run
 
         return run(rest, prog="pdcore router")
+    if command == "up":
+        from pdcore.up import run
+
+        return run(rest, prog="pdcore up")
     if command == "plugins":
         return _plugins(rest)
     return _not_built(command, rest)

@@ -49,6 +49,8 @@ class ServerArgs:
     page_size: int = 16
     chunked_prefill_size: int = 2048
     max_running_requests: int | None = None
+    cuda_graph_max_bs: int | None = None
+    disable_cuda_graph: bool = False
     max_prefill_tokens: int = 16384
     random_seed: int = 0
     # parallelism
@@ -119,6 +121,16 @@ class ServerArgs:
         g.add_argument("--max-running-requests", type=int, default=d.max_running_requests)
         g.add_argument("--max-prefill-tokens", type=int, default=d.max_prefill_tokens)
         g.add_argument("--random-seed", type=int, default=d.random_seed)
+        g.add_argument(
+            "--cuda-graph-max-bs",
+            type=int,
+            default=d.cuda_graph_max_bs,
+            help="largest decode batch replayed from a captured graph (default: "
+            "min(max running requests, 256)); graphs need a graph-safe attention backend",
+        )
+        g.add_argument(
+            "--disable-cuda-graph", action="store_true", help="run decode eagerly on GPUs"
+        )
         g = parser.add_argument_group("parallelism")
         g.add_argument("--tp-size", "--tp", dest="tp_size", type=int, default=d.tp_size)
         g.add_argument("--dp-size", "--dp", dest="dp_size", type=int, default=d.dp_size)
@@ -185,6 +197,7 @@ class ServerArgs:
             "--page-size": self.page_size,
             "--max-total-tokens": self.max_total_tokens,
             "--max-running-requests": self.max_running_requests,
+            "--cuda-graph-max-bs": self.cuda_graph_max_bs,
             "--max-prefill-tokens": self.max_prefill_tokens,
             "--context-length": self.context_length,
             "--tp-size": self.tp_size,

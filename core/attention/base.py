@@ -96,7 +96,15 @@ class AttentionMetadata:
 
 
 class AttentionImpl(ABC):
-    """Kernels of one attention backend for one model (all layers share it)."""
+    """Kernels of one attention backend for one model (all layers share it).
+
+    ``cuda_graph_safe``: a decode pass planned once may be captured in a CUDA
+    graph and replayed with new metadata copied into the same tensors: ``plan``
+    keeps no host-side decision that depends on values beyond ``seq_lens_cpu``
+    being an upper bound, and ``forward`` never synchronizes with the host.
+    """
+
+    cuda_graph_safe: bool = False
 
     def __init__(self, config: AttentionConfig):
         self.config = config

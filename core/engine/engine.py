@@ -134,10 +134,26 @@ class Engine:
         )
         self.attention_name, factory = _attention_factory(attention, server_args, platform)
         self.runner = ModelRunner(model, self.pool, factory(attn_config), self.device)
+        self.cuda_graph_sizes = self._capture_graphs(server_args, factory, attn_config, context)
         self.sampler = Sampler(self.device, server_args.random_seed)
         self._pending: list[TokenOut | EngineError] = []
         # PD prefill/decode queues around the scheduler (None in null mode).
         self.pd = build_pd_queues(server_args, self.pool, self.scheduler, cfg)
+
+    def _capture_graphs(self, server_args, factory, attn_config, context) -> list[int]:
+        """Decode CUDA graphs where they can run: a GPU, a graph-safe attention
+        backend, not disabled, and not a PD prefill server (it never decodes)."""
+        if (
+            self.device.type != "cuda"
+            or server_args.disable_cuda_graph
+            or server_args.disaggregation_mode == "prefill"
+            or not self.runner.attn.cuda_graph_safe
+        ):
+            return []
+        max_bs = server_args.cuda_graph_max_bs or min(
+            self.scheduler.config.max_running_requests, 256
+        )
+        return self.runner.capture_decode_graphs(lambda: factory(attn_config), max_bs, context)
 
     # ---- requests ------------------------------------------------------------
 
@@ -315,6 +331,7 @@ class Engine:
             "device": str(self.device),
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "attention_backend": self.attention_name,
+            "cuda_graph_batch_sizes": self.cuda_graph_sizes,
             "page_size": self.pool.page_size,
             "total_pages": self.pool.allocator.capacity,
             "max_total_tokens": self.pool.max_total_tokens,

@@ -26,6 +26,16 @@ class ModelRunner:
         self.attn = attn
         self.device = torch.device(device)
         self.ctx = ForwardContext(attn, pool.layer_caches)
+        self.graphs = None  # DecodeGraphs once captured (CUDA only)
+
+    def capture_decode_graphs(self, make_attention, max_bs: int, context_len: int) -> list[int]:
+        """Capture decode passes up to ``max_bs`` rows; returns the captured batch sizes."""
+        from pdcore.engine.cuda_graph import DecodeGraphs
+
+        self.graphs = DecodeGraphs(
+            self.model, self.pool, make_attention, self.device, max_bs, context_len
+        )
+        return self.graphs.sizes
 
     def build_inputs(self, batch: ScheduledBatch):
         """``(input_ids, positions, AttentionMetadata)`` on the device for ``batch``."""
@@ -63,6 +73,10 @@ class ModelRunner:
         """Float32 logits ``[rows to sample, vocab]``, or None when no row samples."""
         with torch.inference_mode():
             input_ids, positions, meta = self.build_inputs(batch)
+            graphs = self.graphs
+            rows, longest = len(batch.reqs), max(meta.seq_lens_cpu)
+            if batch.is_decode and graphs and graphs.can_run(rows, longest):
+                return graphs.run(input_ids, positions, meta).float()  # every decode row samples
             self.attn.plan(meta)
             hidden = self.model(input_ids, positions, self.ctx)
             ends = torch.tensor(batch.extend_lens).cumsum(0) - 1

@@ -17,12 +17,14 @@ from torch import nn
 
 from pdcore.attention.base import AttentionImpl
 from pdcore.model.config import ModelConfig
+from pdcore.model.kernels import TORCH_KERNELS, LayerKernels
 
 
 @dataclass
 class ForwardContext:
     attn: AttentionImpl  # already planned for this batch
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k_cache, v_cache)
+    kernels: LayerKernels = TORCH_KERNELS  # norms, rotary, activation (fused on GPUs)
 
 
 class CausalLM(nn.Module, ABC):

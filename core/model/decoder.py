@@ -44,7 +44,7 @@ class DecoderModel(nn.Module):
         cos, sin = self.rotary.cos_sin(positions)
         for layer in self.layers:
             x = layer(x, cos, sin, ctx)
-        return self.norm(x)
+        return self.norm(x, ctx.kernels)
 
 
 class DecoderLM(CausalLM):

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pdcore.model.base import ForwardContext
 from pdcore.model.config import ModelConfig
-from pdcore.model.rotary import apply_rotary
+from pdcore.model.kernels import TORCH_KERNELS, LayerKernels
 
 
 class RMSNorm(nn.Module):
@@ -26,11 +25,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+    def forward(self, x: torch.Tensor, kernels: LayerKernels = TORCH_KERNELS) -> torch.Tensor:
+        return kernels.rms_norm(x, self.weight, self.eps)
 
 
 class MergedLinear(nn.Linear):
@@ -66,9 +62,8 @@ class GatedMLP(nn.Module):
         )
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, kernels: LayerKernels = TORCH_KERNELS) -> torch.Tensor:
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 @dataclass(frozen=True)
@@ -109,9 +104,10 @@ class Attention(nn.Module):
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        kernels = ctx.kernels
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k = self.q_norm(q, kernels), self.k_norm(k, kernels)
+        q, k = kernels.rotary(q, k, cos, sin)
         out = ctx.attn.forward(q, k, v, *ctx.kv_caches[self.layer_id])
         return self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
 
@@ -131,5 +127,8 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        kernels = ctx.kernels
+        attn = self.self_attn(self.input_layernorm(x, kernels), cos, sin, ctx)
+        post = self.post_attention_layernorm
+        h, x = kernels.add_rms_norm(attn, x, post.weight, post.eps)  # x += attn; h = norm(x)
+        return x + self.mlp(h, kernels)

@@ -182,8 +182,10 @@ class Proxy:
         return _Relay(chunks(), resp.status_code, headers, media_type=media)
 
     async def _prefill(self, p: Worker, path, body, headers) -> httpx.Response:
-        """POST to prefill and read the whole answer; its bookkeeping."""
-        p.in_flight += 1
+        """POST to prefill and read the whole answer; its bookkeeping.
+
+        ``p.in_flight`` was counted by ``_task`` (at pick time); released here.
+        """
         self.metrics.sent(p)
         start = time.monotonic()
         try:
@@ -216,8 +218,10 @@ class Proxy:
             gone.cancel()
 
     async def _open(self, w: Worker, path, body, headers) -> httpx.Response:
-        """Send and wait for the headers; a 2xx body stays open for the caller to stream."""
-        w.in_flight += 1
+        """Send and wait for the headers; a 2xx body stays open for the caller to stream.
+
+        ``w.in_flight`` was counted by ``_task`` (at pick time); ``_release`` ends it.
+        """
         self.metrics.sent(w)
         req = self.client.build_request(
             "POST", w.url + path, json=body, headers=headers, timeout=TIMEOUT
@@ -295,10 +299,31 @@ class _Relay(StreamingResponse):
 
 
 def _task(worker: Worker, coro) -> asyncio.Task:
-    """A task that knows its worker and never warns about an unretrieved exception."""
-    task = asyncio.create_task(coro)
+    """A task that knows its worker and never warns about an unretrieved exception.
+
+    ``worker.in_flight`` counts the request from now, not from when the task first
+    runs: requests that arrive together are all picked before any of their tasks
+    starts, and load-based policies (cache_aware, power_of_two) must see the earlier
+    picks or they send a whole burst to one worker. ``coro`` releases the count once
+    it runs; a task cancelled before it ran releases it here.
+    """
+    started = False
+
+    async def run():
+        nonlocal started
+        started = True
+        return await coro
+
+    def done(t: asyncio.Task) -> None:
+        if not started:
+            worker.in_flight -= 1
+            coro.close()
+        t.cancelled() or t.exception()
+
+    worker.in_flight += 1
+    task = asyncio.create_task(run())
     task.worker = worker
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    task.add_done_callback(done)
     return task
 
 

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
 import pytest
-from e2e.pd_helpers import COMMON, assert_idle, kill9
+from e2e.pd_helpers import assert_idle, kill9
 from e2e.server_process import ServerProcess, free_port
+from router.cluster import decode_args, request_counts, start_parallel, start_prefill
 from router.router_process import RouterProcess
 from router.stub_worker import StubWorker
 
 GREEDY = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
 
 
-def _prefill(model: str) -> tuple[ServerProcess, int]:
-    port = free_port()
-    args = ("--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", str(port))
-    pd = ("--disaggregation-transfer-backend", "mooncake")
-    return ServerProcess("--model-path", model, *args, *pd, *COMMON), port
+REQUEST_TIMEOUT_S = 60
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -30,45 +28,109 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+async def _load(url: str, n: int, concurrency: int, on_progress=None) -> list[tuple]:
+    """``n`` short greedy requests; ``(status or None, text)`` each, None for a hang.
+
+    ``on_progress(finished)`` runs (awaited) in its own task as requests finish.
+    """
+    finished = 0
+    progress = asyncio.Event()
+
+    async def one(client, sem, i):
+        nonlocal finished
+        async with sem:
+            body = {"input_ids": [100 + i % 64, *range(200, 216)], "sampling_params": GREEDY}
+            try:
+                r = await asyncio.wait_for(
+                    client.post(url + "/generate", json=body), REQUEST_TIMEOUT_S
+                )
+                return r.status_code, r.text
+            except (asyncio.TimeoutError, httpx.TimeoutException) as e:
+                return None, f"no answer within {REQUEST_TIMEOUT_S}s: {e!r}"
+            except httpx.HTTPError as e:
+                return 0, f"router connection failed: {type(e).__name__}: {e}"
+            finally:
+                finished += 1
+                progress.set()
+
+    async def watch():
+        while True:
+            await progress.wait()
+            progress.clear()
+            if await on_progress(finished):
+                return
+
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as client:
+        sem = asyncio.Semaphore(concurrency)
+        watcher = asyncio.create_task(watch()) if on_progress else None
+        results = await asyncio.gather(*(one(client, sem, i) for i in range(n)))
+        if watcher is not None:
+            await watcher
+    return results
+
+
+def _check_outcomes(results: list[tuple], min_ok: int) -> None:
+    hung = [text for status, text in results if status is None]
+    assert not hung, f"{len(hung)} requests hung: {hung[:3]}"
+    ok = [json.loads(text) for status, text in results if status == 200]
+    assert all(len(o["output_ids"]) == GREEDY["max_new_tokens"] for o in ok)
+    failed = [(status, text[:300]) for status, text in results if status != 200]
+    assert len(ok) >= min_ok, f"{len(failed)}/{len(results)} failed: {failed}"
+    for status, text in failed:  # the rest: a clear JSON error, not a dropped connection
+        assert status >= 400 and json.loads(text)["error"]["message"], (status, text)
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_kill9_one_of_two_prefills_requests_still_succeed(qwen3_path):
+@pytest.mark.timeout(240)
+def test_kill9_one_of_two_prefills_during_100_requests_then_restart(qwen3_path):
+    """Kill -9 a prefill (and its engine) after 20 of 100 requests finished: >= 99 succeed,
+    the rest fail with a JSON error, none hangs; the router marks it unhealthy. A prefill
+    restarted at the same HTTP and bootstrap address is readmitted and serves requests
+    (decode's session with the dead instance must recover)."""
     procs = []
     try:
-        (p1, port1), (p2, port2) = _prefill(qwen3_path), _prefill(qwen3_path)
-        procs += [p1, p2]
-        decode = ServerProcess(
-            "--model-path", qwen3_path, "--disaggregation-mode", "decode",
-            "--disaggregation-transfer-backend", "mooncake", *COMMON,
-        )  # fmt: skip
-        procs.append(decode)
+        (p1, port1), (p2, port2), decode = start_parallel(
+            lambda: start_prefill(qwen3_path),
+            lambda: start_prefill(qwen3_path),
+            lambda: ServerProcess(*decode_args(qwen3_path)),
+        )
+        procs += [p1, p2, decode]
         router = RouterProcess(
             "--pd-disaggregation", "--prefill", p1.url, str(port1), "--prefill", p2.url,
             str(port2), "--decode", decode.url, "--prefill-policy", "round_robin",
-            "--health-check-interval-secs", "0.5",
+            "--health-check-interval-secs", "0.5", "--cb-timeout-duration-secs", "1",
         )  # fmt: skip
         procs.append(router)
+        killed_at: list[int] = []
 
-        async def run(n: int) -> list[httpx.Response]:
-            async with httpx.AsyncClient(timeout=60) as client:
-                sem = asyncio.Semaphore(4)
+        async def kill_after_20(finished: int) -> bool:
+            if finished < 20:
+                return False
+            await asyncio.to_thread(kill9, p1)
+            killed_at.append(finished)
+            return True
 
-                async def one(i):
-                    async with sem:
-                        body = {"input_ids": [100 + i, *range(200, 240)], "sampling_params": GREEDY}
-                        return await client.post(router.url + "/generate", json=body)
-
-                tasks = [asyncio.create_task(one(i)) for i in range(n)]
-                await asyncio.sleep(0.5)  # some requests are in flight on both prefills
-                kill9(p1)
-                return await asyncio.gather(*tasks)
-
-        responses = asyncio.run(run(40))
-        failed = [(r.status_code, r.text[:200]) for r in responses if r.status_code != 200]
-        assert len(failed) == 0, f"{len(failed)}/40 failed despite a live prefill: {failed}"
+        results = asyncio.run(_load(router.url, 100, 8, kill_after_20))
+        assert killed_at, "the prefill was never killed"
+        _check_outcomes(results, min_ok=99)
+        print(f"during kill: {sum(s == 200 for s, _ in results)}/100 succeeded")
         _wait(lambda: not router.workers()[p1.url]["healthy"], 5, "dead prefill marked unhealthy")
         assert router.workers()[p2.url]["healthy"]
-        assert_idle(decode)
+        assert_idle(p2, decode)
+
+        # Restart at the same HTTP port and bootstrap port: readmitted, then used again.
+        before = request_counts(router).get(p1.url, 0)
+        procs.remove(p1)
+        p1, _ = start_prefill(qwen3_path, port=p1.port, bootstrap_port=port1)
+        procs.append(p1)
+        _wait(lambda: router.workers()[p1.url]["healthy"], 10, "restarted prefill readmitted")
+        results = asyncio.run(_load(router.url, 20, 4))
+        _check_outcomes(results, min_ok=20)
+        used = request_counts(router).get(p1.url, 0) - before
+        assert used >= 5, f"the restarted prefill got {used} of 20 requests (round robin)"
+        ok = sum(status == 200 for status, _ in results)
+        print(f"killed after {killed_at[0]} finished; restarted prefill served {used}/20, {ok} ok")
+        assert_idle(p1, p2, decode)
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -18,6 +18,8 @@ KEYS_PER_SPLIT = 256  # below this many keys per program, splitting does not pay
 
 
 class TritonAttention(AttentionImpl):
+    cuda_graph_safe = True  # kernel loop bounds come from device seq_lens
+
     def __init__(self, config: AttentionConfig):
         super().__init__(config)
         self.group = config.num_heads // config.num_kv_heads

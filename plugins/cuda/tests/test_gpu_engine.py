@@ -48,7 +48,8 @@ def hf_greedy_logits(model, ids, n):
     return tokens, logits
 
 
-def test_triton_engine_matches_hf_on_gpu(checkpoint):
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graph"])
+def test_triton_engine_matches_hf_on_gpu(checkpoint, graphs):
     from engine.harness import drain, greedy_req
     from model.model_helpers import load_hf
     from pdcore_cuda.triton_attention import TritonAttention
@@ -60,11 +61,19 @@ def test_triton_engine_matches_hf_on_gpu(checkpoint):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     loaded = load_model(str(checkpoint), torch.float32, "cuda", load_tokenizer=False)
-    args = ServerArgs(max_total_tokens=8192, page_size=16, chunked_prefill_size=256)
+    args = ServerArgs(
+        max_total_tokens=8192,
+        page_size=16,
+        chunked_prefill_size=256,
+        cuda_graph_max_bs=12,
+        disable_cuda_graph=not graphs,
+    )
     engine = Engine(loaded.model, loaded.config, args, TritonAttention, "cuda")
+    assert engine.cuda_graph_sizes == ([1, 2, 4, 8, 12] if graphs else [])
     ps = prompts()
     for i, p in enumerate(ps):
-        engine.add_request(greedy_req(f"r{i}", p, MAX_NEW, ignore_eos=True))
+        # Lengths differ so the decode batch shrinks: graphs replay padded.
+        engine.add_request(greedy_req(f"r{i}", p, MAX_NEW - i, ignore_eos=True))
     results = drain(engine)
     hf = load_hf(checkpoint).cuda()
     report = []
@@ -72,7 +81,8 @@ def test_triton_engine_matches_hf_on_gpu(checkpoint):
         for i, p in enumerate(ps):
             got = results[f"r{i}"].tokens
             want, logits = hf_greedy_logits(hf, p, MAX_NEW)
-            for step, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert len(got) == MAX_NEW - i
+            for step, (a, b) in enumerate(zip(got, want[: len(got)], strict=True)):
                 if a != b:
                     top2 = torch.topk(logits[step], 2).values
                     margin = float(top2[0] - top2[1])
@@ -81,3 +91,5 @@ def test_triton_engine_matches_hf_on_gpu(checkpoint):
                     break
     print("divergences:", report or "none")
     assert engine.kv_usage().used == 0
+    if graphs:
+        assert engine.runner.graphs.replays > 0, "no decode step used a graph"

@@ -1,0 +1,98 @@
+"""Child processes in their own process groups, so stopping one stops its engine too.
+
+Each child starts with ``start_new_session=True`` (a terminal's Ctrl-C reaches only
+``pdcore up``, which then stops the children in order) and, on Linux, asks the
+kernel for SIGTERM if ``pdcore up`` itself dies, so even ``kill -9`` leaves no
+server behind. Output goes to a log file: no pipe to fill up, and its tail
+explains a failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+class Child:
+    def __init__(self, name: str, cmd: Sequence[str], log_path: Path, env: dict[str, str]):
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def exited(self) -> int | None:
+        """The exit code once the process is gone, else None."""
+        return self.proc.poll()
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def tail(self, lines: int = 20) -> list[str]:
+        self._log.flush()
+        try:
+            text = self.log_path.read_bytes()[-16384:].decode(errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
+
+    def last_note(self) -> str:
+        """The server's latest ``pdcore: ...`` progress line, without the prefix."""
+        notes = [x for x in self.tail(40) if x.startswith("pdcore: ")]
+        return notes[-1].removeprefix("pdcore: ") if notes else ""
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def stop_groups(children: Sequence[Child], grace: float, hurry=lambda: False) -> None:
+    """SIGTERM each child's group, wait up to ``grace`` s, SIGKILL what is left.
+
+    ``hurry()`` true (a second Ctrl-C) skips the rest of the wait.
+    """
+    for child in children:
+        if child.exited() is None:
+            child.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(c.exited() is None for c in children):
+        if time.monotonic() > deadline or hurry():
+            break
+        time.sleep(0.1)
+    for child in children:
+        # the leader is gone or lingering: sweep the group (engine, helpers) either way
+        child.signal_group(signal.SIGKILL)
+        try:
+            child.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        child.close()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM me when the ``pdcore up`` process dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,93 @@
+"""Helpers for router tests over real servers: fixed ports, parallel start, router counters."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from e2e.pd_helpers import COMMON
+from e2e.server_process import ServerProcess, free_port
+
+
+class FixedPortServer(ServerProcess):
+    """``ServerProcess`` on a given HTTP port (to restart a killed server at its address)."""
+
+    def __init__(self, *args: str, port: int, timeout: float = 240.0, env: dict | None = None):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
+        self.log = open(os.devnull, "w")
+        cmd = [sys.executable, "-m", "pdcore.launch_server", "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--log-level", "warning", *args]
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.PIPE, text=True, env=env
+        )
+        self._wait_healthy(timeout)
+
+
+def prefill_args(model: str, bootstrap_port: int) -> tuple[str, ...]:
+    return (
+        "--model-path", model, "--disaggregation-mode", "prefill",
+        "--disaggregation-bootstrap-port", str(bootstrap_port),
+        "--disaggregation-transfer-backend", "mooncake", *COMMON,
+    )  # fmt: skip
+
+
+def decode_args(model: str) -> tuple[str, ...]:
+    return (
+        "--model-path", model, "--disaggregation-mode", "decode",
+        "--disaggregation-transfer-backend", "mooncake", *COMMON,
+    )  # fmt: skip
+
+
+def start_prefill(model: str, port: int | None = None, bootstrap_port: int | None = None):
+    """A Mooncake prefill server; ``(server, bootstrap_port)``."""
+    bootstrap_port = bootstrap_port or free_port()
+    args = prefill_args(model, bootstrap_port)
+    server = ServerProcess(*args) if port is None else FixedPortServer(*args, port=port)
+    return server, bootstrap_port
+
+
+def start_parallel(*factories) -> list:
+    """Call every factory in its own thread (servers load at once); stop all if one fails."""
+    with ThreadPoolExecutor(len(factories)) as pool:
+        futures = [pool.submit(f) for f in factories]
+    results, errors = [], []
+    for fut in futures:
+        try:
+            results.append(fut.result())
+        except BaseException as e:
+            errors.append(e)
+    if errors:
+        for r in results:
+            (r[0] if isinstance(r, tuple) else r).stop()
+        raise errors[0]
+    return results
+
+
+_COUNTER = re.compile(r"^pdcore_router_requests_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def request_counts(router) -> dict[str, float]:
+    """Requests the router sent to each worker URL so far (its ``/metrics`` counter)."""
+    counts: dict[str, float] = {}
+    for line in router.get("/metrics").text.splitlines():
+        m = _COUNTER.match(line)
+        if m:
+            labels = dict(_LABEL.findall(m["labels"]))
+            counts[labels["worker"]] = counts.get(labels["worker"], 0.0) + float(m["value"])
+    return counts
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout}s")
+        time.sleep(interval)

@@ -1,0 +1,52 @@
+"""A burst of concurrent requests is spread by load-based policies (stub workers, fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from router.cluster import request_counts, wait_for
+from router.router_process import RouterProcess
+from router.stub_worker import StubWorker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _slow(body):
+    time.sleep(0.3)
+    return 200, {"text": "ok", "meta_info": {}}
+
+
+@pytest.mark.parametrize("policy", ["cache_aware", "power_of_two"])
+def test_a_burst_of_distinct_prompts_is_spread_over_every_worker(policy):
+    """All 8 arrive before any is answered: each pick must see the ones before it."""
+    stubs = [StubWorker(_slow) for _ in range(4)]
+    router = RouterProcess(
+        "--pd-disaggregation", "--prefill", stubs[0].url, "8998", "--prefill", stubs[1].url,
+        "8998", "--decode", stubs[2].url, "--decode", stubs[3].url, "--policy", policy,
+    )  # fmt: skip
+    try:
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=30) as client:
+                bodies = [{"text": f"{i} distinct prompt number {i}"} for i in range(8)]
+                return await asyncio.gather(
+                    *(client.post(router.url + "/generate", json=b) for b in bodies)
+                )
+
+        assert all(r.status_code == 200 for r in asyncio.run(burst()))
+        counts = request_counts(router)
+        for stub in stubs:
+            # power_of_two samples two of two, so it is as even as cache_aware here
+            assert counts.get(stub.url, 0) >= 3, (policy, counts)
+        wait_for(
+            lambda: all(w["in_flight"] == 0 for w in router.workers().values()),
+            5,
+            "in_flight back to 0",
+        )
+    finally:
+        router.stop()
+        for stub in stubs:
+            stub.stop()
