@@ -51,6 +51,7 @@ class ServerArgs:
     max_running_requests: int | None = None
     cuda_graph_max_bs: int | None = None
     disable_cuda_graph: bool = False
+    enable_fused_kernels: bool = True
     max_prefill_tokens: int = 16384
     random_seed: int = 0
     # parallelism
@@ -130,6 +131,12 @@ class ServerArgs:
         )
         g.add_argument(
             "--disable-cuda-graph", action="store_true", help="run decode eagerly on GPUs"
+        )
+        g.add_argument(
+            "--disable-fused-kernels",
+            dest="enable_fused_kernels",
+            action="store_false",
+            help="use the torch versions of norms, rotary and SiLU-and-mul everywhere",
         )
         g = parser.add_argument_group("parallelism")
         g.add_argument("--tp-size", "--tp", dest="tp_size", type=int, default=d.tp_size)

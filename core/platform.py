@@ -65,6 +65,11 @@ class Platform(ABC):
             return torch.device("cpu")
         return torch.device(self.device_type, device_index)
 
+    def layer_kernels(self):
+        """Fused element-wise layer kernels (a ``pdcore.model.kernels.LayerKernels``),
+        or None for the torch reference versions."""
+        return None
+
     def set_device(self, device_index: int) -> None:
         """Make ``device_index`` current for this process (no-op on the CPU)."""
 

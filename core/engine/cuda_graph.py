@@ -39,6 +39,7 @@ class DecodeGraphs:
         device: torch.device,
         max_bs: int,
         context_len: int,
+        kernels,
     ):
         start = time.monotonic()
         self.sizes = graph_batch_sizes(max_bs)
@@ -62,14 +63,14 @@ class DecodeGraphs:
         mempool = torch.cuda.graph_pool_handle()
         with torch.inference_mode():
             for bs in reversed(self.sizes):  # largest first: smaller ones reuse its pool
-                self._capture(bs, model, pool, make_attention(), context_len, mempool)
+                self._capture(bs, model, pool, make_attention(), context_len, mempool, kernels)
         log.info(
             "captured decode CUDA graphs for batch sizes %s in %.1fs",
             self.sizes,
             time.monotonic() - start,
         )
 
-    def _capture(self, bs, model, pool, attn, context_len, mempool) -> None:
+    def _capture(self, bs, model, pool, attn, context_len, mempool, kernels) -> None:
         meta = AttentionMetadata(
             is_decode=True,
             page_table=self.page_table[:bs],
@@ -80,7 +81,7 @@ class DecodeGraphs:
             extend_lens_cpu=[1] * bs,
         )
         attn.plan(meta)
-        ctx = ForwardContext(attn, pool.layer_caches)
+        ctx = ForwardContext(attn, pool.layer_caches, kernels)
 
         def step():
             hidden = model(self.input_ids[:bs], self.positions[:bs], ctx)

@@ -31,10 +31,12 @@ from pdcore.engine.io_struct import EngineError, EngineStats, GenerateReq, Token
 from pdcore.engine.model_runner import ModelRunner
 from pdcore.engine.pd import build_pd_queues
 from pdcore.engine.sampler import Sampler
+from pdcore.errors import PdcoreError
 from pdcore.kvcache.pool import KVPool, KVShape, pages_for_budget
 from pdcore.kvcache.radix_cache import RadixCache
 from pdcore.model.base import CausalLM
 from pdcore.model.config import ModelConfig
+from pdcore.model.kernels import TORCH_KERNELS, LayerKernels
 from pdcore.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 from pdcore.scheduler.request import Req, finish_reason
 from pdcore.scheduler.scheduler import Scheduler, SchedulerConfig
@@ -134,11 +136,24 @@ class Engine:
         )
         self.attention_name, factory = _attention_factory(attention, server_args, platform)
         self.runner = ModelRunner(model, self.pool, factory(attn_config), self.device)
+        self.runner.ctx.kernels = self._layer_kernels(platform)
         self.cuda_graph_sizes = self._capture_graphs(server_args, factory, attn_config, context)
         self.sampler = Sampler(self.device, server_args.random_seed)
         self._pending: list[TokenOut | EngineError] = []
         # PD prefill/decode queues around the scheduler (None in null mode).
         self.pd = build_pd_queues(server_args, self.pool, self.scheduler, cfg)
+
+    def _layer_kernels(self, platform) -> LayerKernels:
+        """The platform's fused layer kernels for this device, else the torch ones."""
+        if platform is None or platform.device_type != self.device.type:
+            from pdcore.registry import get_registry
+
+            try:
+                platform = get_registry().select_platform(self.device.type)
+            except PdcoreError:
+                return TORCH_KERNELS
+        kernels = platform.layer_kernels() if self.server_args.enable_fused_kernels else None
+        return kernels or TORCH_KERNELS
 
     def _capture_graphs(self, server_args, factory, attn_config, context) -> list[int]:
         """Decode CUDA graphs where they can run: a GPU, a graph-safe attention

@@ -33,7 +33,13 @@ class ModelRunner:
         from pdcore.engine.cuda_graph import DecodeGraphs
 
         self.graphs = DecodeGraphs(
-            self.model, self.pool, make_attention, self.device, max_bs, context_len
+            self.model,
+            self.pool,
+            make_attention,
+            self.device,
+            max_bs,
+            context_len,
+            self.ctx.kernels,
         )
         return self.graphs.sizes
 

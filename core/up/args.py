@@ -68,7 +68,12 @@ def _parser(prog: str) -> FlagParser:
         help="KV transfer plugin: mooncake (default), nixl, ...",
     )
     p.add_argument("--host", default="127.0.0.1", help="router host (servers stay on 127.0.0.1)")
-    p.add_argument("--port", type=int, default=30000, help="router port (default 30000)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="router port (default 30000; with --once, any free port)",
+    )
     p.add_argument(
         "--server-args",
         default="",
@@ -123,7 +128,7 @@ def parse_up_args(argv: list[str], prog: str = "pdcore up") -> UpArgs:
         ns.model_path,
         ns.transfer_backend,
         ns.host,
-        ns.port,
+        ns.port if ns.port is not None else (free_port() if ns.once is not None else 30000),
         server_args,
         router_args,
         ns.once,

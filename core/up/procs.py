@@ -59,9 +59,10 @@ class Child:
         return text.splitlines()[-lines:]
 
     def last_note(self) -> str:
-        """The server's latest ``pdcore: ...`` progress line, without the prefix."""
+        """The gist of the server's latest ``pdcore: ...`` line ("still loading the model")."""
         notes = [x for x in self.tail(40) if x.startswith("pdcore: ")]
-        return notes[-1].removeprefix("pdcore: ") if notes else ""
+        note = notes[-1].removeprefix("pdcore: ") if notes else ""
+        return note.split(" (")[0].split(";")[0]
 
     def close(self) -> None:
         self._log.close()

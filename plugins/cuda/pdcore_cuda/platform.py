@@ -68,6 +68,14 @@ class CudaPlatform(Platform):
             return ("float32", "bfloat16", "float16")
         return ("float32", "float16")
 
+    def layer_kernels(self):
+        """Fused Triton norms, rotary and SiLU-and-mul, where Triton is installed."""
+        try:
+            from pdcore_cuda.layer_kernels import TritonLayerKernels
+        except ImportError:
+            return None
+        return TritonLayerKernels()
+
     def default_dtype(self) -> str:
         return "bfloat16" if "bfloat16" in self.supported_dtypes() else "float16"
 
