@@ -381,18 +381,25 @@ class KVManager:
                 for (lb, _), rb in zip(self.args.kv_buffers, peer.kv_buffers, strict=True)
                 for s, d in zip(src, dst, strict=True)
             ]
+            writes = [runs]
             if is_last:
                 slot = self.aux.alloc()
                 if slot is None:
                     return f"no free aux slot on prefill ({self.aux.num_slots} in use)"
                 self.aux.write(slot, sender.room, aux or AuxData(token_id=-1))
                 remote = peer.aux.addr + sender.request.aux_slot * peer.aux.row_bytes
-                runs.append((self.aux.row_addr(slot), remote, self.aux.row_bytes))
+                aux_run = (self.aux.row_addr(slot), remote, self.aux.row_bytes)
+                if self.args.memory_kind is MemoryKind.DRAM:
+                    runs.append(aux_run)
+                else:  # KV in VRAM, aux in DRAM: engines like NIXL take one kind per write
+                    writes.append([aux_run])
+            writes = [w for w in writes if w]
             done = ChunkDone(sender.room, chunk, is_last, len(src))
-            if runs:
+            notice = encode_message(done) if self.in_band_notices else None
+            for i, write in enumerate(writes):
                 start = time.monotonic()
-                notice = encode_message(done) if self.in_band_notices else None
-                handle = self.engine.write(sender.peer_id, runs, notice)
+                last = i == len(writes) - 1  # the notice rides on the last write only
+                handle = self.engine.write(sender.peer_id, write, notice if last else None)
                 try:
                     handle.wait(self.transfer_timeout)
                 finally:
@@ -400,8 +407,8 @@ class KVManager:
                 with self._lock:
                     self.bytes_transferred += handle.nbytes
                     self.transfer_seconds += time.monotonic() - start
-                if notice is not None:  # decode learns of the chunk with its data
-                    return ""
+            if writes and notice is not None:  # decode learns of the chunk with its data
+                return ""
             reply = request(peer.notify_addr, done, NOTICE_TIMEOUT_S)
             if isinstance(reply, ErrorReply):
                 return f"decode refused chunk {chunk} notice: {reply.message}"
