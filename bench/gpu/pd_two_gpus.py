@@ -1,0 +1,296 @@
+"""PD on two GPUs of one host, and the raw GPU0 -> GPU1 KV copy rate (issue 6).
+
+1. Correctness: a null-mode server on GPU 0 answers 8 greedy requests; then a
+   prefill server on GPU 0 and a decode server with ``--base-gpu-id 1`` answer
+   the same requests through the transfer backend (VRAM to VRAM); outputs must
+   be equal token for token, and both KV pools idle afterwards.
+2. Rate: the KV of a 16k-token prompt of the Llama-3.1-8B architecture
+   (32 layers x K/V x 16384 tokens x 8 heads x 128 x bf16 = 2 GiB), laid out in
+   16-token pages as pdcore's pool holds it, written GPU0 -> GPU1 by the
+   backend's engine, vs ``torch`` peer copy of the same bytes.
+
+``python bench/gpu/pd_two_gpus.py --model-path DIR --backend nixl``; results
+go to ``bench/gpu/results/pd_two_gpus_<backend>.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "pdcore.launch_server", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read().decode()[-3000:])
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{args} not healthy")
+
+    def info(self) -> dict:
+        return httpx.get(f"{self.url}/get_server_info", timeout=30).json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def body(ids, **extra):
+    sampling = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
+    return {"input_ids": ids, "sampling_params": sampling, "return_logprob": True, **extra}
+
+
+async def post_all(urls_bodies):
+    async with httpx.AsyncClient(timeout=300) as client:
+
+        async def one(url, b):
+            r = await client.post(f"{url}/generate", json=b)
+            return r.status_code, r.json()
+
+        return await asyncio.gather(*(one(u, b) for u, b in urls_bodies))
+
+
+def correctness(model: str, backend: str) -> dict:
+    rng = random.Random(0)
+    prompts = [[rng.randrange(5, 2000) for _ in range(n)] for n in (5, 40, 300, 700, 9, 64, 65, 1)]
+    common = ["--model-path", model, "--device", "cuda", "--page-size", "16"]
+    common += ["--chunked-prefill-size", "256", "--max-total-tokens", "16384"]
+    null = Server(*common, "--base-gpu-id", "0")
+    try:
+        ref = asyncio.run(post_all([(null.url, body(p)) for p in prompts]))
+    finally:
+        null.stop()
+    boot = free_port()
+    pd = ["--disaggregation-transfer-backend", backend]
+    prefill = Server(*common, *pd, "--disaggregation-mode", "prefill", "--base-gpu-id", "0",
+                     "--disaggregation-bootstrap-port", str(boot))  # fmt: skip
+    decode = Server(*common, *pd, "--disaggregation-mode", "decode", "--base-gpu-id", "1")
+    try:
+        rooms = [random.getrandbits(63) or 1 for _ in prompts]
+        extra = [
+            dict(bootstrap_host="127.0.0.1", bootstrap_port=boot, bootstrap_room=r) for r in rooms
+        ]
+        pairs = []
+        for p, e in zip(prompts, extra, strict=True):
+            pairs += [(prefill.url, body(p, **e)), (decode.url, body(p, **e))]
+        out = asyncio.run(post_all(pairs))
+        decoded = out[1::2]
+        equal = [
+            d[1].get("output_ids") == r[1]["output_ids"] for d, r in zip(decoded, ref, strict=True)
+        ]
+        time.sleep(1)
+        p_info, d_info = prefill.info(), decode.info()
+        return {
+            "statuses": [s for s, _ in out],
+            "outputs_equal_null_mode": equal,
+            "all_equal": all(equal),
+            "prefill_device": p_info["engine_info"]["device"],
+            "decode_device": d_info["engine_info"]["device"],
+            "prefill_disaggregation": p_info["disaggregation"],
+            "decode_disaggregation": d_info["disaggregation"],
+            "used_pages_after": [
+                p_info["kv_cache"]["used_pages"],
+                d_info["kv_cache"]["used_pages"],
+            ],
+        }
+    finally:
+        decode.stop()
+        prefill.stop()
+
+
+def rate(backend: str) -> dict:
+    import torch
+
+    from pdcore.disaggregation.transfer import MemoryRegion, TransferConfig
+    from pdcore.platform import MemoryKind
+    from pdcore.registry import get_registry
+
+    layers, tokens, heads, dim, page = 32, 16384, 8, 128, 16
+    page_bytes = page * heads * dim * 2
+    pages = tokens // page
+    total = layers * 2 * pages * page_bytes
+    src = torch.randint(
+        0, 255, (layers * 2, pages * page_bytes), dtype=torch.uint8, device="cuda:0"
+    )
+    dst = torch.zeros_like(src, device="cuda:1")
+    factory = get_registry().get("transfer", backend).factory
+    engines = []
+    for role, t, dev in (("prefill", src, 0), ("decode", dst, 1)):
+        e = factory(TransferConfig(role=role, memory_kind=MemoryKind.VRAM, device_id=dev))
+        e.register([MemoryRegion(t.data_ptr(), t.numel(), MemoryKind.VRAM, dev)])
+        engines.append(e)
+    peer = engines[0].connect(engines[1].metadata())
+    rows = src.stride(0)
+    # pdcore's runs: per layer and K/V buffer, one run per page (here pages are in order,
+    # so the engine's coalescing merges them per buffer, as for a fresh pool).
+    runs = [(src.data_ptr() + b * rows + i * page_bytes, dst.data_ptr() + b * rows + i * page_bytes,
+             page_bytes) for b in range(layers * 2) for i in range(pages)]  # fmt: skip
+    # and scattered: every other page swapped, so runs cannot merge across pages
+    order = list(range(pages))
+    for i in range(0, pages - 1, 2):
+        order[i], order[i + 1] = order[i + 1], order[i]
+    scattered = [(src.data_ptr() + b * rows + i * page_bytes,
+                  dst.data_ptr() + b * rows + j * page_bytes, page_bytes)
+                 for b in range(layers * 2) for i, j in enumerate(order)]  # fmt: skip
+
+    def engine_copy(rs):
+        h = engines[0].write(peer, rs)
+        h.wait(120)
+        h.release()
+
+    def timed(fn, n=5):
+        fn()
+        out = []
+        for _ in range(n):
+            torch.cuda.synchronize(0)
+            torch.cuda.synchronize(1)
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize(0)
+            torch.cuda.synchronize(1)
+            out.append(time.perf_counter() - t)
+        return statistics.median(out)
+
+    t_runs = timed(lambda: engine_copy(runs))
+    ok = torch.equal(src.to("cuda:1"), dst)
+    t_scattered = timed(lambda: engine_copy(scattered))
+    t_torch = timed(lambda: dst.copy_(src))
+    for e in engines:
+        e.close()
+    return {
+        "bytes": total,
+        "bytes_verified": ok,
+        "engine_GBps_pages_in_order": total / t_runs / 1e9,
+        "engine_GBps_pages_scattered": total / t_scattered / 1e9,
+        "torch_peer_copy_GBps": total / t_torch / 1e9,
+        "ratio_in_order": t_torch / t_runs,
+        "ratio_scattered": t_torch / t_scattered,
+    }
+
+
+def _receiver(conn, backend: str, nbytes: int) -> None:
+    """Child process: GPU 1 buffer, its engine; answers with metadata, then a checksum."""
+    import torch
+
+    from pdcore.disaggregation.transfer import MemoryRegion, TransferConfig
+    from pdcore.platform import MemoryKind
+    from pdcore.registry import get_registry
+
+    dst = torch.zeros(nbytes, dtype=torch.uint8, device="cuda:1")
+    factory = get_registry().get("transfer", backend).factory
+    engine = factory(TransferConfig(role="decode", memory_kind=MemoryKind.VRAM, device_id=1))
+    engine.register([MemoryRegion(dst.data_ptr(), nbytes, MemoryKind.VRAM, 1)])
+    conn.send(engine.metadata())
+    conn.recv()  # "done"
+    torch.cuda.synchronize(1)
+    conn.send(int(dst[:: 1 << 20].to(torch.int64).sum()))
+    engine.close()
+
+
+def rate_two_processes(backend: str) -> dict:
+    """The same copy between two processes (as prefill and decode servers are)."""
+    import multiprocessing as mp
+
+    import torch
+
+    from pdcore.disaggregation.transfer import MemoryRegion, TransferConfig
+    from pdcore.platform import MemoryKind
+    from pdcore.registry import get_registry
+
+    layers, tokens, heads, dim, page = 32, 16384, 8, 128, 16
+    page_bytes = page * heads * dim * 2
+    pages = tokens // page
+    total = layers * 2 * pages * page_bytes
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_receiver, args=(child, backend, total))
+    proc.start()
+    src = torch.randint(0, 255, (total,), dtype=torch.uint8, device="cuda:0")
+    factory = get_registry().get("transfer", backend).factory
+    engine = factory(TransferConfig(role="prefill", memory_kind=MemoryKind.VRAM, device_id=0))
+    engine.register([MemoryRegion(src.data_ptr(), total, MemoryKind.VRAM, 0)])
+    meta = parent.recv()
+    peer = engine.connect(meta)
+    remote = meta["regions"][0]["addr"]
+    runs = [(src.data_ptr() + i * page_bytes, remote + i * page_bytes, page_bytes)
+            for i in range(layers * 2 * pages)]  # fmt: skip
+
+    def copy():
+        h = engine.write(peer, runs)
+        h.wait(120)
+        h.release()
+
+    copy()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        copy()
+        times.append(time.perf_counter() - t)
+    parent.send("done")
+    checksum = parent.recv()
+    proc.join(60)
+    engine.close()
+    want = int(src[:: 1 << 20].to(torch.int64).sum())
+    return {
+        "bytes": total,
+        "bytes_verified": checksum == want,
+        "engine_GBps_two_processes": total / statistics.median(times) / 1e9,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model-path", required=True)
+    ap.add_argument("--backend", default="nixl")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--rate-only", action="store_true")
+    args = ap.parse_args()
+    import torch
+
+    result = {
+        "cards": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "backend": args.backend,
+        "rate_16k_tokens_llama8b_kv_two_processes": rate_two_processes(args.backend),
+    }
+    print(json.dumps(result, indent=2), flush=True)
+    result["rate_16k_tokens_llama8b_kv_one_process"] = rate(args.backend)
+    print(json.dumps(result, indent=2), flush=True)
+    if not args.rate_only:
+        result["pd_correctness"] = correctness(args.model_path, args.backend)
+    text = json.dumps(result, indent=2)
+    print(text)
+    out = Path(args.out) if args.out else HERE / "results" / f"pd_two_gpus_{args.backend}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
