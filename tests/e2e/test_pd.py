@@ -134,11 +134,16 @@ def test_pd_request_without_bootstrap_fields_is_400(qwen3_path):
 
 
 @pytest.mark.slow
-def test_mismatched_page_size_fails_the_handshake(qwen3_path, prompts):
+@pytest.mark.parametrize(
+    ("decode_args", "field"),
+    [(("--page-size", "8"), "page_size"), (("--dtype", "bfloat16"), "kv_dtype")],
+    ids=["page-size", "dtype"],
+)
+def test_mismatched_layout_fails_the_handshake(qwen3_path, prompts, decode_args, field):
     prefill, decode, port = pd_servers(
         qwen3_path,
         "mooncake",
-        decode_args=("--page-size", "8"),
+        decode_args=decode_args,
         env={"PDCORE_DISAGGREGATION_BOOTSTRAP_TIMEOUT": "3"},
     )
     try:
@@ -146,7 +151,7 @@ def test_mismatched_page_size_fails_the_handshake(qwen3_path, prompts):
         body["bootstrap_port"] = port
         ((p_status, d_status, out),) = asyncio.run(pd_generate(prefill, decode, [body]))
         text = json.dumps(out)
-        assert d_status >= 400 and "incompatible" in text and "page_size" in text, out
+        assert d_status >= 400 and "incompatible" in text and field in text, out
         assert p_status >= 400  # prefill's room times out waiting for decode (3 s here)
         for server in (prefill, decode):
             assert wait_idle(server)["used_pages"] == 0
