@@ -28,6 +28,25 @@ def _triton_check() -> Availability:
     return Availability.yes(f"triton {triton.__version__}")
 
 
+def _flashinfer_factory(config):
+    from pdcore_cuda.flashinfer_attention import FlashInferAttention
+
+    return FlashInferAttention(config)
+
+
+def _flashinfer_check() -> Availability:
+    platform = CudaPlatform().availability()
+    if not platform.ok:
+        return Availability.no(f"needs a CUDA device: {platform.reason}")
+    try:
+        import flashinfer
+    except ImportError as e:
+        return Availability.no(
+            f"flashinfer is not installed ({e}); pip install 'pdcore-cuda[flashinfer]'"
+        )
+    return Availability.yes(f"flashinfer {getattr(flashinfer, '__version__', '?')}")
+
+
 @hookimpl
 def pdcore_platforms():
     return [CudaPlatform()]
@@ -43,5 +62,14 @@ def pdcore_attention_backends():
             check=_triton_check,
             priority=10,
             description="pdcore's Triton paged attention (prefill with prefix, split decode)",
-        )
+        ),
+        # Below triton until its decode is captured in CUDA graphs (triton's is).
+        AttentionBackend(
+            name="flashinfer",
+            factory=_flashinfer_factory,
+            platforms=("cuda",),
+            check=_flashinfer_check,
+            priority=5,
+            description="FlashInfer paged prefill/decode (bf16/fp16; plan once per pass)",
+        ),
     ]
