@@ -55,12 +55,22 @@ _FAILURES = {
 }
 
 
+# Runs in flight per write. Mooncake's TCP transport rejects submissions once its
+# queue is full ("queue-full"): a write of ~4000 page runs that cannot coalesce
+# (fragmented pages) timed out and poisoned the peer. Later runs are submitted
+# as earlier ones finish.
+MAX_INFLIGHT_RUNS = 512
+
+
 @dataclass
 class _Write:
-    """Batch ids of one ``write``, polled in order; ``done`` counts finished ones."""
+    """Batch ids of one ``write``, polled in order; ``done`` counts finished ones;
+    ``pending`` holds runs not submitted yet (at most MAX_INFLIGHT_RUNS are out)."""
 
     batch_ids: list[int]
     deadline: float
+    handle: object = None
+    pending: list = field(default_factory=list)
     done: int = 0
     error: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -145,33 +155,49 @@ class MooncakeTransferEngine(TransferEngine):
 
     def _write(self, peer: PeerInfo, runs: list[Run], notify: bytes | None) -> _Write:
         self._reap()
-        ids: list[int] = []
-        for local, remote, length in runs:
-            bid = self._te.transfer_submit_write(peer.handle, local, remote, length)
+        w = _Write([], time.monotonic() + self._timeout, peer.handle)
+        w.pending = list(reversed(runs))  # popped from the end, in order
+        if not self._submit_more(w):
+            self._orphan(w.batch_ids)
+            raise TransferError(
+                f"mooncake could not submit a write to {peer.peer_id} "
+                "(peer unreachable, or its segment is gone)"
+            )
+        return w
+
+    def _submit_more(self, w: _Write) -> bool:
+        """Submit pending runs while fewer than MAX_INFLIGHT_RUNS are out; False on refusal."""
+        while w.pending and len(w.batch_ids) - w.done < MAX_INFLIGHT_RUNS:
+            local, remote, length = w.pending.pop()
+            bid = self._te.transfer_submit_write(w.handle, local, remote, length)
             # 0 is the failure sentinel; older builds returned -1 cast to uint64.
             if bid <= 0 or bid >= 1 << 63:
-                self._orphan(ids)
-                raise TransferError(
-                    f"mooncake could not submit a write to {peer.peer_id} "
-                    "(peer unreachable, or its segment is gone)"
-                )
-            ids.append(bid)
-        return _Write(ids, time.monotonic() + self._timeout)
+                return False
+            w.batch_ids.append(bid)
+        return True
 
     def _poll(self, w: _Write) -> TransferStatus:
         with w.lock:
             if w.error:
                 return TransferStatus.FAILED
-            while w.done < len(w.batch_ids):
-                rc = self._te.transfer_check_status(w.batch_ids[w.done])
-                if rc == 0:
+            while True:
+                while w.done < len(w.batch_ids):
+                    rc = self._te.transfer_check_status(w.batch_ids[w.done])
+                    if rc == 0:
+                        break
+                    w.done += 1  # any non-zero answer ends this batch id for us
+                    if rc != 1:
+                        w.error = _FAILURES.get(rc, f"transfer_check_status returned {rc}")
+                        return TransferStatus.FAILED
+                if not w.pending:
+                    if w.done == len(w.batch_ids):
+                        return TransferStatus.DONE
                     break
-                w.done += 1  # any non-zero answer ends this batch id for us
-                if rc != 1:
-                    w.error = _FAILURES.get(rc, f"transfer_check_status returned {rc}")
+                if not self._submit_more(w):
+                    w.error = "mooncake refused a submission mid-write (peer gone?)"
                     return TransferStatus.FAILED
-            else:
-                return TransferStatus.DONE
+                if w.done < len(w.batch_ids):
+                    break
             if time.monotonic() >= w.deadline:
                 w.error = (
                     f"not complete after transfer_timeout_s={self._timeout:g}s "
@@ -187,6 +213,7 @@ class MooncakeTransferEngine(TransferEngine):
         with w.lock:
             self._orphan(w.batch_ids[w.done :])
             w.done = len(w.batch_ids)
+            w.pending = []
 
     def _orphan(self, batch_ids: list[int]) -> None:
         if batch_ids:

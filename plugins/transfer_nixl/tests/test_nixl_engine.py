@@ -171,3 +171,20 @@ def test_bad_options_are_rejected(new_transfer_engine):
         new_transfer_engine(transfer_timeout_s="soon")
     with pytest.raises(TransferError, match="not available"):
         new_transfer_engine(backend="NO_SUCH_BACKEND")
+
+
+def test_idle_agent_does_not_busy_poll_a_core(new_transfer_engine):
+    """nixl's wrapper would start its progress thread with no delay between polls,
+    burning a core the engine needs; pdcore sets a delay (progress_delay_us)."""
+    import time
+
+    import psutil
+
+    engine = new_transfer_engine()
+    proc = psutil.Process()
+    before = proc.cpu_times()
+    time.sleep(2.0)
+    after = proc.cpu_times()
+    busy = (after.user - before.user) + (after.system - before.system)
+    assert busy < 1.0, f"{busy:.2f} s of CPU in 2 s idle: the progress thread spins"
+    assert engine is not None
