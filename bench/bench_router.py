@@ -283,7 +283,16 @@ def machine() -> dict:
     except OSError:
         pass
     pkgs = {}
-    for name in ("uvicorn", "starlette", "fastapi", "httpx", "h11"):
+    for name in (
+        "uvicorn",
+        "httptools",
+        "uvloop",
+        "starlette",
+        "fastapi",
+        "aiohttp",
+        "httpx",
+        "h11",
+    ):
         try:
             pkgs[name] = version(name)
         except Exception:

@@ -235,11 +235,24 @@ def serve(args: RouterArgs) -> int:
                 )
 
     config = uvicorn.Config(
-        build_app(args), host=args.host, port=args.port, log_level="warning", access_log=False
+        build_app(args),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        http=_pick("httptools", "h11"),
+        loop=_pick("uvloop", "asyncio"),
     )
     server = _Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def _pick(fast: str, fallback: str) -> str:
+    """uvicorn's C-based HTTP parser / event loop when installed (a third of the cost)."""
+    import importlib.util
+
+    return fast if importlib.util.find_spec(fast) is not None else fallback
 
 
 def main() -> None:

@@ -1,4 +1,10 @@
-"""The router's FastAPI app: SGLang's and OpenAI's endpoints plus worker management."""
+"""The router's app: SGLang's and OpenAI's endpoints plus worker management.
+
+The generation paths (``POST /generate``, ``/v1/completions``,
+``/v1/chat/completions``) are answered by a plain ASGI handler in front of the
+FastAPI app (no routing, no request object, one ``json.loads``); everything else
+(management, info, metrics, lifespan) is FastAPI's.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +14,23 @@ import random
 from contextlib import asynccontextmanager
 from urllib.parse import urlparse
 
-import httpx
-from fastapi import FastAPI, Request
+import aiohttp
+from fastapi import FastAPI
 from fastapi.responses import Response
+from starlette.routing import Route
 
 import pdcore
 from pdcore.router.health import HealthChecker
 from pdcore.router.metrics import RouterMetrics
 from pdcore.router.policies import make_policy
-from pdcore.router.proxy import Proxy, error
+from pdcore.router.proxy import UPSTREAM_ERRORS, Proxy, error, make_session
 from pdcore.router.workers import CircuitBreaker, WorkerPool
 
 GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
+TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
-def build_app(args) -> FastAPI:
+def build_app(args):
     """``args``: a ``RouterArgs`` (see ``pdcore.launch_router``)."""
     pool = WorkerPool(lambda: CircuitBreaker(args.cb_failure_threshold, args.cb_cooldown_secs))
     roles = ("prefill", "decode") if args.pd_disaggregation else ("regular",)
@@ -43,33 +51,54 @@ def build_app(args) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        client = httpx.AsyncClient(limits=limits, trust_env=False)
+        session = make_session()
         checker = HealthChecker(
-            pool, client, args.health_check_interval_secs, args.health_check_timeout_secs
+            pool, session, args.health_check_interval_secs, args.health_check_timeout_secs
         )
         state["checker"] = checker
         state["proxy"] = Proxy(
-            pool, policies, client, metrics, checker, args.pd_disaggregation, args.max_retries, rng
+            pool, policies, session, metrics, checker, args.pd_disaggregation, args.max_retries, rng
         )
         checker.start()
         yield
         await checker.stop()
-        await client.aclose()
+        await session.close()
 
     app = FastAPI(title="pdcore router", lifespan=lifespan)
 
-    async def generation(request: Request) -> Response:
+    async def generation(scope, receive, send) -> None:
+        """ASGI handler of a generation path: read the body, parse it once, route it."""
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            return error(400, f"request body is not valid JSON: {e}")
-        if not isinstance(body, dict):
-            return error(400, f"request body must be a JSON object, got {type(body).__name__}")
-        return await state["proxy"].route(request, request.url.path, body)
+            response = error(400, f"request body is not valid JSON: {e}")
+        else:
+            if not isinstance(body, dict):
+                kind = type(body).__name__
+                response = error(400, f"request body must be a JSON object, got {kind}")
+            else:
 
-    for path in GENERATION_PATHS:
-        app.add_api_route(path, generation, methods=["POST"])
+                async def disconnected() -> None:
+                    """Returns once the client went away (uvicorn does not cancel us)."""
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+
+                response = await state["proxy"].route(
+                    scope["path"], body, raw, scope["headers"], disconnected
+                )
+        await response(scope, receive, send)
+
+    for path in GENERATION_PATHS:  # reached through FastAPI only by other methods: 405
+        app.router.routes.append(Route(path, _ASGIEndpoint(generation), methods=["POST"]))
 
     async def from_one(path: str) -> Response:
         """GET ``path`` from a healthy decode (or regular) worker, as it answers."""
@@ -77,10 +106,11 @@ def build_app(args) -> FastAPI:
         if not workers:
             return error(503, f"no healthy {roles[-1]} worker available")
         try:
-            r = await state["proxy"].client.get(workers[0].url + path, timeout=30)
-        except httpx.HTTPError as e:
+            async with state["proxy"].session.get(workers[0].url + path, timeout=TIMEOUT) as r:
+                content = await r.read()
+        except UPSTREAM_ERRORS as e:
             return error(502, f"{workers[0].url}{path} failed: {type(e).__name__}: {e}")
-        return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
+        return Response(content, r.status, media_type=r.headers.get("content-type"))
 
     @app.get("/v1/models")
     async def models():
@@ -104,14 +134,17 @@ def build_app(args) -> FastAPI:
             if not workers:
                 return error(503, f"no healthy {role} worker available")
             picks.append(workers[0])
-        client = state["proxy"].client
-        results = await asyncio.gather(
-            *(client.get(w.url + "/health_generate", timeout=30) for w in picks),
-            return_exceptions=True,
-        )
+        session = state["proxy"].session
+
+        async def status(w) -> int:
+            async with session.get(w.url + "/health_generate", timeout=TIMEOUT) as r:
+                await r.read()
+                return r.status
+
+        results = await asyncio.gather(*(status(w) for w in picks), return_exceptions=True)
         for w, r in zip(picks, results, strict=True):
-            if isinstance(r, Exception) or r.status_code != 200:
-                why = r if isinstance(r, Exception) else f"status {r.status_code}"
+            if isinstance(r, BaseException) or r != 200:
+                why = r if isinstance(r, BaseException) else f"status {r}"
                 return error(503, f"{w.role} worker {w.url} failed /health_generate: {why}")
         return Response(status_code=200)
 
@@ -162,4 +195,21 @@ def build_app(args) -> FastAPI:
             return error(404, f"no worker {url} is registered")
         return {"removed": worker.describe()}
 
-    return app
+    async def router_app(scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] in GENERATION_PATHS:
+            if scope["method"] == "POST":
+                return await generation(scope, receive, send)
+        return await app(scope, receive, send)
+
+    router_app.fastapi = app
+    return router_app
+
+
+class _ASGIEndpoint:
+    """A plain ASGI callable as a Starlette route endpoint (not a request/response one)."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.handler(scope, receive, send)

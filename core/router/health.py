@@ -8,9 +8,10 @@ too, which is how a restarted worker comes back.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
-import httpx
+import aiohttp
 
 from pdcore.router.workers import Worker, WorkerPool
 
@@ -19,12 +20,13 @@ log = logging.getLogger("pdcore.router")
 
 class HealthChecker:
     def __init__(
-        self, pool: WorkerPool, client: httpx.AsyncClient, interval_s: float, timeout_s: float
+        self, pool: WorkerPool, session: aiohttp.ClientSession, interval_s: float, timeout_s: float
     ):
         self.pool = pool
-        self.client = client
+        self.session = session
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -46,10 +48,11 @@ class HealthChecker:
     async def check(self, worker: Worker) -> bool:
         was_healthy = worker.healthy
         try:
-            r = await self.client.get(f"{worker.url}/health", timeout=self.timeout_s)
-            ok = r.status_code == 200
-            error = None if ok else f"/health answered {r.status_code}"
-        except httpx.HTTPError as e:
+            async with self.session.get(f"{worker.url}/health", timeout=self.timeout) as r:
+                await r.read()
+            ok = r.status == 200
+            error = None if ok else f"/health answered {r.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             ok, error = False, f"/health failed: {type(e).__name__}: {e}"
         if ok:
             worker.breaker.success()
@@ -66,9 +69,11 @@ class HealthChecker:
     async def refresh_info(self, worker: Worker) -> dict | None:
         """Load (running + waiting) and, for a prefill, its bootstrap port if not given."""
         try:
-            r = await self.client.get(f"{worker.url}/get_server_info", timeout=self.timeout_s)
-            info = r.json() if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
+            url = f"{worker.url}/get_server_info"
+            async with self.session.get(url, timeout=self.timeout) as r:
+                content = await r.read()
+            info = json.loads(content) if r.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             return None
         if not isinstance(info, dict):
             return None
