@@ -116,6 +116,9 @@ class KVManager:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._executor = ThreadPoolExecutor(4, thread_name_prefix=f"pd-{role}-ctl")
+        # Called (from any thread) whenever a room may have changed state, so an
+        # engine waiting only on PD work sleeps until then instead of polling.
+        self.on_change = None
         self._notices: ControlServer | None = None
         self.client: BootstrapClient | None = None
         try:
@@ -211,7 +214,7 @@ class KVManager:
         with self._lock:
             if room in self._rooms:
                 raise PdcoreError(f"room {room} is already active")
-            fut = self._executor.submit(self.client.handshake, bootstrap_addr)
+            fut = self.submit(self.client.handshake, bootstrap_addr)
             r = KVReceiver(self, room, bootstrap_addr, fut)
             self._rooms[room] = r
             return r
@@ -266,6 +269,20 @@ class KVManager:
         if self._closed:
             raise PdcoreError("KV manager is closed")
 
+    def _changed(self) -> None:
+        callback = self.on_change
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # a wake-up must never break a transfer
+                log.exception("PD on_change callback failed")
+
+    def submit(self, fn, *args):
+        """Run ``fn`` on the control thread pool; its completion wakes the engine."""
+        future = self._executor.submit(fn, *args)
+        future.add_done_callback(lambda _: self._changed())
+        return future
+
     def _finalize(self, room: KVSender | KVReceiver, state: KVPoll, reason: str) -> None:
         """Enter a final state and drop the room (caller holds the lock)."""
         room.state, room.reason = state, reason
@@ -279,6 +296,7 @@ class KVManager:
             if self.role == "prefill":
                 self._aborted[room.room] = (reason, time.monotonic())
         self._cond.notify_all()
+        self._changed()
 
     def _monitor(self) -> None:
         while not self._stop.wait(MONITOR_TICK_S):
@@ -287,6 +305,9 @@ class KVManager:
                     room.poll()
                 if self.role == "prefill":
                     self._expire_locked()
+                busy = bool(self._rooms)
+            if busy:  # timeouts and heartbeats change states without a message
+                self._changed()
 
     # ---- prefill internals -----------------------------------------------------
 
@@ -319,7 +340,8 @@ class KVManager:
                 return ErrorReply(f"duplicate transfer request for room {msg.room}")
             else:
                 self._attach_locked(sender, msg)
-            return Ack()
+        self._changed()
+        return Ack()
 
     def on_abort(self, msg: Abort) -> Message:
         """Decode aborted: fail the room and answer once no write into its pages runs."""
@@ -330,6 +352,7 @@ class KVManager:
                 self._aborted[msg.room] = (f"aborted by decode: {msg.reason}", time.monotonic())
                 return Ack()
             sender._fail_locked(f"aborted by decode: {msg.reason}")
+            self._changed()
             self._cond.wait_for(lambda: sender.inflight == 0, self.transfer_timeout + 1)
             return Ack(sender.inflight == 0)
 
@@ -366,6 +389,7 @@ class KVManager:
                 if sender.last_done and sender.inflight == 0 and sender.state not in FINAL:
                     self._finalize(sender, KVPoll.SUCCESS, "")
                 self._cond.notify_all()
+            self._changed()
             if error and sender.peer is not None:
                 self._notify(sender.peer.notify_addr, RoomFailed(sender.room, error))
 
@@ -421,7 +445,7 @@ class KVManager:
 
     def _notify_abort(self, sender: KVSender, reason: str) -> None:
         msg = Abort(sender.room, reason, self.instance_id)
-        self._executor.submit(self._notify, sender.peer.notify_addr, msg)
+        self.submit(self._notify, sender.peer.notify_addr, msg)
 
     def _notify(self, addr: str, msg: Message) -> None:
         try:
@@ -446,6 +470,7 @@ class KVManager:
                 receiver._fail_locked(f"prefill failed the transfer: {msg.reason}")
             else:
                 receiver._fail_locked(f"aborted by prefill: {msg.reason}")
+        self._changed()
         return Ack()
 
     def _poll_notifications(self) -> None:
@@ -477,6 +502,7 @@ class KVManager:
             for room in list(self._rooms.values()):
                 if room.addr == addr:
                     room._fail_locked(reason)
+        self._changed()
 
 
 def _check_room(room: int) -> None:

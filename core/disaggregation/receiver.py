@@ -68,7 +68,7 @@ class KVReceiver:
             mgr.aux.clear(self.aux_slot)
             self.state = KVPoll.TRANSFERRING
             msg = TransferRequest(self.room, self.dst_pages, self.aux_slot, mgr.instance_id)
-            self._request = mgr._executor.submit(mgr.client.send, self.addr, msg)
+            self._request = mgr.submit(mgr.client.send, self.addr, msg)
 
     def aux(self) -> AuxData:
         """The first token and logprobs; valid once ``poll()`` returned SUCCESS."""
@@ -87,7 +87,7 @@ class KVReceiver:
                 return
             msg = Abort(self.room, reason, mgr.instance_id)
             if self._handshake.done() and self._handshake.exception() is None:
-                fut = mgr._executor.submit(mgr.client.send, self.addr, msg)
+                fut = mgr.submit(mgr.client.send, self.addr, msg)
             else:
                 fut = None
             if self.state is KVPoll.TRANSFERRING and fut is not None:

@@ -233,6 +233,12 @@ class Engine:
         if req is not None:
             self._pending.append(self._token_out(req))
 
+    def set_pd_wakeup(self, callback) -> None:
+        """Have ``callback`` called (from any thread) when a PD room may have moved on."""
+        manager = getattr(self.pd, "manager", None)
+        if manager is not None:
+            manager.on_change = callback
+
     def has_work(self) -> bool:
         return bool(self._pending) or self.has_compute() or self._pd_waiting()
 
