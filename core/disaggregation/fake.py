@@ -19,12 +19,12 @@ FAKE_BOOTSTRAP_HOST = "2.2.2.2"
 FAKE_BACKEND = "fake"
 
 
-class FakeKVSender:
-    """Prefill side: ready at once; SUCCESS when the last chunk is "sent"."""
+class _FakeRoom:
+    """State shared by both fake sides: a room that only fails if aborted."""
 
-    def __init__(self, room: int):
+    def __init__(self, room: int, state: KVPoll):
         self.room = room
-        self.state = KVPoll.READY
+        self.state = state
         self.reason = ""
 
     def poll(self) -> KVPoll:
@@ -33,6 +33,17 @@ class FakeKVSender:
     @property
     def failure_reason(self) -> str:
         return self.reason
+
+    def abort(self, reason: str = "aborted") -> None:
+        if self.state not in FINAL:
+            self.state, self.reason = KVPoll.FAILED, reason
+
+
+class FakeKVSender(_FakeRoom):
+    """Prefill side: ready at once; SUCCESS when the last chunk is "sent"."""
+
+    def __init__(self, room: int):
+        super().__init__(room, KVPoll.READY)
 
     def send_chunk(
         self, src_pages: Sequence[int], is_last: bool, aux: AuxData | None = None
@@ -40,29 +51,16 @@ class FakeKVSender:
         if is_last and self.state not in FINAL:
             self.state = KVPoll.SUCCESS
 
-    def abort(self, reason: str = "aborted by prefill") -> None:
-        if self.state not in FINAL:
-            self.state, self.reason = KVPoll.FAILED, reason
 
-
-class FakeKVReceiver:
+class FakeKVReceiver(_FakeRoom):
     """Decode side: asks for pages at once; SUCCESS as soon as it has them.
 
     ``first_token`` stands in for the token prefill would have sampled.
     """
 
     def __init__(self, room: int, first_token: int):
-        self.room = room
+        super().__init__(room, KVPoll.WAITING_FOR_INPUT)
         self.first_token = first_token
-        self.state = KVPoll.WAITING_FOR_INPUT
-        self.reason = ""
-
-    def poll(self) -> KVPoll:
-        return self.state
-
-    @property
-    def failure_reason(self) -> str:
-        return self.reason
 
     def send_request(self, dst_pages: Sequence[int], aux_slot: int) -> None:
         if self.state is KVPoll.WAITING_FOR_INPUT:
@@ -70,7 +68,3 @@ class FakeKVReceiver:
 
     def aux(self) -> AuxData:
         return AuxData(token_id=self.first_token)
-
-    def abort(self, reason: str = "aborted by decode") -> None:
-        if self.state not in FINAL:
-            self.state, self.reason = KVPoll.FAILED, reason

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from pdcore.router.prefix_tree import PrefixTree
 from pdcore.router.workers import Worker
 
 
-class Policy:
+class Policy(ABC):
     name = ""
 
     def __init__(self, rng: random.Random | None = None):
         self.rng = rng or random.Random()
 
+    @abstractmethod
     def pick(self, workers: Sequence[Worker], key: Sequence | None = None) -> Worker:
-        raise NotImplementedError
+        """One of ``workers`` (never empty); ``key``: the request's prefix, for affinity."""
 
 
 class RandomPolicy(Policy):
