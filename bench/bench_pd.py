@@ -12,19 +12,22 @@ For each transfer backend (``mooncake`` over TCP, ``nixl`` over UCX) one run mea
    processes (``pdcore.testing.transfer_peer``), moves the same bytes: with the
    same run structure (one write per prefill chunk holding every layer's K and V
    page-sized runs, contiguous page ids as a fresh pool hands out, so runs
-   coalesce to one per buffer and chunk, plus the aux row with the last chunk),
-   with the same pages scattered (nothing coalesces: one run per page and
-   buffer), and as one contiguous write. Ratio = pdcore / raw same-structure.
+   coalesce to one per buffer and chunk, plus the aux row with the last chunk) on
+   idle cores and again while a prefill-like torch load keeps the cores busy (as
+   pdcore's chunk writes overlap the next chunk's compute), with the same pages
+   scattered (nothing coalesces: one run per page and buffer), and as one
+   contiguous write. Ratios = pdcore / raw same-structure, idle and under load.
 2. **TTFT, PD vs null.** The same prompts (distinct random words, exactly 1024
-   and 4096 tokens) go to a ``null``-mode server (running alone, measured once
-   and shared by both backends) and to each backend's PD pair (running alone),
-   one request at a time, after warm-up requests. PD: the body goes to prefill
-   (non-streaming) and decode (streaming) at once, as the router sends it; TTFT
-   is the time to decode's first streamed token. Overhead = median PD TTFT -
-   median null TTFT; it is compared with the median per-request transfer time
-   (prefill's ``transfer_seconds`` delta for that request, all chunks) plus 10%
-   of the median null TTFT. ``effective_bytes_per_s`` = bytes per request /
-   overhead: all of PD's extra latency charged to the transfer.
+   and 4096 tokens) go to a ``null``-mode server and to the backend's PD pair,
+   interleaved request by request; the server(s) not serving the current request
+   are SIGSTOPped, so nothing idles on the other's cores and slow drifts of the
+   shared machine hit both alike. PD: the body goes to prefill (non-streaming) and
+   decode (streaming) at once, as the router sends it; TTFT is the time to
+   decode's first streamed token. Overhead = median PD TTFT - median null TTFT
+   (the paired differences are kept too); it is compared with the median
+   per-request transfer time (prefill's ``transfer_seconds`` delta for that
+   request, all chunks) plus 10% of the median null TTFT. ``effective_bytes_per_s``
+   = bytes per request / overhead: all of PD's extra latency charged to the transfer.
 
 Results: ``bench/results/pd_<backend>.json``, one file per backend.
 """
@@ -94,6 +97,21 @@ class Server:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"server not healthy after {timeout}s: {self._tail()}")
+
+    def _tree(self) -> list:
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def pause(self) -> None:
+        """SIGSTOP the server and its engine: a paused server takes no CPU."""
+        for p in self._tree():
+            p.suspend()
+
+    def resume(self) -> None:
+        for p in reversed(self._tree()):
+            p.resume()
 
     def pd_stats(self) -> dict:
         return httpx.get(f"{self.url}/get_server_info", timeout=60).json()["disaggregation"]
@@ -204,6 +222,9 @@ def raw_transfer(backend: str, geom: dict, repeats: int) -> dict:
         repeats,
         {
             "same_structure": lambda base, big, rb, total: chunked(base, rb, lambda p: p),
+            "same_structure_under_load": lambda base, big, rb, total: chunked(
+                base, rb, lambda p: p
+            ),
             "contiguous": lambda base, big, rb, total: [[(big, rb, total)]],
         },
     )
@@ -219,8 +240,38 @@ def raw_transfer(backend: str, geom: dict, repeats: int) -> dict:
     return out
 
 
+PREFILL_LIKE_LOAD = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+a = torch.randn(1024, 1024)
+while True:
+    a = torch.tanh(a @ a)
+"""
+
+
+def _compute_load():
+    """A process that keeps the cores busy as a prefill does (torch matmuls, as many
+    threads as the servers use), started paused: SIGCONT it around a timed write."""
+    import psutil
+    import torch
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PREFILL_LIKE_LOAD, str(torch.get_num_threads())],
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(2)  # past import
+    ps = psutil.Process(proc.pid)
+    ps.suspend()
+    return proc, ps
+
+
 def _raw_pair(backend: str, geom: dict, repeats: int, variants: dict) -> dict:
-    """A fresh local engine and peer process; time each variant's writes ``repeats`` times."""
+    """A fresh local engine and peer process; time each variant's writes ``repeats`` times.
+
+    Variants named ``*_under_load`` are timed while a prefill-like compute load runs
+    (the cores shared as in pdcore, where a chunk's write overlaps the next chunk's
+    compute); the others on idle cores.
+    """
     from pdcore.disaggregation.transfer import MemoryRegion, coalesce_runs
     from pdcore.testing.transfer_peer import PeerProcess, build_engine
 
@@ -244,7 +295,19 @@ def _raw_pair(backend: str, geom: dict, repeats: int, variants: dict) -> dict:
         rb = peer.base
         writes = {name: make(base, bigbase, rb, total) for name, make in variants.items()}
 
-        def timed(ws) -> tuple[float, int]:
+        load, load_ps = _compute_load()
+
+        def timed(ws, loaded: bool = False) -> tuple[float, int]:
+            if loaded:
+                load_ps.resume()
+                time.sleep(0.2)
+            try:
+                return _timed(ws)
+            finally:
+                if loaded:
+                    load_ps.suspend()
+
+        def _timed(ws) -> tuple[float, int]:
             seconds, nbytes = 0.0, 0
             for runs in ws:  # as pdcore's worker: one write per chunk, waited in turn
                 start = time.monotonic()
@@ -269,7 +332,7 @@ def _raw_pair(backend: str, geom: dict, repeats: int, variants: dict) -> dict:
             }
         for _ in range(repeats):  # round-robin so background load hits all alike
             for name, ws in writes.items():
-                s, n = timed(ws)
+                s, n = timed(ws, loaded=name.endswith("_under_load"))
                 out[name]["seconds"].append(s)
                 out[name]["bytes"] = n
         probe = peer.read(kv_bytes // 2, 64)  # sanity: the last write's bytes landed
@@ -280,6 +343,9 @@ def _raw_pair(backend: str, geom: dict, repeats: int, variants: dict) -> dict:
             v["median_s"] = statistics.median(v["seconds"])
         return out
     finally:
+        if "load" in locals():
+            load.kill()
+            load.wait()
         peer.close()
         engine.close()
 
@@ -287,32 +353,20 @@ def _raw_pair(backend: str, geom: dict, repeats: int, variants: dict) -> dict:
 # ---- one backend ------------------------------------------------------------------
 
 
-async def null_phase(args, prompts, warm) -> dict:
-    """TTFT of every prompt on a null-mode server, alone on the machine."""
-    server = Server(*args.server_common)
-    try:
-        out = {}
-        async with httpx.AsyncClient(timeout=600) as client:
-            for ids in warm:
-                await null_request(client, server, ids, args.max_new_tokens)
-            for length, ps in prompts.items():
-                out[length] = []
-                for ids in ps:
-                    r = await null_request(client, server, ids, args.max_new_tokens)
-                    out[length].append(r)
-                    print(f"  null {length:5d} tok: ttft {r['ttft_s']:.3f}s", flush=True)
-        return out
-    finally:
-        server.stop()
+async def ttft_phase(args, backend, prompts, warm) -> dict:
+    """Each prompt on a null server and then on a PD pair of ``backend``, interleaved.
 
-
-async def pd_phase(args, backend, prompts, warm) -> dict:
-    """The same prompts through a prefill + decode pair of ``backend``, one at a time."""
+    All three servers are up for the whole phase, but only the one(s) serving the
+    current request run: the others are SIGSTOPped, so neither idles on the other's
+    cores, and slow drifts of the shared machine hit null and PD alike.
+    """
     bport = free_port()
     common = list(args.server_common)
     pd = ["--disaggregation-transfer-backend", backend]
-    prefill = decode = None
+    null = prefill = decode = None
     try:
+        null = Server(*common)
+        null.pause()
         prefill = Server(
             "--disaggregation-mode",
             "prefill",
@@ -322,24 +376,43 @@ async def pd_phase(args, backend, prompts, warm) -> dict:
             *common,
         )
         decode = Server("--disaggregation-mode", "decode", *pd, *common)
-        out = {"pd": {}}
+        pair = (prefill, decode)
+        out: dict = {"pd": {}, "null": {}}
+
+        async def on_null(ids):
+            for s in pair:
+                s.pause()
+            null.resume()
+            try:
+                return await null_request(client, null, ids, args.max_new_tokens)
+            finally:
+                null.pause()
+                for s in pair:
+                    s.resume()
+
         async with httpx.AsyncClient(timeout=600) as client:
             for ids in warm:  # first requests pay lazy setup (sessions, allocations)
+                await on_null(ids)
                 await pd_request(client, prefill, decode, bport, ids, args.max_new_tokens)
             for length, ps in prompts.items():
-                out["pd"][length] = []
+                out["pd"][length], out["null"][length] = [], []
                 for ids in ps:
+                    n = await on_null(ids)
                     r = await pd_request(client, prefill, decode, bport, ids, args.max_new_tokens)
+                    out["null"][length].append(n)
                     out["pd"][length].append(r)
                     print(
-                        f"  {backend} {length:5d} tok: PD ttft {r['ttft_s']:.3f}s  transfer "
-                        f"{r['transfer_s']:.3f}s ({r['bytes'] / 2**20:.1f} MiB)",
+                        f"  {backend} {length:5d} tok: null ttft {n['ttft_s']:.3f}s  PD ttft "
+                        f"{r['ttft_s']:.3f}s  transfer {r['transfer_s']:.3f}s "
+                        f"({r['bytes'] / 2**20:.1f} MiB)",
                         flush=True,
                     )
         out["prefill_stats_end"] = prefill.pd_stats()
         return out
     finally:
-        for s in (decode, prefill):
+        if null is not None:
+            null.resume()
+        for s in (decode, prefill, null):
             if s is not None:
                 s.stop()
 
@@ -353,7 +426,9 @@ def summarize(backend, runs, raw, geom, args) -> dict:
         xfer = statistics.median(r["transfer_s"] for r in pds)
         overhead = pd_t - null_t
         budget = xfer + 0.10 * null_t
+        paired = [p["ttft_s"] - n["ttft_s"] for n, p in zip(nulls, pds, strict=True)]
         ttft[str(length)] = {
+            "paired_overhead_s": paired,
             "null_ttft_s": null_t,
             "pd_ttft_s": pd_t,
             "overhead_s": overhead,
@@ -374,6 +449,7 @@ def summarize(backend, runs, raw, geom, args) -> dict:
     pd_secs = sum(r["transfer_s"] for r in pds)
     pd_rate = pd_bytes / pd_secs
     raw_same = raw["same_structure"]["bytes_per_s"]
+    raw_loaded = raw["same_structure_under_load"]["bytes_per_s"]
     return {
         "benchmark": f"pd_{backend}",
         "backend": backend,
@@ -392,9 +468,12 @@ def summarize(backend, runs, raw, geom, args) -> dict:
             "raw": raw,
             "raw_same_structure_bytes_per_s": raw_same,
             "ratio_vs_raw_same_structure": pd_rate / raw_same,
+            "raw_same_structure_under_load_bytes_per_s": raw_loaded,
+            "ratio_vs_raw_same_structure_under_load": pd_rate / raw_loaded,
             "ratio_vs_raw_contiguous": pd_rate / raw["contiguous"]["bytes_per_s"],
             "goal_ratio": 0.8,
-            "goal_met": pd_rate / raw_same >= 0.8,
+            "goal_met_idle_raw": pd_rate / raw_same >= 0.8,
+            "goal_met_loaded_raw": pd_rate / raw_loaded >= 0.8,
         },
         "ttft": ttft,
         "ttft_criterion": (
@@ -433,8 +512,9 @@ def print_summary(res: dict) -> None:
         f" MiB/s; raw same-structure {t['raw_same_structure_bytes_per_s'] / mib:.0f} MiB/s, "
         f"scattered {_rate(t['raw']['scattered_pages'])}, contiguous "
         f"{t['raw']['contiguous']['bytes_per_s'] / mib:.0f} MiB/s; ratio "
-        f"{t['ratio_vs_raw_same_structure']:.0%} (goal >= 80%: "
-        f"{'met' if t['goal_met'] else 'NOT met'})"
+        f"{t['ratio_vs_raw_same_structure']:.0%}; raw same-structure under a prefill-like "
+        f"load {t['raw_same_structure_under_load_bytes_per_s'] / mib:.0f} MiB/s, ratio "
+        f"{t['ratio_vs_raw_same_structure_under_load']:.0%} (goal >= 80%)"
     )
     for length, x in res["ttft"].items():
         print(
@@ -489,15 +569,10 @@ def main() -> None:
     print(f"machine: {info}", flush=True)
 
     RESULTS.mkdir(exist_ok=True)
-    print("[null] one server, the same prompts", flush=True)
-    t0 = time.perf_counter()
-    nulls = asyncio.run(null_phase(args, prompts, warm))
-    null_wall = time.perf_counter() - t0
     for backend in args.backends:
         t0 = time.perf_counter()
-        print(f"[{backend}] prefill + decode pair, {args.repeats} prompts per length", flush=True)
-        runs = asyncio.run(pd_phase(args, backend, prompts, warm))
-        runs["null"] = nulls
+        print(f"[{backend}] null server and prefill + decode pair, interleaved", flush=True)
+        runs = asyncio.run(ttft_phase(args, backend, prompts, warm))
         per_req = int(statistics.median(r["bytes"] for r in runs["pd"][longest]))
         kv = geom["num_buffers"] * geom["pages"] * page_bytes
         g = dict(geom, aux_bytes=per_req - kv if 0 <= per_req - kv < 1 << 20 else 0)
@@ -507,7 +582,7 @@ def main() -> None:
         raw = raw_transfer(backend, g, args.raw_repeats)
         res = summarize(backend, runs, raw, g, args)
         res["machine"] = info
-        res["wall_s"] = {"null_phase": null_wall, "pd_and_raw": time.perf_counter() - t0}
+        res["wall_s"] = time.perf_counter() - t0
         (RESULTS / f"pd_{backend}.json").write_text(json.dumps(res, indent=2) + "\n")
         print_summary(res)
 

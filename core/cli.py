@@ -1,4 +1,4 @@
-"""The ``pdcore`` console script: serve, router, up, bench, plugins."""
+"""The ``pdcore`` console script: serve, router, up, bench serving, plugins."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pdcore import __version__
+from pdcore.argparse_utils import FlagParser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         from pdcore.up import run
 
         return run(rest, prog="pdcore up")
-    if command == "plugins":
-        return _plugins(rest)
-    return _not_built(command, rest)
+    if command == "bench":
+        return _bench(rest)
+    return _plugins(rest)
 
 
 def _plugins(argv: list[str]) -> int:
@@ -61,14 +62,27 @@ def _plugins(argv: list[str]) -> int:
     return 1 if registry.conflicts() else 0
 
 
-def _not_built(command: str, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"pdcore {command}")
-    parser.parse_known_args(argv)  # honours --help
-    print(
-        f"pdcore {command}: not available in pdcore {__version__} yet (see the README's roadmap)",
-        file=sys.stderr,
-    )
-    return 2
+BENCHMARKS = {
+    "serving": "load a running server or router; TTFT, ITL, TPOT, E2E, throughput, goodput",
+}
+
+
+def _bench(argv: list[str]) -> int:
+    """``pdcore bench KIND ...``; a missing or unknown KIND is a usage error (exit 2)."""
+    parser = FlagParser(prog="pdcore bench", description="Benchmarks of a running deployment.")
+    sub = parser.add_subparsers(dest="kind", metavar="BENCHMARK")
+    for name, help_text in BENCHMARKS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if argv and argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    if not argv:
+        parser.error(f"which benchmark? choose one of: {', '.join(BENCHMARKS)}")
+    if argv[0] not in BENCHMARKS:
+        parser.error(f"unknown benchmark {argv[0]!r}; choose one of: {', '.join(BENCHMARKS)}")
+    from pdcore.benchserve import run
+
+    return run(argv[1:], prog="pdcore bench serving")
 
 
 if __name__ == "__main__":

@@ -103,3 +103,21 @@ class DisaggregationEnv:
     def from_env(cls, env: Mapping[str, str] | None = None) -> DisaggregationEnv:
         env = os.environ if env is None else env
         return cls(**{field: knob.read(env) for field, knob in DISAGGREGATION_KNOBS.items()})
+
+
+PROFILER_DIR_VARS = ("PDCORE_TORCH_PROFILER_DIR", "SGLANG_TORCH_PROFILER_DIR")
+DEFAULT_PROFILER_DIR = "/tmp"
+
+
+def profiler_dir(
+    env: Mapping[str, str] | None = None, default: str | None = DEFAULT_PROFILER_DIR
+) -> str | None:
+    """Where ``/start_profile`` writes traces when the request names no ``output_dir``:
+    ``PDCORE_TORCH_PROFILER_DIR``, else SGLang's ``SGLANG_TORCH_PROFILER_DIR``, else
+    ``default`` (/tmp, SGLang's), so an ``export`` copied from SGLang's docs works."""
+    env = os.environ if env is None else env
+    for var in PROFILER_DIR_VARS:
+        value = env.get(var, "").strip()
+        if value:
+            return value
+    return default

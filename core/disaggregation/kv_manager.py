@@ -18,7 +18,9 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from pdcore.disaggregation.aux import DEFAULT_TOP_K, AuxBuffer, AuxData
 from pdcore.disaggregation.bootstrap import BootstrapClient, BootstrapServer
@@ -58,7 +60,23 @@ log = logging.getLogger(__name__)
 
 MONITOR_TICK_S = 0.1
 NOTICE_TIMEOUT_S = 5.0
-NOTIFY_POLL_S = 0.001
+# Decode reads in-band notices every NOTIFY_POLL_MIN_S right after one arrived,
+# backing off to NOTIFY_POLL_MAX_S while none come (a long prefill sends nothing
+# for seconds; polling at 1 ms then cost 2% of a core that prefill needed).
+NOTIFY_POLL_MIN_S = 0.001
+NOTIFY_POLL_MAX_S = 0.008
+TRANSFER_LOG_LEN = 4096  # per-room records kept until take_transfers() reads them
+
+
+class TransferRecord(NamedTuple):
+    """One prefill room's KV transfer, for metrics: monotonic first-write start and
+    success time, bytes written, seconds spent inside writes (GB/s = nbytes / busy_s)."""
+
+    room: int
+    started: float
+    ended: float
+    nbytes: int
+    busy_s: float
 
 
 class KVManager:
@@ -104,6 +122,11 @@ class KVManager:
         # Engines that carry a notification with the data (NIXL) tell decode that
         # a chunk arrived in band; the others use a control-plane ChunkDone.
         self.in_band_notices = bool(self.engine.supports_notifications)
+        # Engines that cannot write host memory (cuda_ipc) get the aux row carried
+        # in the last chunk's notice instead; ``aux_in_notice`` asks for that anyway.
+        self.aux_inline = MemoryKind.DRAM not in self.engine.memory_kinds or bool(
+            options.get("aux_in_notice")
+        )
         self.notices_in_band = 0
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -112,6 +135,9 @@ class KVManager:
         self.transfer_seconds = 0.0
         self.rooms_succeeded = 0
         self.rooms_failed = 0
+        # Metrics hook: per-room write timing, moved to transfer_log when the room succeeds.
+        self._room_io: dict[int, list] = {}
+        self.transfer_log: deque[TransferRecord] = deque(maxlen=TRANSFER_LOG_LEN)
         self._closed = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -144,7 +170,11 @@ class KVManager:
     def _register_memory(self) -> None:
         a = self.args
         kv = [MemoryRegion(p, n, a.memory_kind, a.device_id) for p, n in a.kv_buffers]
-        self.engine.register([*kv, MemoryRegion(self.aux.addr, self.aux.nbytes, MemoryKind.DRAM)])
+        if self.aux_inline:  # the engine moves device memory only: aux rows ride the notice
+            self.engine.register(kv)
+        else:
+            aux = MemoryRegion(self.aux.addr, self.aux.nbytes, MemoryKind.DRAM)
+            self.engine.register([*kv, aux])
 
     def _endpoint_info(self) -> EndpointInfo:
         a = self.args
@@ -239,6 +269,13 @@ class KVManager:
                 "notices_in_band": self.notices_in_band,
             }
 
+    def take_transfers(self) -> list[TransferRecord]:
+        """Prefill: the records of rooms that succeeded since the last call, oldest first."""
+        with self._lock:
+            out = list(self.transfer_log)
+            self.transfer_log.clear()
+            return out
+
     def close(self) -> None:
         """Fail every active room, stop threads and servers, close the engine."""
         if self._closed:
@@ -288,8 +325,14 @@ class KVManager:
         room.state, room.reason = state, reason
         if self._rooms.get(room.room) is room:
             del self._rooms[room.room]
+        io = self._room_io.pop(room.room, None)
         if state is KVPoll.SUCCESS:
             self.rooms_succeeded += 1
+            if io is not None:
+                start, nbytes, busy = io
+                self.transfer_log.append(
+                    TransferRecord(room.room, start, time.monotonic(), nbytes, busy)
+                )
         else:
             self.rooms_failed += 1
             log.info("room %d failed (%s): %s", room.room, self.role, reason)
@@ -399,6 +442,7 @@ class KVManager:
             return ""
         peer, pb = sender.peer, self.args.page_bytes
         slot = None
+        aux_row = b""
         try:
             runs = [
                 (lb + s * pb, rb + d * pb, pb)
@@ -413,12 +457,14 @@ class KVManager:
                 self.aux.write(slot, sender.room, aux or AuxData(token_id=-1))
                 remote = peer.aux.addr + sender.request.aux_slot * peer.aux.row_bytes
                 aux_run = (self.aux.row_addr(slot), remote, self.aux.row_bytes)
-                if self.args.memory_kind is MemoryKind.DRAM:
+                if self.aux_inline:
+                    aux_row = self.aux.rows[slot].tobytes()
+                elif self.args.memory_kind is MemoryKind.DRAM:
                     runs.append(aux_run)
                 else:  # KV in VRAM, aux in DRAM: engines like NIXL take one kind per write
                     writes.append([aux_run])
             writes = [w for w in writes if w]
-            done = ChunkDone(sender.room, chunk, is_last, len(src))
+            done = ChunkDone(sender.room, chunk, is_last, len(src), aux_row)
             notice = encode_message(done) if self.in_band_notices else None
             for i, write in enumerate(writes):
                 start = time.monotonic()
@@ -429,8 +475,12 @@ class KVManager:
                 finally:
                     handle.release()
                 with self._lock:
+                    spent = time.monotonic() - start
                     self.bytes_transferred += handle.nbytes
-                    self.transfer_seconds += time.monotonic() - start
+                    self.transfer_seconds += spent
+                    io = self._room_io.setdefault(sender.room, [start, 0, 0.0])
+                    io[1] += handle.nbytes
+                    io[2] += spent
             if writes and notice is not None:  # decode learns of the chunk with its data
                 return ""
             reply = request(peer.notify_addr, done, NOTICE_TIMEOUT_S)
@@ -475,6 +525,7 @@ class KVManager:
 
     def _poll_notifications(self) -> None:
         """Decode: turn the engine's in-band notifications into chunk notices."""
+        delay = NOTIFY_POLL_MIN_S
         while not self._stop.is_set():
             try:
                 notes = self.engine.notifications()
@@ -484,8 +535,10 @@ class KVManager:
                 log.warning("reading transfer notifications failed: %s", e)
                 notes = []
             if not notes:
-                self._stop.wait(NOTIFY_POLL_S)
+                self._stop.wait(delay)
+                delay = min(delay * 2, NOTIFY_POLL_MAX_S)
                 continue
+            delay = NOTIFY_POLL_MIN_S
             for _agent, payload in notes:
                 try:
                     msg = decode_message(payload)

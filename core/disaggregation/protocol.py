@@ -91,12 +91,17 @@ class TransferRequest(msgspec.Struct, tag=True):
 
 
 class ChunkDone(msgspec.Struct, tag=True):
-    """The pages of chunk ``chunk`` (and the aux row when ``is_last``) have landed."""
+    """The pages of chunk ``chunk`` (and the aux row when ``is_last``) have landed.
+
+    ``aux_row``: the packed aux row itself, for engines that cannot write host
+    memory (``cuda_ipc``); empty when the engine wrote the row into decode's buffer.
+    """
 
     room: int
     chunk: int
     is_last: bool
     num_pages: int
+    aux_row: bytes = b""
 
 
 class RoomFailed(msgspec.Struct, tag=True):

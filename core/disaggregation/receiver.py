@@ -104,6 +104,12 @@ class KVReceiver:
         self.pages_received += msg.num_pages
         if msg.is_last:
             self.last_chunk = msg.chunk
+            if msg.aux_row:  # an engine without host-memory writes sent the row here
+                try:
+                    self.mgr.aux.load(self.aux_slot, msg.aux_row)
+                except PdcoreError as e:
+                    self._fail_locked(f"bad aux row in the last chunk notice: {e}")
+                    return
         if self.pages_received > len(self.dst_pages):
             self._fail_locked(
                 f"prefill reported {self.pages_received} pages, decode gave {len(self.dst_pages)}"

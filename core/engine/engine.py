@@ -258,7 +258,13 @@ class Engine:
         exception still delivers them.
         """
         if self.pd is not None:
-            self._pending.extend(self._pd_out(x) for x in self.pd.poll())
+            arrived = self.pd.poll()
+            self._pending.extend(self._pd_out(x) for x in arrived)
+            if any(isinstance(x, Req) for x in arrived):
+                # First tokens from prefill go out now, not after the next decode
+                # forward (which would add one step to every PD request's TTFT).
+                outs, self._pending = self._pending, []
+                return outs
         batch = self.scheduler.schedule()
         for req in self.scheduler.finished_unreported:
             if self.pd is not None:
@@ -271,6 +277,12 @@ class Engine:
             sampled = self.sampler(logits, rows, self.model_config.eos_token_ids) if rows else []
             produced = self.scheduler.commit(batch, sampled)
             if self.pd is not None:
+                if self.device.type != "cpu" and self.pd.sends_kv:
+                    # Transfer engines read the chunk's pages from their own streams
+                    # (UCX, CUDA IPC copies): the KV writes of this forward must have
+                    # landed first. A batch of non-final chunks samples nothing, so
+                    # nothing else has synchronized with the device yet.
+                    torch.accelerator.synchronize(self.device)
                 produced = self.pd.after_commit(batch, produced)
             self._pending.extend(self._token_out(r) for r in produced)
         outs, self._pending = self._pending, []
@@ -339,6 +351,7 @@ class Engine:
             page_size=self.pool.page_size,
             flushed=flushed,
             disaggregation=self.pd.stats() if self.pd is not None else None,
+            pd_metrics=self.pd.metrics.snapshot() if self.pd is not None else None,
         )
 
     def close(self) -> None:

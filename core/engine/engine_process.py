@@ -4,9 +4,10 @@ Start it with ``multiprocessing`` (spawn) as ``run_engine(server_args_dict,
 in_addr, out_addr, ready_conn)``. The front end binds both addresses (PUSH on
 ``in_addr``, PULL on ``out_addr``); the engine connects, so either side may
 start first. Messages in: ``GenerateReq``, ``AbortReq``, ``StatsReq``,
-``FlushCacheReq`` (msgpack, one per ZMQ message). Out: one msgpack list of
-``TokenOut`` / ``EngineError`` / ``EngineStats`` per message. Stats and flush
-requests are answered with an ``EngineStats`` at once, between steps.
+``FlushCacheReq``, ``StartProfileReq``, ``StopProfileReq`` (msgpack, one per ZMQ
+message). Out: one msgpack list of ``TokenOut`` / ``EngineError`` / ``EngineStats``
+/ ``ProfileReply`` per message. Stats, flush and profile requests are answered at
+once, between steps (the torch profiler runs here, beside the model: ``profiler``).
 Startup reports ``("ready", info)`` or ``("error", message)`` on ``ready_conn``.
 The process exits on SIGTERM/SIGINT, or by itself once its parent is gone.
 """
@@ -25,7 +26,10 @@ from pdcore.engine.io_struct import (
     EngineError,
     FlushCacheReq,
     GenerateReq,
+    ProfileReply,
+    StartProfileReq,
     StatsReq,
+    StopProfileReq,
     decode_to_engine,
     encode,
 )
@@ -142,6 +146,16 @@ def _serve(engine, pull, push, stop) -> None:
             pass
 
     engine.set_pd_wakeup(wake)
+    from pdcore.engine.profiler import EngineProfiler  # torch: not in the front end
+
+    profiler = EngineProfiler(engine.server_args.disaggregation_mode, engine.device.type)
+    try:
+        _loop(engine, pull, push, stop, poller, wake_r, profiler)
+    finally:
+        profiler.close()
+
+
+def _loop(engine, pull, push, stop, poller, wake_r, profiler) -> None:
     parent = os.getppid()
     while not stop["flag"]:
         if os.getppid() != parent:  # the front end died without stopping us
@@ -153,19 +167,23 @@ def _serve(engine, pull, push, stop) -> None:
         elif not engine.has_compute():
             poller.poll(PD_POLL_MS)
         _drain_wakeups(wake_r)
-        _drain(engine, pull, push)
+        _drain(engine, pull, push, profiler)
         if not engine.has_work():
             continue
+        computes = engine.has_compute()  # a model step, not only PD bookkeeping
         try:
-            outs = engine.step()
+            with profiler.step_scope():
+                outs = engine.step()
         except Exception as e:
             logger.error("engine step failed:\n%s", traceback.format_exc())
             outs = engine.fail_all(f"internal engine error: {type(e).__name__}: {e}")
         if outs:
             push.send(encode(outs))
+        if computes:
+            profiler.after_step()
 
 
-def _drain(engine, pull, push) -> None:
+def _drain(engine, pull, push, profiler) -> None:
     """Handle every message already queued, without blocking."""
     import zmq
 
@@ -180,14 +198,17 @@ def _drain(engine, pull, push) -> None:
             logger.warning("dropping undecodable message: %s", e)
             continue
         try:
-            _handle(engine, msg, push)
+            _handle(engine, msg, push, profiler)
         except Exception as e:  # one bad message must not take the engine down
             logger.error("failed to handle %s:\n%s", type(msg).__name__, traceback.format_exc())
             if isinstance(msg, GenerateReq):
                 push.send(encode([EngineError(msg.rid, f"{type(e).__name__}: {e}", 500)]))
+            elif isinstance(msg, StartProfileReq | StopProfileReq):  # its caller waits
+                reply = ProfileReply(msg.token, False, f"{type(e).__name__}: {e}", status=500)
+                push.send(encode([reply]))
 
 
-def _handle(engine, msg, push) -> None:
+def _handle(engine, msg, push, profiler) -> None:
     if isinstance(msg, GenerateReq):
         engine.add_request(msg)
     elif isinstance(msg, AbortReq):
@@ -197,3 +218,7 @@ def _handle(engine, msg, push) -> None:
     elif isinstance(msg, FlushCacheReq):
         flushed = engine.flush_cache()
         push.send(encode([engine.stats(flushed=flushed)]))
+    elif isinstance(msg, StartProfileReq):
+        push.send(encode([profiler.start(msg)]))
+    elif isinstance(msg, StopProfileReq):
+        push.send(encode([profiler.stop(msg.token)]))

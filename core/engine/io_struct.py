@@ -37,6 +37,48 @@ class StatsReq(msgspec.Struct, tag=True):
     token: int = 0
 
 
+class StartProfileReq(msgspec.Struct, tag=True):
+    """Start the torch profiler in the engine (answered with ``ProfileReply``).
+
+    ``activities``: None for the device's default (CPU, plus GPU on CUDA);
+    ``num_steps``: stop by itself after this many model steps (None: at
+    ``StopProfileReq``); ``prefix``: put in front of the trace file names.
+    """
+
+    token: int = 0
+    output_dir: str = "/tmp"
+    num_steps: int | None = None
+    activities: list[str] | None = None
+    with_stack: bool = False
+    record_shapes: bool = False
+    prefix: str = ""
+
+
+class StopProfileReq(msgspec.Struct, tag=True):
+    """Stop the profiler and write its traces (or collect a finished ``num_steps`` run)."""
+
+    token: int = 0
+
+
+class ProfileReply(msgspec.Struct, tag=True):
+    """The engine's answer to a profile request; ``status`` is the HTTP status to give.
+
+    ``files``: the trace files written (stop only); ``role``: the server's
+    --disaggregation-mode (prefill, decode or null), also part of every file name.
+    """
+
+    token: int
+    success: bool
+    message: str
+    status: int = 200
+    role: str = "null"
+    files: list[str] = []
+    output_dir: str = ""
+    activities: list[str] = []
+    num_steps: int | None = None
+    steps: int = 0
+
+
 class TokenOut(msgspec.Struct, tag=True):
     """New tokens of one request since its last ``TokenOut``.
 
@@ -67,6 +109,7 @@ class EngineStats(msgspec.Struct, tag=True):
     page_size: int
     flushed: bool = False
     disaggregation: dict | None = None  # KV manager stats in prefill/decode mode
+    pd_metrics: dict | None = None  # PDMetrics.snapshot(): PD histograms for /metrics
 
 
 class EngineError(msgspec.Struct, tag=True):
@@ -75,8 +118,8 @@ class EngineError(msgspec.Struct, tag=True):
     status: int = 400
 
 
-ToEngine = GenerateReq | AbortReq | FlushCacheReq | StatsReq
-FromEngine = TokenOut | EngineStats | EngineError
+ToEngine = GenerateReq | AbortReq | FlushCacheReq | StatsReq | StartProfileReq | StopProfileReq
+FromEngine = TokenOut | EngineStats | EngineError | ProfileReply
 
 _encoder = msgspec.msgpack.Encoder()
 _to_engine = msgspec.msgpack.Decoder(ToEngine)

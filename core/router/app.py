@@ -20,9 +20,11 @@ from fastapi.responses import Response
 from starlette.routing import Route
 
 import pdcore
+from pdcore.router.dashboard import dashboard_router
 from pdcore.router.health import HealthChecker
 from pdcore.router.metrics import RouterMetrics
 from pdcore.router.policies import make_policy
+from pdcore.router.profile import profile_router
 from pdcore.router.proxy import UPSTREAM_ERRORS, Proxy, error, make_session
 from pdcore.router.workers import CircuitBreaker, WorkerPool
 
@@ -111,6 +113,10 @@ def build_app(args):
         except UPSTREAM_ERRORS as e:
             return error(502, f"{workers[0].url}{path} failed: {type(e).__name__}: {e}")
         return Response(content, r.status, media_type=r.headers.get("content-type"))
+
+    app.include_router(profile_router(pool, lambda: state["proxy"].session))
+
+    app.include_router(dashboard_router(pool, args))  # /dashboard, /dashboard/state
 
     @app.get("/v1/models")
     async def models():

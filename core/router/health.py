@@ -67,7 +67,8 @@ class HealthChecker:
         return ok
 
     async def refresh_info(self, worker: Worker) -> dict | None:
-        """Load (running + waiting) and, for a prefill, its bootstrap port if not given."""
+        """Load (running + waiting), PD stats and KV rate, and for a prefill its
+        bootstrap port if not given."""
         try:
             url = f"{worker.url}/get_server_info"
             async with self.session.get(url, timeout=self.timeout) as r:
@@ -81,6 +82,8 @@ class HealthChecker:
         worker.reported_load = int(engine.get("num_running_reqs", 0) or 0) + int(
             engine.get("num_waiting_reqs", 0) or 0
         )
+        if isinstance(info.get("disaggregation"), dict):
+            worker.observe_pd(info["disaggregation"])
         port = info.get("disaggregation_bootstrap_port")
         if worker.role == "prefill" and worker.bootstrap_port is None and isinstance(port, int):
             worker.bootstrap_port = port

@@ -1,4 +1,8 @@
-"""The router's own Prometheus metrics, in a private registry (one per app)."""
+"""The router's own Prometheus metrics, in a private registry (one per app).
+
+Per-worker gauges (health, in-flight, load, KV rate) are set from the worker
+pool at scrape time, so the request path pays nothing for them.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,24 @@ class RouterMetrics:
             labels,
             registry=reg,
         )
+        self.in_flight = Gauge(
+            PREFIX + "worker_in_flight",
+            "This router's requests on the worker now",
+            labels,
+            registry=reg,
+        )
+        self.load = Gauge(
+            PREFIX + "worker_load",
+            "In-flight requests plus the worker's reported running + waiting",
+            labels,
+            registry=reg,
+        )
+        self.kv_rate = Gauge(
+            PREFIX + "worker_kv_transfer_gb_s",
+            "KV bytes the worker sent per second between the last two health checks (GB/s)",
+            labels,
+            registry=reg,
+        )
 
     def sent(self, worker) -> None:
         self.requests.labels(worker.url, worker.role).inc()
@@ -43,6 +65,12 @@ class RouterMetrics:
         self.latency.labels(worker.url, worker.role).observe(seconds)
 
     def render(self, workers) -> bytes:
+        for gauge in (self.healthy, self.in_flight, self.load, self.kv_rate):
+            gauge.clear()  # removed workers leave no stale series
         for w in workers:
-            self.healthy.labels(w.url, w.role).set(1 if w.healthy else 0)
+            labels = (w.url, w.role)
+            self.healthy.labels(*labels).set(1 if w.healthy else 0)
+            self.in_flight.labels(*labels).set(w.in_flight)
+            self.load.labels(*labels).set(w.load)
+            self.kv_rate.labels(*labels).set(w.kv_rate.gb_s)
         return generate_latest(self.registry)

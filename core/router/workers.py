@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import urlparse
 
+from pdcore.router.transfer_rate import TransferRate
+
 ROLES = ("prefill", "decode", "regular")
 
 
@@ -58,6 +60,8 @@ class Worker:
     in_flight: int = 0  # this router's requests on the worker now
     reported_load: int = 0  # running + waiting, from its /get_server_info
     last_error: str | None = None
+    pd: dict = field(default_factory=dict)  # its PD queue stats, from /get_server_info
+    kv_rate: TransferRate = field(default_factory=TransferRate)
 
     @property
     def host(self) -> str:
@@ -71,6 +75,13 @@ class Worker:
     def healthy(self) -> bool:
         return self.breaker.state is not Circuit.OPEN
 
+    def observe_pd(self, stats: dict) -> None:
+        """Keep a worker's PD stats (``disaggregation`` of its server info) and KV rate."""
+        self.pd = stats
+        sent = stats.get("bytes_transferred")
+        if isinstance(sent, int):
+            self.kv_rate.update(sent)
+
     def describe(self) -> dict:
         return {
             "url": self.url,
@@ -82,6 +93,7 @@ class Worker:
             "in_flight": self.in_flight,
             "load": self.load,
             "last_error": self.last_error,
+            "kv_transfer_gb_s": self.kv_rate.gb_s,
         }
 
 

@@ -15,11 +15,14 @@ from pdcore.disaggregation.kv_args import KVPoll
 from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.disaggregation.receiver import KVReceiver
 from pdcore.errors import PdcoreError
+from pdcore.scheduler.pd_metrics import PDMetrics
 from pdcore.scheduler.request import Req, finish_reason
 from pdcore.scheduler.scheduler import ScheduledBatch, Scheduler
 
 
 class DecodeQueues:
+    sends_kv = False  # decode receives KV; it sends none
+
     def __init__(self, scheduler: Scheduler, manager: KVManager | None):
         """``manager`` None: the ``fake`` backend (every room is a fake one)."""
         self.scheduler = scheduler
@@ -29,6 +32,7 @@ class DecodeQueues:
         self.receivers: dict[str, KVReceiver | FakeKVReceiver] = {}
         self.slots: dict[str, int] = {}
         self.aborted: set[str] = set()
+        self.metrics = PDMetrics("decode")
 
     def knows(self, rid: str) -> bool:
         return rid in self.receivers
@@ -47,6 +51,7 @@ class DecodeQueues:
                 self.receivers[req.rid] = self.manager.receiver(room, bootstrap_addr)
             except PdcoreError as e:
                 raise ValueError(str(e)) from None
+            self.metrics.open(req.rid)
         self.prealloc[req.rid] = req
 
     def poll(self) -> list:
@@ -59,6 +64,7 @@ class DecodeQueues:
             state = receiver.poll()
             if state is KVPoll.FAILED:
                 del self.prealloc[rid]
+                self.metrics.fail(rid, "bootstrap")
                 out.append((rid, self._forget(rid)))
             elif state is KVPoll.WAITING_FOR_INPUT and not blocked:
                 blocked = not self._preallocate(req, receiver)
@@ -68,6 +74,7 @@ class DecodeQueues:
                 continue
             del self.transfers[rid]
             if state is KVPoll.SUCCESS and rid not in self.aborted:
+                self.metrics.stage(rid, "decode_transferred")
                 self._start_decode(req)
                 out.append(req)
                 continue
@@ -77,6 +84,7 @@ class DecodeQueues:
             if rid in self.aborted:  # reported when aborted (even if the KV arrived)
                 self.aborted.discard(rid)
             else:
+                self.metrics.fail(rid, "transfer")
                 out.append((rid, reason))
         return out
 
@@ -100,6 +108,7 @@ class DecodeQueues:
         receiver.send_request(req.pages, slot)
         del self.prealloc[req.rid]
         self.transfers[req.rid] = req
+        self.metrics.stage(req.rid, "decode_bootstrap")
         return True
 
     def _start_decode(self, req: Req) -> None:
@@ -143,6 +152,7 @@ class DecodeQueues:
         """Decode requests leave the queues before the scheduler sees them: nothing to do."""
 
     def _forget(self, rid: str) -> str:
+        self.metrics.close(rid)
         slot = self.slots.pop(rid, None)
         if slot is not None:
             self.manager.aux.free(slot)
@@ -164,6 +174,8 @@ class DecodeQueues:
             "mode": "decode",
             "prealloc_queue": len(self.prealloc),
             "transfer_queue": len(self.transfers),
+            "held_pages": self.held_pages(),
+            **self.metrics.summary(),
             **(self.manager.stats() if self.manager else {"transfer_backend": "fake"}),
         }
 

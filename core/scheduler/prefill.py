@@ -16,11 +16,15 @@ from pdcore.disaggregation.kv_args import FINAL, KVPoll
 from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.disaggregation.sender import KVSender
 from pdcore.errors import PdcoreError
+from pdcore.scheduler.pd_metrics import PDMetrics
 from pdcore.scheduler.request import Req, finish_reason
 from pdcore.scheduler.scheduler import ScheduledBatch, Scheduler
 
 
 class PrefillQueues:
+    # Pages leave this process through a transfer engine after each chunk.
+    sends_kv = True
+
     def __init__(self, scheduler: Scheduler, manager: KVManager | None, closers=()):
         """``manager`` None: the ``fake`` backend (every room is a fake one)."""
         self.scheduler = scheduler
@@ -32,6 +36,7 @@ class PrefillQueues:
         self.senders: dict[str, KVSender | FakeKVSender] = {}
         self.sent_pages: dict[str, int] = {}
         self.aborted: set[str] = set()
+        self.metrics = PDMetrics("prefill")
         scheduler.defer_release = self._hold
 
     def knows(self, rid: str) -> bool:
@@ -51,6 +56,7 @@ class PrefillQueues:
                 sender = self.manager.sender(room)
             except PdcoreError as e:
                 raise ValueError(str(e)) from None
+            self.metrics.open(req.rid)
         req.params.max_new_tokens = 1  # decode generates the rest
         self.senders[req.rid] = sender
         self.sent_pages[req.rid] = 0
@@ -63,19 +69,23 @@ class PrefillQueues:
         pairs for failed ones.
         """
         out: list = []
+        self._collect_transfers()
         for rid in [r for r in self.scheduler.reqs if r in self.senders]:
             if self.senders[rid].poll() is KVPoll.FAILED:  # decode left: stop computing
                 self.scheduler.abort(rid)
                 self.aborted.discard(rid)  # report the transfer failure, not an abort
                 if rid not in self.transfers:  # it was still waiting: no pages to settle
+                    self.metrics.fail(rid, "transfer")
                     out.append((rid, self._forget(rid)))
         for rid, req in list(self.bootstrap.items()):
             state = self.senders[rid].poll()
             if state is KVPoll.READY:
                 del self.bootstrap[rid]
+                self.metrics.stage(rid, "prefill_bootstrap")
                 self.scheduler.add(req)
             elif state is KVPoll.FAILED:
                 del self.bootstrap[rid]
+                self.metrics.fail(rid, "bootstrap")
                 out.append((rid, self._forget(rid)))
         for rid, req in list(self.transfers.items()):
             state = self.senders[rid].poll()
@@ -83,6 +93,7 @@ class PrefillQueues:
                 continue
             del self.transfers[rid]
             self.scheduler._release(req)
+            self._settled(rid, state)
             reason = self._forget(rid)
             if rid in self.aborted:
                 self.aborted.discard(rid)
@@ -91,6 +102,19 @@ class PrefillQueues:
             else:
                 out.append((rid, reason))
         return out
+
+    def _collect_transfers(self) -> None:
+        if self.manager is not None:
+            self.metrics.transfers(self.manager.take_transfers())
+
+    def _settled(self, rid: str, state: KVPoll) -> None:
+        """Metrics of a room whose transfer ended (client aborts are not failures)."""
+        if rid in self.aborted:
+            return
+        if state is KVPoll.SUCCESS:
+            self.metrics.stage(rid, "prefill_transfer_kv_cache")
+        else:
+            self.metrics.fail(rid, "transfer")
 
     def after_commit(self, batch: ScheduledBatch, produced: list[Req]) -> list[Req]:
         """Send the pages each row completed; hold back first tokens until the transfer ends."""
@@ -132,9 +156,11 @@ class PrefillQueues:
             self.aborted.add(req.rid)
             sender.abort("aborted on prefill")
         self.transfers[req.rid] = req
+        self.metrics.restart(req.rid)  # prefill_transfer_kv_cache starts
         return True
 
     def _forget(self, rid: str) -> str:
+        self.metrics.close(rid)
         self.sent_pages.pop(rid, None)
         return self.senders.pop(rid).failure_reason or "KV transfer failed"
 
@@ -149,10 +175,13 @@ class PrefillQueues:
         return sum(len(r.pages) - r.num_cached_pages for r in self.transfers.values())
 
     def stats(self) -> dict:
+        self._collect_transfers()
         return {
             "mode": "prefill",
             "bootstrap_queue": len(self.bootstrap),
             "transfer_queue": len(self.transfers),
+            "held_pages": self.held_pages(),
+            **self.metrics.summary(),
             **(self.manager.stats() if self.manager else {"transfer_backend": "fake"}),
         }
 

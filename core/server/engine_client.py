@@ -2,11 +2,11 @@
 
 The front end binds both sockets (PUSH to the engine's input, PULL for its
 outputs) and the engine connects, so either side may start first. ``TokenOut``
-and ``EngineError`` go to ``on_output``; ``EngineStats`` replies resolve their
-waiter by token, and a reply whose token was not issued here answers the pending
-``FlushCacheReq`` (which carries no token). A watcher polls ``engine_alive``:
-once the engine is gone (or the socket breaks) ``on_dead(reason)`` runs once and
-every waiter fails with 503.
+and ``EngineError`` go to ``on_output``; ``EngineStats`` and ``ProfileReply``
+replies resolve their waiter by token, and a stats reply whose token was not
+issued here answers the pending ``FlushCacheReq`` (which carries no token). A
+watcher polls ``engine_alive``: once the engine is gone (or the socket breaks)
+``on_dead(reason)`` runs once and every waiter fails with 503.
 """
 
 from __future__ import annotations
@@ -22,10 +22,19 @@ import zmq
 import zmq.asyncio
 
 from pdcore.engine import io_struct
-from pdcore.engine.io_struct import EngineStats, FlushCacheReq, StatsReq
+from pdcore.engine.io_struct import (
+    EngineStats,
+    FlushCacheReq,
+    ProfileReply,
+    StartProfileReq,
+    StatsReq,
+    StopProfileReq,
+)
 from pdcore.server.errors import RequestError
 
 logger = logging.getLogger(__name__)
+# Stopping the profiler writes the whole trace before the engine answers.
+PROFILE_TIMEOUT_S = 300.0
 
 
 class EngineClient:
@@ -46,6 +55,7 @@ class EngineClient:
         self._health_poll_s = health_poll_s
         self.timeout_s = timeout_s
         self._stats_waiters: dict[int, asyncio.Future] = {}
+        self._profile_waiters: dict[int, asyncio.Future] = {}
         self._flush_waiter: asyncio.Future | None = None
         self._tokens = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
@@ -134,6 +144,18 @@ class EngineClient:
             self._flush_waiter = None
         return waiter.result() if waiter.done() and not waiter.cancelled() else stats
 
+    async def profile(self, msg: StartProfileReq | StopProfileReq) -> ProfileReply:
+        """Send a profile request (its ``token`` is set here) and await the reply."""
+        self.require()
+        msg.token = token = next(self._tokens)
+        future = asyncio.get_running_loop().create_future()
+        self._profile_waiters[token] = future
+        self.send(msg)
+        try:
+            return await self._await(future, "a profile request", PROFILE_TIMEOUT_S)
+        finally:
+            self._profile_waiters.pop(token, None)
+
     def mark_dead(self, reason: str) -> None:
         if self.dead_reason is not None:
             return
@@ -143,12 +165,13 @@ class EngineClient:
         self._fail_waiters(error)
         self._on_dead(error)
 
-    async def _await(self, future: asyncio.Future, what: str):
+    async def _await(self, future: asyncio.Future, what: str, timeout_s: float | None = None):
+        timeout_s = max(self.timeout_s, timeout_s or 0)
         try:
-            return await asyncio.wait_for(future, self.timeout_s)
+            return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             raise RequestError(
-                f"the engine did not answer {what} within {self.timeout_s:g}s", 503
+                f"the engine did not answer {what} within {timeout_s:g}s", 503
             ) from None
 
     async def _wait_connected(self) -> None:
@@ -174,6 +197,8 @@ class EngineClient:
                 for out in outputs:
                     if isinstance(out, EngineStats):
                         self._on_stats(out)
+                    elif isinstance(out, ProfileReply):
+                        self._resolve(self._profile_waiters.get(out.token), out)
                     else:
                         self._on_output(out, now)
         except asyncio.CancelledError:
@@ -183,9 +208,12 @@ class EngineClient:
             self.mark_dead(f"the front end lost the engine connection ({e})")
 
     def _on_stats(self, stats: EngineStats) -> None:
-        waiter = self._stats_waiters.get(stats.token) or self._flush_waiter
+        self._resolve(self._stats_waiters.get(stats.token) or self._flush_waiter, stats)
+
+    @staticmethod
+    def _resolve(waiter: asyncio.Future | None, reply) -> None:
         if waiter is not None and not waiter.done():
-            waiter.set_result(stats)
+            waiter.set_result(reply)
 
     async def _watch(self) -> None:
         while self.dead_reason is None:
@@ -194,7 +222,7 @@ class EngineClient:
                 self.mark_dead("the engine process exited")
 
     def _fail_waiters(self, error: RequestError) -> None:
-        for waiter in self._stats_waiters.values():
+        for waiter in [*self._stats_waiters.values(), *self._profile_waiters.values()]:
             if not waiter.done():
                 waiter.set_exception(error)
         if self._flush_waiter is not None:

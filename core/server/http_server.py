@@ -24,6 +24,7 @@ from pdcore.server.http_utils import ClientGone
 from pdcore.server.native_api import native_router
 from pdcore.server.openai_api import openai_router
 from pdcore.server.probe import generate_probe
+from pdcore.server.profile_api import profile_router
 
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/health_generate", "/metrics")
@@ -59,6 +60,7 @@ def create_app(
         _install_api_key(app, tm.server_args.api_key)
     app.include_router(native_router(tm, server_info))
     app.include_router(openai_router(tm))
+    app.include_router(profile_router(tm))
 
     @app.get("/metrics")
     async def metrics():

@@ -1,7 +1,8 @@
 """Prometheus metrics of one server, in their own registry (one per app).
 
 Names follow SGLang's (``sglang:`` prefix) so existing dashboards and the
-router's scrapers work unchanged. Engine gauges are refreshed on each scrape.
+router's scrapers work unchanged. Engine gauges are refreshed on each scrape;
+PD servers add their queue, transfer and failure metrics (``pd_metrics``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from pdcore.engine.io_struct import EngineStats
+from pdcore.server.pd_metrics import PDCollector
 
 PREFIX = "sglang:"
 _LATENCY_BUCKETS = (
@@ -56,6 +58,8 @@ class ServerMetrics:
         self.kv_free = gauge("kv_pages_free", "Free KV pages.")
         self.kv_used = gauge("kv_pages_used", "KV pages held by requests.")
         self.kv_cached = gauge("kv_pages_cached", "KV pages held only by the prefix cache.")
+        self.pd = PDCollector(p, model_name)  # PD queues, transfers, failures (PD modes only)
+        reg.register(self.pd)
 
     def observe_tokens(self, count: int, now: float, created: float, previous: float | None):
         """Record ``count`` tokens arriving at ``now``; ``previous``: the last arrival."""
@@ -81,6 +85,7 @@ class ServerMetrics:
         self.kv_used.set(stats.used_pages)
         self.kv_cached.set(stats.cached_pages)
         self.token_usage.set(stats.used_pages / stats.total_pages if stats.total_pages else 0.0)
+        self.pd.update(stats)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,6 +16,7 @@ from disaggregation.pd_peer import ENV, MODEL, SHAPE, PrefillProcess, make_pool,
 from pdcore.disaggregation.kv_args import KVArgs, KVPoll
 from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.disaggregation.protocol import HandshakeError
+from pdcore.disaggregation.transfer import MemoryRegion
 from pdcore.envs import DisaggregationEnv
 
 BACKENDS = ["mooncake", "nixl", "example-tcp"]
@@ -243,6 +244,38 @@ def test_restarted_prefill_is_handshaken_again_before_heartbeats_notice(caplog):
         assert wait_state(recv, 10) is KVPoll.SUCCESS, recv.failure_reason
         assert "handshaking again" in caplog.text
         assert mgr.active_rooms == 0
+    finally:
+        mgr.close()
+        proc.close()
+
+
+def test_aux_row_can_ride_in_the_last_notice():
+    """Engines that cannot write host memory (cuda_ipc) send the aux row in the
+    notice; the first token and logprobs arrive all the same."""
+    options = {"aux_in_notice": True}
+    proc = PrefillProcess("mooncake", options=options)
+    pool = make_pool(SHAPE)
+    mgr = KVManager(
+        "decode",
+        KVArgs.from_pool(pool, MODEL),
+        "mooncake",
+        env=DisaggregationEnv(**ENV),
+        engine_options=options,
+    )
+    try:
+        assert mgr.aux_inline
+        aux_buffer = MemoryRegion(mgr.aux.addr, mgr.aux.nbytes)
+        assert aux_buffer not in mgr.engine.regions, "aux buffer registered with the engine"
+        room, recv, _ = start_receiver(mgr, proc.addr)
+        result = proc.call("send", room, CHUNKS, AUX, False, 7)
+        assert result["state"] == "SUCCESS", result["reason"]
+        assert wait_state(recv, 10) is KVPoll.SUCCESS, recv.failure_reason
+        got = recv.aux()
+        assert (got.token_id, got.logprob, got.top_ids) == (
+            AUX["token_id"],
+            AUX["logprob"],
+            AUX["top_ids"],
+        )
     finally:
         mgr.close()
         proc.close()

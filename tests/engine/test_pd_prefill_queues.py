@@ -43,6 +43,9 @@ class ScriptedManager:
     def stats(self):
         return {}
 
+    def take_transfers(self):
+        return []  # no real writes: no per-room transfer records
+
 
 def setup(chunk: int = 6):
     alloc = PageAllocator(33)

@@ -1,1 +1,2 @@
-"""pdcore's Ascend NPU platform plugin; registered via ``pdcore_ascend.plugin``."""
+"""pdcore's Ascend NPU plugin: the ``npu`` platform and the ``ascend`` / ``ascend-mla``
+attention backends on torch_npu; registered via ``pdcore_ascend.plugin``."""

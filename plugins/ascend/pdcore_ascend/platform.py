@@ -11,6 +11,7 @@ import os
 
 from pdcore.hookspecs import Availability
 from pdcore.platform import MemoryInfo, MemoryKind, Platform
+from pdcore_ascend.unverified import noted
 
 
 def _torch_with_npu():
@@ -33,6 +34,9 @@ class AscendPlatform(Platform):
     visible_devices_env = "ASCEND_RT_VISIBLE_DEVICES"
 
     def availability(self) -> Availability:
+        return noted(self._probe())
+
+    def _probe(self) -> Availability:
         try:
             torch = _torch_with_npu()
         except (ImportError, OSError) as e:

@@ -10,6 +10,7 @@ import types
 import pytest
 import torch
 from pdcore_ascend.platform import AscendPlatform
+from pdcore_ascend.unverified import UNVERIFIED
 
 from pdcore.platform import MemoryKind
 from pdcore.registry import Registry
@@ -37,10 +38,44 @@ def test_registers_through_entry_point():
     assert not [x for x in reg.problems if x.provider.distribution == "pdcore-ascend"]
 
 
+@pytest.mark.parametrize(
+    ("name", "kind", "priority"), [("ascend", "mha", 10), ("ascend-mla", "mla", -10)]
+)
+def test_attention_backends_register_with_their_kv_layout(name, kind, priority):
+    reg = Registry.discover(env={})
+    found = reg.lookup("attention", name)
+    assert found.provider.distribution == "pdcore-ascend"
+    spec = found.spec
+    assert spec.platforms == ("npu",)
+    assert (spec.kv_layout.kind, spec.kv_layout.cache_layout) == (kind, "NHD")
+    assert spec.kv_layout.page_sizes == (16, 32, 64, 128)
+    assert spec.priority == priority
+
+
+def test_attention_is_unavailable_for_the_platform_reason():
+    reg = Registry.discover(env={})
+    avail = reg.availability(reg.lookup("attention", "ascend"))
+    platform = AscendPlatform().availability()
+    if platform.ok:
+        pytest.skip("an NPU is available here")
+    assert not avail.ok
+    assert avail.reason == f"needs an Ascend NPU: {platform.reason}"
+    assert avail.reason.endswith(f"[{UNVERIFIED}]"), "pdcore plugins says it never ran on an NPU"
+
+
+def test_npu_picks_the_ascend_backend_over_torch(fake_npu):
+    reg = Registry.discover(env={})
+    platform = reg.select_platform("npu")
+    assert reg.select_attention(None, platform).name == "ascend"
+
+
 @pytest.mark.skipif(HAS_TORCH_NPU, reason="torch_npu is installed here")
 def test_missing_torch_npu_is_the_reason():
     avail = AscendPlatform().availability()
-    assert (avail.ok, avail.reason) == (False, "torch_npu: No module named 'torch_npu'")
+    assert (avail.ok, avail.reason) == (
+        False,
+        f"torch_npu: No module named 'torch_npu' [{UNVERIFIED}]",
+    )
 
 
 @pytest.fixture
@@ -61,14 +96,17 @@ def test_missing_cann_library_is_the_reason(broken_torch_npu):
     )
     avail = AscendPlatform().availability()
     assert avail.reason == (
-        "torch_npu: libhccl.so: cannot open shared object file: No such file or directory"
+        "torch_npu: libhccl.so: cannot open shared object file: No such file or directory "
+        f"[{UNVERIFIED}]"
     )
 
 
 def test_version_mismatch_is_the_reason(broken_torch_npu):
     broken_torch_npu("raise RuntimeError('torch_npu 2.8.0 needs torch 2.8.0')")
     avail = AscendPlatform().availability()
-    assert avail.reason == "torch_npu: RuntimeError: torch_npu 2.8.0 needs torch 2.8.0"
+    assert avail.reason == (
+        f"torch_npu: RuntimeError: torch_npu 2.8.0 needs torch 2.8.0 [{UNVERIFIED}]"
+    )
 
 
 @pytest.fixture
@@ -92,7 +130,10 @@ def test_no_visible_npu_is_the_reason(fake_npu, monkeypatch):
     fake_npu.count = 0
     monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "")
     avail = AscendPlatform().availability()
-    assert (avail.ok, avail.reason) == (False, "no NPU visible (ASCEND_RT_VISIBLE_DEVICES='')")
+    assert (avail.ok, avail.reason) == (
+        False,
+        f"no NPU visible (ASCEND_RT_VISIBLE_DEVICES='') [{UNVERIFIED}]",
+    )
 
 
 def test_calls_go_through_torch_npu(fake_npu):
@@ -111,6 +152,8 @@ def test_calls_go_through_torch_npu(fake_npu):
 def test_plugin_import_loads_no_torch_or_torch_npu():
     code = (
         "import sys, pdcore_ascend.plugin; "
+        "from pdcore.registry import Registry; "
+        "Registry.discover(env={}).get('attention', 'ascend'); "
         "print(sorted(m for m in ('torch', 'torch_npu') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""Entry point ``cuda``: the CUDA platform and the ``triton`` attention backend.
+"""Entry point ``cuda``: the CUDA platform, its attention backends and ``cuda_ipc`` transfer.
 
 Importing this module imports no torch, Triton or CUDA library: kernels load
 inside the factory, availability checks only when asked.
@@ -7,7 +7,9 @@ inside the factory, availability checks only when asked.
 from __future__ import annotations
 
 from pdcore.attention.base import AttentionBackend
+from pdcore.disaggregation.transfer import TransferBackend
 from pdcore.hookspecs import Availability, hookimpl
+from pdcore.platform import MemoryKind
 from pdcore_cuda.platform import CudaPlatform
 
 
@@ -72,4 +74,36 @@ def pdcore_attention_backends():
             priority=5,
             description="FlashInfer paged prefill/decode (bf16/fp16; plan once per pass)",
         ),
+    ]
+
+
+def _ipc_factory(config):
+    from pdcore_cuda.ipc_transfer import CudaIpcTransferEngine
+
+    return CudaIpcTransferEngine(config)
+
+
+def _ipc_check() -> Availability:
+    platform = CudaPlatform().availability()
+    if not platform.ok:
+        return Availability.no(f"needs a CUDA device: {platform.reason}")
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError as e:
+        return Availability.no(f"the CUDA driver library is not loadable: {e}")
+    return Availability.yes("CUDA IPC between processes of this host")
+
+
+@hookimpl
+def pdcore_transfer_backends():
+    return [
+        TransferBackend(
+            name="cuda_ipc",
+            factory=_ipc_factory,
+            memory_kinds=(MemoryKind.VRAM,),
+            check=_ipc_check,
+            description="GPU to GPU on one host through CUDA IPC (NVLink/PCIe P2P copies)",
+        )
     ]

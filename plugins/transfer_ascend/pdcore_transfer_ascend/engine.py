@@ -26,6 +26,7 @@ from pdcore.disaggregation.transfer import (
 )
 from pdcore.platform import MemoryKind
 from pdcore_transfer_ascend.native import import_transfer_engine
+from pdcore_transfer_ascend.return_codes import describe
 from pdcore_transfer_ascend.settings import PROTOCOL_ENV, PROTOCOLS, MfSettings, mf_role
 
 DEFAULT_TRANSFER_THREADS = 4
@@ -38,7 +39,7 @@ def mf_call(engine: Any, method: str, detail: str, *args: Any) -> None:
     except Exception as e:
         raise TransferError(f"mf_adapter {method}({detail}) raised {type(e).__name__}: {e}") from e
     if ret != 0:
-        raise TransferError(f"mf_adapter {method}({detail}) failed with return code {ret}")
+        raise TransferError(f"mf_adapter {method}({detail}) failed with {describe(ret)}")
 
 
 def session_id(hostname: str, port: int) -> str:

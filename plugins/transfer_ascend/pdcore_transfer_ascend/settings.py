@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pdcore.disaggregation.transfer import TransferError
 
 STORE_URL_ENV = "ASCEND_MF_STORE_URL"
+MOONCAKE_ENV = "ENABLE_ASCEND_TRANSFER_WITH_MOONCAKE"
+NPU_PHY_ID_ENV = "ASCEND_NPU_PHY_ID"
+CREATE_STORE_ENV = "PDCORE_ASCEND_MF_CREATE_STORE"
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 PROTOCOL_ENV = "ASCEND_MF_TRANSFER_PROTOCOL"
 DEFAULT_PROTOCOL = "sdma"
 
@@ -58,3 +62,37 @@ def mf_role(role: str) -> str:
         raise TransferError(
             f"ascend transfer engine role must be one of {', '.join(ROLES)}, got {role!r}"
         ) from None
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name)
+    if value is None:
+        return default
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise TransferError(f"{name}={value!r} is not a boolean; use true or false")
+
+
+def use_mooncake(environ: Mapping[str, str] | None = None) -> bool:
+    """``ENABLE_ASCEND_TRANSFER_WITH_MOONCAKE=true``: move KV with Mooncake's ``ascend``
+    transport instead of memfabric (SGLang's switch, same name)."""
+    return _flag(os.environ if environ is None else environ, MOONCAKE_ENV, False)
+
+
+def create_store(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether prefill node 0 starts the config store (``PDCORE_ASCEND_MF_CREATE_STORE``,
+    default true as in SGLang; false when the store is launched separately)."""
+    return _flag(os.environ if environ is None else environ, CREATE_STORE_ENV, True)
+
+
+def npu_phy_id(environ: Mapping[str, str] | None = None) -> int | None:
+    """``ASCEND_NPU_PHY_ID``: the physical NPU id when a container renumbers devices."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(NPU_PHY_ID_ENV, "").strip()
+    if value in ("", "-1"):
+        return None
+    if not value.isdigit():
+        raise TransferError(f"{NPU_PHY_ID_ENV}={value!r} is not a device id (0, 1, ...)")
+    return int(value)

@@ -62,9 +62,13 @@ class FakeMf:
             def destroy(self):
                 fake.calls.append(("destroy",))
 
+        def create_config_store(store_url):
+            return fake.record("create_config_store", store_url)
+
         TransferEngine.TransDataOpType = TransDataOpType
         self.module = types.ModuleType(name)
         self.module.TransferEngine = TransferEngine
+        self.module.create_config_store = create_config_store
 
     def record(self, method: str, *args):
         self.calls.append((method, *args))
@@ -84,4 +88,17 @@ def mf(monkeypatch):
     monkeypatch.setitem(sys.modules, "mf_adapter", fake.module)
     monkeypatch.setenv("ASCEND_MF_STORE_URL", fake.STORE_URL)
     monkeypatch.delenv("ASCEND_MF_TRANSFER_PROTOCOL", raising=False)
+    for name in ("ENABLE_ASCEND_TRANSFER_WITH_MOONCAKE", "PDCORE_ASCEND_MF_CREATE_STORE"):
+        monkeypatch.delenv(name, raising=False)
     return fake
+
+
+@pytest.fixture
+def ascend_driver(tmp_path, monkeypatch):
+    """An Ascend driver layout memfabric accepts: ``<root>/driver/{lib64,version.info}``
+    with ``lib64`` on LD_LIBRARY_PATH. Returns the root."""
+    driver = tmp_path / "Ascend" / "driver"
+    (driver / "lib64").mkdir(parents=True)
+    (driver / "version.info").write_text("Version=stand-in\n")
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"/opt/other/lib:{driver / 'lib64'}")
+    return driver.parent

@@ -158,7 +158,10 @@ def test_initialize_failure_names_call_and_code(mf):
     msg = str(err.value)
     assert msg.startswith("mf_adapter initialize(store_url='tcp://10.0.0.1:24667'")
     assert "role='Prefill', device_id=3, data_op_type=SDMA" in msg
-    assert msg.endswith("failed with return code -1")
+    assert msg.endswith(
+        "failed with return code -1 (generic failure (SMEM_ERROR / BM_ERROR); "
+        "memfabric's log has the cause)"
+    )
 
 
 def test_register_failure_registers_nothing(mf):
@@ -171,15 +174,32 @@ def test_register_failure_registers_nothing(mf):
 
 def test_transfer_failure_names_call_and_code(mf):
     engine, peer = connected(mf)
-    mf.codes["batch_transfer_sync_write"] = -2
+    mf.codes["batch_transfer_sync_write"] = -2014
     handle = engine.write(peer, [(LOCAL_A.addr, REMOTE, 64)])
     with pytest.raises(TransferError) as err:
         handle.wait(5)
     assert handle.status() is TransferStatus.FAILED
     assert str(err.value) == (
         f"ascend transfer to {PEER} failed: mf_adapter batch_transfer_sync_write("
-        f"dest_session='{PEER}', 1 run(s), 64 bytes) failed with return code -2"
+        f"dest_session='{PEER}', 1 run(s), 64 bytes) failed with return code -2014 "
+        "(not connected (SMEM_NOT_CONNECTED))"
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "meaning"),
+    [
+        (-7, "timed out (BM_TIMEOUT)"),
+        (-2000, "invalid parameter (SMEM_INVALID_PARAM)"),
+        (-3005, "config store: no such entry (SMEM_STORE_BACKEND_CODE_NOENT)"),
+        (-4242, "unknown to pdcore; see memfabric's log (ASCEND_MF_LOG_LEVEL=0)"),
+    ],
+)
+def test_return_codes_are_named(mf, code, meaning):
+    mf.codes["initialize"] = code
+    with pytest.raises(TransferError) as err:
+        make_engine()
+    assert str(err.value).endswith(f"failed with return code {code} ({meaning})")
 
 
 def test_native_exception_becomes_failure(mf):
@@ -194,7 +214,7 @@ def test_unregister_failure_is_reported(mf):
     engine = make_engine()
     engine.register([LOCAL_A])
     mf.codes["unregister_memory"] = 5
-    with pytest.raises(TransferError, match=r"unregister_memory\(0x7f0000000000\).*code 5"):
+    with pytest.raises(TransferError, match=r"unregister_memory\(0x7f0000000000\).*code 5 "):
         engine.deregister([LOCAL_A])
 
 

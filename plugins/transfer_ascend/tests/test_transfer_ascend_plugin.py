@@ -7,15 +7,21 @@ import importlib.util
 import os
 import subprocess
 import sys
+import types
 
 import pytest
+import torch
+from pdcore_transfer_ascend.native import driver_problem
 from pdcore_transfer_ascend.plugin import check
+from pdcore_transfer_ascend.unverified import UNVERIFIED
 
 from pdcore.disaggregation.transfer import MemoryRegion, TransferConfig
+from pdcore.hookspecs import Availability
 from pdcore.platform import MemoryKind
 from pdcore.registry import Registry
 
 HAS_MF = any(importlib.util.find_spec(m) for m in ("mf_adapter", "memfabric_hybrid"))
+HAS_TORCH_NPU = importlib.util.find_spec("torch_npu") is not None
 
 
 def test_registers_through_entry_point():
@@ -30,22 +36,87 @@ def test_registers_through_entry_point():
     assert not [x for x in reg.problems if x.provider.distribution == "pdcore-transfer-ascend"]
 
 
-@pytest.mark.skipif(HAS_MF, reason="memfabric's binding is installed here")
-def test_missing_mf_adapter_is_the_reason():
+@pytest.fixture
+def npu_visible(monkeypatch):
+    """torch_npu importable and one NPU visible (no hardware: the answers are scripted)."""
+    monkeypatch.setitem(sys.modules, "torch_npu", types.ModuleType("torch_npu"))
+    monkeypatch.setattr(torch, "npu", types.SimpleNamespace(device_count=lambda: 1), raising=False)
+
+
+@pytest.mark.skipif(HAS_MF or HAS_TORCH_NPU, reason="memfabric or torch_npu is installed here")
+def test_every_missing_library_is_a_reason():
     avail = check()
     assert not avail.ok
     assert avail.reason == (
         "mf_adapter not importable: No module named 'mf_adapter' "
         "(memfabric_hybrid: No module named 'memfabric_hybrid'); "
-        "install the mf_adapter wheel from your CANN/memfabric release, or memfabric-hybrid"
+        "install the mf_adapter wheel from your CANN/memfabric release, or memfabric-hybrid; "
+        "torch_npu not importable: No module named 'torch_npu'; the ascend engine moves NPU "
+        f"memory [{UNVERIFIED}]"
     )
 
 
-def test_missing_torch_npu_is_the_reason(mf, monkeypatch):
+def test_mf_adapter_without_a_driver_is_the_reason(mf, npu_visible, monkeypatch):
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    avail = check()
+    assert not avail.ok
+    assert avail.reason == (
+        "mf_adapter: Ascend driver does not support mf: LD_LIBRARY_PATH is not set, so "
+        "memfabric cannot find the driver (source /usr/local/Ascend/ascend-toolkit/set_env.sh) "
+        f"[{UNVERIFIED}]"
+    )
+
+
+def test_missing_torch_npu_is_the_reason(mf, ascend_driver, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", None)
     avail = check()
     assert not avail.ok
     assert avail.reason.startswith("torch_npu not importable: import of torch_npu halted")
+
+
+def test_library_driver_and_npu_present_is_available(mf, ascend_driver, npu_visible):
+    assert check() == Availability.yes(f"memfabric [{UNVERIFIED}]")
+
+
+def test_mooncake_switch_checks_mooncake_instead_of_memfabric(npu_visible, monkeypatch):
+    monkeypatch.setenv("ENABLE_ASCEND_TRANSFER_WITH_MOONCAKE", "true")
+    monkeypatch.setitem(sys.modules, "pdcore_transfer_mooncake.engine", None)
+    avail = check()
+    assert not avail.ok
+    assert avail.reason.startswith("ENABLE_ASCEND_TRANSFER_WITH_MOONCAKE=true but Mooncake is ")
+    assert "mf_adapter not importable" not in avail.reason
+    assert "Ascend driver" not in avail.reason
+
+
+def test_malformed_mooncake_switch_is_the_reason(npu_visible, monkeypatch):
+    monkeypatch.setenv("ENABLE_ASCEND_TRANSFER_WITH_MOONCAKE", "maybe")
+    assert check().reason == (
+        f"ENABLE_ASCEND_TRANSFER_WITH_MOONCAKE='maybe' is not a boolean; use true or false "
+        f"[{UNVERIFIED}]"
+    )
+
+
+# ---- memfabric's driver lookup, repeated without initializing anything ------------------
+
+
+def test_driver_found_through_ld_library_path(tmp_path):
+    (tmp_path / "driver" / "lib64").mkdir(parents=True)
+    (tmp_path / "driver" / "version.info").write_text("Version=1\n")
+    env = {"LD_LIBRARY_PATH": f"/usr/lib:{tmp_path}/driver/lib64/driver"}
+    assert driver_problem(env) is None
+
+
+@pytest.mark.parametrize(
+    ("ld_path", "problem"),
+    [
+        ("", "LD_LIBRARY_PATH is not set"),
+        ("/usr/lib:/opt/cann/lib64", "no Ascend driver directory (*/driver/lib64)"),
+        ("/nowhere/driver/lib64", "/nowhere/driver/version.info does not exist"),
+    ],
+    ids=["unset", "no-driver-entry", "no-version-file"],
+)
+def test_driver_problems_are_named(ld_path, problem):
+    assert driver_problem({"LD_LIBRARY_PATH": ld_path}).startswith(problem)
 
 
 def test_plugin_import_and_discovery_load_no_native_library():

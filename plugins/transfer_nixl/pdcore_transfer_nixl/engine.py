@@ -119,14 +119,25 @@ class NixlTransferEngine(TransferEngine):
         self._name = f"{config.role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # No listener thread: metadata goes through pdcore's handshake. RW sync
         # lets transfers and polls run from several threads at once.
+        opts = config.options
+        # UCX backend tuning: ``num_threads`` splits a request over worker threads
+        # (nixl's own knob), ``num_workers`` gives the backend several UCX workers;
+        # each UCX worker has its own CUDA streams for cuda_ipc copies.
+        backend_init = {}
+        if int(opts.get("num_threads", 0)) > 0:
+            backend_init["num_threads"] = str(int(opts["num_threads"]))
+        if int(opts.get("num_workers", 0)) > 0:
+            backend_init["num_workers"] = str(int(opts["num_workers"]))
         conf = nixl_agent_config(
             enable_listen_thread=False,
-            backends=[self._backend],
+            backends=[],
             sync_mode=nixl_thread_sync_t.NIXL_THREAD_SYNC_RW,
         )
-        delay = int(config.options.get("progress_delay_us", DEFAULT_PROGRESS_DELAY_US))
+        delay = int(opts.get("progress_delay_us", DEFAULT_PROGRESS_DELAY_US))
         try:
             self._agent = _agent_with_progress_delay(self._name, conf, delay)
+            if self._backend in self._agent.get_plugin_list():
+                self._agent.create_backend(self._backend, backend_init)
         except Exception as e:  # the binding raises its own exception types
             raise TransferError(f"cannot create NIXL agent: {_describe(e)}") from e
         if self._backend not in self._agent.backends:
