@@ -36,7 +36,7 @@ class ServerArgs:
     # HTTP
     host: str = "127.0.0.1"
     port: int = 30000
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr or a log
     log_level: str = "info"
     skip_server_warmup: bool = False
     # hardware
@@ -69,6 +69,7 @@ class ServerArgs:
     disaggregation_bootstrap_port: int = 8998
     disaggregation_decode_tp: int | None = None
     disaggregation_decode_dp: int | None = None
+    disaggregation_secret: str | None = field(default=None, repr=False)
     # plugin flags land here (pdcore_add_cli_args)
     plugin_args: dict = field(default_factory=dict)
 
@@ -92,7 +93,12 @@ class ServerArgs:
         g = parser.add_argument_group("HTTP server")
         g.add_argument("--host", default=d.host)
         g.add_argument("--port", type=int, default=d.port)
-        g.add_argument("--api-key", default=d.api_key)
+        g.add_argument(
+            "--api-key",
+            default=d.api_key,
+            help="require 'Authorization: Bearer KEY' on every route but /health, "
+            "/health_generate and /metrics",
+        )
         g.add_argument("--log-level", default=d.log_level, choices=LOG_LEVELS)
         g.add_argument(
             "--skip-server-warmup",
@@ -166,6 +172,13 @@ class ServerArgs:
         )
         g.add_argument("--disaggregation-decode-tp", type=int, default=d.disaggregation_decode_tp)
         g.add_argument("--disaggregation-decode-dp", type=int, default=d.disaggregation_decode_dp)
+        g.add_argument(
+            "--disaggregation-secret",
+            default=d.disaggregation_secret,
+            help="shared secret that authenticates (HMAC) every PD control message; "
+            "the same on prefill and decode (default: $PDCORE_DISAGGREGATION_SECRET or "
+            "$SGLANG_DISAGGREGATION_SECRET; unset: unauthenticated, as in SGLang)",
+        )
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
@@ -314,12 +327,19 @@ class ServerArgs:
         """The effective choices, for ``--check-config`` and ``/get_server_info``."""
         platform = registry.select_platform(self.device)
         attention = registry.select_attention(self.attention_backend, platform)
-        out = dataclasses.asdict(self)
-        out["api_key"] = "***" if self.api_key else None
+        out = masked(dataclasses.asdict(self))
         out["device"] = platform.name
         out["attention_backend"] = attention.name
         out["dtype"] = self.dtype if self.dtype != "auto" else platform.default_dtype()
         return out
+
+
+SECRET_FIELDS = ("api_key", "disaggregation_secret")
+
+
+def masked(args: dict) -> dict:
+    """``args`` (a ``ServerArgs`` as a dict) with every secret shown as ``***``."""
+    return {k: ("***" if v else None) if k in SECRET_FIELDS else v for k, v in args.items()}
 
 
 def _parse_host_port(value: str, flag: str) -> tuple[str, int]:

@@ -121,3 +121,19 @@ def profiler_dir(
         if value:
             return value
     return default
+
+
+SECRET_VARS = ("PDCORE_DISAGGREGATION_SECRET", "SGLANG_DISAGGREGATION_SECRET")
+
+
+def disaggregation_secret(env: Mapping[str, str] | None = None) -> str | None:
+    """The PD control-plane secret when ``--disaggregation-secret`` is not given:
+    ``PDCORE_DISAGGREGATION_SECRET``, else ``SGLANG_DISAGGREGATION_SECRET``, else None
+    (control messages unauthenticated). An environment variable keeps the secret
+    out of ``ps`` output, which a flag cannot."""
+    env = os.environ if env is None else env
+    for var in SECRET_VARS:
+        value = env.get(var, "")
+        if value.strip():
+            return value
+    return None

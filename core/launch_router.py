@@ -37,6 +37,22 @@ class RouterArgs:
     cb_failure_threshold: int = 3
     cb_cooldown_secs: float = 10.0
     log_level: str = "info"
+    # never in a repr, a log line or --check-config output
+    api_key: str | None = field(default=None, repr=False)
+    worker_api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def workers_key(self) -> str | None:
+        """The key the router sends to workers: --worker-api-key, else (as SGLang's
+        router) its own --api-key."""
+        return self.worker_api_key or self.api_key
+
+    def public(self) -> dict:
+        """The args as a dict with the keys masked, for --check-config and info routes."""
+        out = asdict(self)
+        for name in ("api_key", "worker_api_key"):
+            out[name] = "***" if out[name] else None
+        return out
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +124,18 @@ class RouterArgs:
             default=RouterArgs.log_level,
             choices=("debug", "info", "warning", "error", "critical"),
         )
+        parser.add_argument(
+            "--api-key",
+            default=None,
+            help="require 'Authorization: Bearer KEY' from clients (all routes but /health, "
+            "/health_generate, /metrics); also sent to workers unless --worker-api-key is given",
+        )
+        parser.add_argument(
+            "--worker-api-key",
+            default=None,
+            help="the --api-key of the workers, sent on every call to them (requests, aborts, "
+            "health checks); default: --api-key",
+        )
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> RouterArgs:
@@ -132,6 +160,8 @@ class RouterArgs:
                 "cb_failure_threshold",
                 "cb_cooldown_secs",
                 "log_level",
+                "api_key",
+                "worker_api_key",
             )
         }
         return cls(
@@ -209,7 +239,7 @@ def parse_router_args(argv: list[str], prog: str) -> tuple[RouterArgs, bool]:
 def run(argv: list[str], prog: str = "python -m pdcore.launch_router") -> int:
     args, check_only = parse_router_args(argv, prog)
     if check_only:
-        print(json.dumps(asdict(args), indent=2))
+        print(json.dumps(args.public(), indent=2))
         return 0
     return serve(args)
 

@@ -8,7 +8,7 @@ import sys
 
 from pdcore.argparse_utils import FlagParser
 from pdcore.config import ServerArgs
-from pdcore.envs import DisaggregationEnv
+from pdcore.envs import DisaggregationEnv, disaggregation_secret
 from pdcore.errors import PdcoreError
 from pdcore.registry import Registry, get_registry
 
@@ -51,6 +51,8 @@ def run(argv: list[str], prog: str = "python -m pdcore.launch_server") -> int:
     resolved = args.resolved(registry)
     if args.disaggregation_mode != "null":
         resolved["disaggregation_env"] = vars(DisaggregationEnv.from_env())
+        secret = args.disaggregation_secret or disaggregation_secret()
+        resolved["disaggregation_secret"] = "***" if secret else None
     if ns.check_config:
         print(json.dumps(resolved, indent=2, default=str))
         return 0

@@ -172,6 +172,21 @@ def test_user_server_flags_come_after_the_defaults_so_they_win():
     assert cmd.index("--device") < len(cmd) - 4, f"the cpu default is missing: {cmd}"
 
 
+def test_api_key_goes_to_every_server_and_the_router_and_its_own_client():
+    args = parse_up_args(["--port", str(free_port()), "--api-key", "up-key-123"])
+    cluster = Cluster(args)
+    try:
+        cmds = [cluster._server_cmd(s) for s in cluster.servers] + [cluster._router_cmd()]
+        client_auth = cluster.http.headers.get("authorization")
+    finally:
+        cluster.http.close()
+        shutil.rmtree(cluster.log_dir)
+    for cmd in cmds:
+        assert cmd[cmd.index("--api-key") + 1] == "up-key-123", f"no --api-key in {cmd}"
+    assert client_auth == "Bearer up-key-123", "pdcore up's own calls need the key too"
+    assert "up-key-123" not in repr(args)
+
+
 def test_busy_router_port_is_refused_before_anything_starts():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -5,6 +5,9 @@ one address decode learns from a request (``bootstrap_host``/``bootstrap_port``)
 Decode handshakes there once per prefill, then sends per-room transfer requests
 and aborts, and heartbeats it so that a dead prefill fails decode's pending rooms
 instead of leaving them waiting for bytes that will never come.
+
+Both take the ``--disaggregation-secret``: with it, a stranger that cannot seal
+its messages (``auth.py``) can neither handshake nor send room messages.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Protocol
 
+from pdcore.disaggregation.auth import to_key
 from pdcore.disaggregation.control import ControlError, ControlServer, request
 from pdcore.disaggregation.protocol import (
     Abort,
@@ -53,12 +57,17 @@ class PrefillEndpoint(Protocol):
 class BootstrapServer:
     """Routes decode's messages to the prefill rank they handshook with."""
 
-    def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_BOOTSTRAP_PORT):
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = DEFAULT_BOOTSTRAP_PORT,
+        secret: str | bytes | None = None,
+    ):
         self.server_id = uuid.uuid4().hex
         self._ranks: dict[int, PrefillEndpoint] = {}
         self._peers: dict[str, PrefillEndpoint] = {}
         self._lock = threading.Lock()
-        self._control = ControlServer(host, port, self._on_message)
+        self._control = ControlServer(host, port, self._on_message, to_key(secret))
         self.port = self._control.port
 
     def register(self, endpoint: PrefillEndpoint) -> None:
@@ -123,8 +132,10 @@ class BootstrapClient:
         env: DisaggregationEnv,
         on_peer_lost: Callable[[str, str], None],
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+        secret: str | bytes | None = None,
     ):
         self.local = local
+        self._key = to_key(secret)
         self.env = env
         self.request_timeout = request_timeout
         self._on_peer_lost = on_peer_lost
@@ -146,7 +157,7 @@ class BootstrapClient:
         with peer.lock:
             if peer.info is not None:
                 return peer.info
-            reply = request(addr, Handshake(self.local), self.request_timeout)
+            reply = request(addr, Handshake(self.local), self.request_timeout, self._key)
             if isinstance(reply, ErrorReply):
                 raise HandshakeError(f"prefill {addr} refused the handshake: {reply.message}")
             if not isinstance(reply, HandshakeReply):
@@ -158,12 +169,12 @@ class BootstrapClient:
     def send(self, addr: str, msg: TransferRequest | Abort) -> Message:
         """Send a room message; re-handshake once if prefill forgot us (it restarted)."""
         self.handshake(addr)
-        reply = request(addr, msg, self.request_timeout)
+        reply = request(addr, msg, self.request_timeout, self._key)
         if isinstance(reply, ErrorReply) and reply.code == "unknown_peer":
             log.info("prefill %s does not know us (it restarted); handshaking again", addr)
             self.invalidate(addr)
             self.handshake(addr)
-            reply = request(addr, msg, self.request_timeout)
+            reply = request(addr, msg, self.request_timeout, self._key)
         if isinstance(reply, ErrorReply):
             raise ControlError(f"prefill {addr} rejected {type(msg).__name__}: {reply.message}")
         return reply
@@ -191,7 +202,7 @@ class BootstrapClient:
         peer = self._peer(addr)
         lost = ""
         try:
-            reply = request(addr, Heartbeat(self.local.instance_id), timeout)
+            reply = request(addr, Heartbeat(self.local.instance_id), timeout, self._key)
         except ControlError as e:
             with peer.lock:
                 peer.failures += 1

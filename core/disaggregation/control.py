@@ -3,6 +3,11 @@
 HTTP (stdlib) rather than fire-and-forget sockets because every control message
 needs to know whether the peer took it: a refused connection is how prefill
 learns decode died and how decode's heartbeats find prefill offline.
+
+With a ``key`` (``--disaggregation-secret``) every body, request and reply, is
+sealed (``auth.py``) and verified before it is decoded; a message that fails is
+answered with an unsealed ``ErrorReply(code="unauthenticated")`` and reaches no
+handler. Without one, messages are plain and unauthenticated (as in SGLang).
 """
 
 from __future__ import annotations
@@ -15,6 +20,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import msgspec
 
+from pdcore.disaggregation.auth import (
+    AuthError,
+    ReplayGuard,
+    is_sealed,
+    open_sealed,
+    seal,
+    unexpected_seal,
+)
 from pdcore.disaggregation.protocol import ErrorReply, Message, decode, encode
 from pdcore.errors import PdcoreError
 
@@ -48,8 +61,19 @@ class _Handler(BaseHTTPRequestHandler):
         if not 0 < length <= MAX_BODY:
             self._reply(400, encode(ErrorReply("bad Content-Length", "bad_request")))
             return
+        data = self.rfile.read(length)
+        key = self.server.key
         try:
-            msg = decode(self.rfile.read(length))
+            if key is not None:
+                data = open_sealed(key, data, self.server.replay_guard)
+            elif is_sealed(data):
+                raise AuthError(unexpected_seal())
+        except AuthError as e:
+            log.warning("refused a PD control message from %s: %s", self.client_address[0], e)
+            self._reply(401, encode(ErrorReply(str(e), "unauthenticated")))
+            return
+        try:
+            msg = decode(data)
         except msgspec.DecodeError as e:
             self._reply(400, encode(ErrorReply(f"malformed message: {e}", "bad_request")))
             return
@@ -58,7 +82,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a handler bug must answer, not hang the peer
             log.exception("control handler failed on %s", type(msg).__name__)
             reply = ErrorReply(f"{type(e).__name__}: {e}")
-        self._reply(200, encode(reply))
+        body = encode(reply)
+        self._reply(200, seal(key, body) if key is not None else body)
 
     def _reply(self, status: int, body: bytes, ctype: str = CONTENT_TYPE) -> None:
         self.send_response(status)
@@ -74,17 +99,30 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     on_message: Callable[[Message], Message]
+    key: bytes | None = None
+    replay_guard: ReplayGuard | None = None
 
 
 class ControlServer:
-    """Serves ``on_message(msg) -> reply`` on ``host:port`` (0 = any free port)."""
+    """Serves ``on_message(msg) -> reply`` on ``host:port`` (0 = any free port).
 
-    def __init__(self, host: str, port: int, on_message: Callable[[Message], Message]):
+    ``key``: the HMAC key (``auth.to_key``); messages must then be sealed with it.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_message: Callable[[Message], Message],
+        key: bytes | None = None,
+    ):
         try:
             self._server = _Server((host, port), _Handler)
         except OSError as e:
             raise ControlError(f"cannot listen on {host}:{port}: {e}") from e
         self._server.on_message = on_message
+        self._server.key = key
+        self._server.replay_guard = ReplayGuard() if key is not None else None
         self.host = host
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -107,12 +145,17 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def request(addr: str, msg: Message, timeout: float) -> Message:
-    """POST ``msg`` to ``addr`` (``host:port``) and return the reply message."""
+def request(addr: str, msg: Message, timeout: float, key: bytes | None = None) -> Message:
+    """POST ``msg`` to ``addr`` (``host:port``) and return the reply message.
+
+    With ``key`` the message is sealed and the reply must be too; only an
+    ``ErrorReply`` may come back unsealed (a peer that could not verify us cannot
+    seal, and an error can only make things fail).
+    """
     host, port = split_addr(addr)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        body = encode(msg)
+        body = encode(msg) if key is None else seal(key, encode(msg))
         conn.request("POST", PATH, body, {"Content-Type": CONTENT_TYPE})
         resp = conn.getresponse()
         data = resp.read(MAX_BODY + 1)
@@ -120,7 +163,16 @@ def request(addr: str, msg: Message, timeout: float) -> Message:
         raise ControlError(f"{addr} unreachable: {type(e).__name__}: {e}") from e
     finally:
         conn.close()
+    sealed = is_sealed(data)
+    if key is not None and sealed:
+        try:
+            data = open_sealed(key, data)
+        except AuthError as e:
+            raise ControlError(f"{addr} answered with a bad seal: {e}") from e
     try:
-        return decode(data)
+        reply = decode(data)
     except msgspec.DecodeError as e:
         raise ControlError(f"{addr} answered HTTP {resp.status} with a malformed body") from e
+    if key is not None and not sealed and not isinstance(reply, ErrorReply):
+        raise ControlError(f"{addr} answered without authentication (no --disaggregation-secret?)")
+    return reply

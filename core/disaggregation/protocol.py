@@ -130,7 +130,8 @@ class Ack(msgspec.Struct, tag=True):
 
 
 class ErrorReply(msgspec.Struct, tag=True):
-    """``code``: ``mismatch``, ``unknown_peer``, ``bad_request`` or ``error``."""
+    """``code``: ``mismatch``, ``unknown_peer``, ``bad_request``, ``unauthenticated``
+    (no or a bad MAC, see ``auth.py``) or ``error``."""
 
     message: str
     code: str = "error"

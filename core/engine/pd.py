@@ -15,6 +15,7 @@ from pdcore.disaggregation.bootstrap import BootstrapServer
 from pdcore.disaggregation.fake import FAKE_BACKEND
 from pdcore.disaggregation.kv_args import KVArgs
 from pdcore.disaggregation.kv_manager import KVManager
+from pdcore.envs import disaggregation_secret
 from pdcore.model.config import ModelConfig
 from pdcore.sampling_params import MAX_TOP_LOGPROBS
 from pdcore.scheduler.decode import DecodeQueues
@@ -52,13 +53,14 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
         ib_device=args.disaggregation_ib_device,
         aux_slots=scheduler.config.max_running_requests,
         aux_top_k=MAX_TOP_LOGPROBS,
+        secret=args.disaggregation_secret or disaggregation_secret(),
     )
     backend = args.disaggregation_transfer_backend
     if backend == FAKE_BACKEND:  # warm-up/testing only: no KV manager, no bootstrap server
         return DecodeQueues(scheduler, None) if mode == "decode" else PrefillQueues(scheduler, None)
     if mode == "decode":
         return DecodeQueues(scheduler, KVManager("decode", kv_args, backend, **options))
-    server = BootstrapServer(args.host, args.disaggregation_bootstrap_port)
+    server = BootstrapServer(args.host, args.disaggregation_bootstrap_port, options["secret"])
     try:
         manager = KVManager("prefill", kv_args, backend, bootstrap=server, **options)
     except BaseException:

@@ -3,7 +3,9 @@
 The generation paths (``POST /generate``, ``/v1/completions``,
 ``/v1/chat/completions``) are answered by a plain ASGI handler in front of the
 FastAPI app (no routing, no request object, one ``json.loads``); everything else
-(management, info, metrics, lifespan) is FastAPI's.
+(management, info, metrics, lifespan) is FastAPI's. With ``--api-key`` a plain
+ASGI check (``pdcore.api_key``) runs in front of both; workers get their own key
+(``--worker-api-key``, default ``--api-key``) on every call (``Worker.auth``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fastapi.responses import Response
 from starlette.routing import Route
 
 import pdcore
+from pdcore.api_key import ApiKeyMiddleware
 from pdcore.router.dashboard import dashboard_router
 from pdcore.router.health import HealthChecker
 from pdcore.router.metrics import RouterMetrics
@@ -34,7 +37,10 @@ TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 def build_app(args):
     """``args``: a ``RouterArgs`` (see ``pdcore.launch_router``)."""
-    pool = WorkerPool(lambda: CircuitBreaker(args.cb_failure_threshold, args.cb_cooldown_secs))
+    pool = WorkerPool(
+        lambda: CircuitBreaker(args.cb_failure_threshold, args.cb_cooldown_secs),
+        api_key=args.workers_key,
+    )
     roles = ("prefill", "decode") if args.pd_disaggregation else ("regular",)
     for spec in args.prefill:
         pool.add(spec.url, "prefill", spec.bootstrap_port)
@@ -108,7 +114,10 @@ def build_app(args):
         if not workers:
             return error(503, f"no healthy {roles[-1]} worker available")
         try:
-            async with state["proxy"].session.get(workers[0].url + path, timeout=TIMEOUT) as r:
+            w = workers[0]
+            async with state["proxy"].session.get(
+                w.url + path, headers=w.auth({}), timeout=TIMEOUT
+            ) as r:
                 content = await r.read()
         except UPSTREAM_ERRORS as e:
             return error(502, f"{workers[0].url}{path} failed: {type(e).__name__}: {e}")
@@ -143,7 +152,8 @@ def build_app(args):
         session = state["proxy"].session
 
         async def status(w) -> int:
-            async with session.get(w.url + "/health_generate", timeout=TIMEOUT) as r:
+            url = w.url + "/health_generate"
+            async with session.get(url, headers=w.auth({}), timeout=TIMEOUT) as r:
                 await r.read()
                 return r.status
 
@@ -165,6 +175,8 @@ def build_app(args):
                 "port": args.port,
                 "policies": {role: policies[role].name for role in roles},
                 "max_retries": args.max_retries,
+                "api_key": "***" if args.api_key else None,
+                "worker_api_key": "***" if args.workers_key else None,
             },
             "workers": [w.describe() for w in pool.all()],
         }
@@ -179,7 +191,13 @@ def build_app(args):
         return {"urls": [w.url for w in workers], "workers": [w.describe() for w in workers]}
 
     @app.post("/add_worker")
-    async def add_worker(url: str, role: str | None = None, bootstrap_port: int | None = None):
+    async def add_worker(
+        url: str,
+        role: str | None = None,
+        bootstrap_port: int | None = None,
+        api_key: str | None = None,
+    ):
+        """``api_key``: the worker's own key (SGLang's parameter); default the router's."""
         role = role or roles[-1]
         if role not in roles:
             return error(400, f"role must be one of {', '.join(roles)} in this mode, got {role!r}")
@@ -187,7 +205,7 @@ def build_app(args):
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             return error(400, f"url must be http(s)://HOST:PORT, got {url!r}")
         try:
-            worker = pool.add(url, role, bootstrap_port)
+            worker = pool.add(url, role, bootstrap_port, api_key)
         except KeyError as e:
             return error(409, str(e.args[0]))
         await state["checker"].check(worker)
@@ -208,6 +226,10 @@ def build_app(args):
         return await app(scope, receive, send)
 
     router_app.fastapi = app
+    if args.api_key:
+        guarded = ApiKeyMiddleware(router_app, args.api_key)
+        guarded.fastapi = app
+        return guarded
     return router_app
 
 

@@ -48,7 +48,8 @@ class HealthChecker:
     async def check(self, worker: Worker) -> bool:
         was_healthy = worker.healthy
         try:
-            async with self.session.get(f"{worker.url}/health", timeout=self.timeout) as r:
+            url, auth = f"{worker.url}/health", worker.auth({})
+            async with self.session.get(url, headers=auth, timeout=self.timeout) as r:
                 await r.read()
             ok = r.status == 200
             error = None if ok else f"/health answered {r.status}"
@@ -71,7 +72,7 @@ class HealthChecker:
         bootstrap port if not given."""
         try:
             url = f"{worker.url}/get_server_info"
-            async with self.session.get(url, timeout=self.timeout) as r:
+            async with self.session.get(url, headers=worker.auth({}), timeout=self.timeout) as r:
                 content = await r.read()
             info = json.loads(content) if r.status == 200 else None
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):

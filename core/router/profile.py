@@ -46,8 +46,8 @@ def profile_router(pool: WorkerPool, session: Callable[[], aiohttp.ClientSession
         workers = pool.of_role(role) if role else pool.all()
         if not workers:
             return error(503, f"no {role + ' ' if role else ''}worker is registered")
-        auth = request.headers.get("authorization")  # workers with --api-key want it too
-        headers = {"Authorization": auth} if auth else None
+        auth = request.headers.get("authorization")  # passed on to workers without a key
+        headers = {"Authorization": auth} if auth else {}
         calls = (_call(session(), w, path, body, headers) for w in workers)
         results = await asyncio.gather(*calls)
         failed = [r["status"] for r in results if r["status"] != 200]
@@ -68,7 +68,9 @@ async def _call(session, worker: Worker, path: str, body: dict, headers) -> dict
     """One worker's answer as ``{"url", "role", "status", "response"}``."""
     out = {"url": worker.url, "role": worker.role}
     try:
-        post = session.post(worker.url + path, json=body, headers=headers, timeout=TIMEOUT)
+        post = session.post(
+            worker.url + path, json=body, headers=worker.auth(headers), timeout=TIMEOUT
+        )
         async with post as resp:
             text = await resp.text()
             status = resp.status

@@ -141,8 +141,8 @@ class Proxy:
                 return error(400, str(e))
         headers = dict(JSON_HEADERS)
         for k, v in raw_headers:
-            if k.lower() in FORWARDED_HEADERS:
-                headers[k.decode("latin-1")] = v.decode("latin-1")
+            if k.lower() in FORWARDED_HEADERS:  # a worker's own key replaces it (Worker.auth)
+                headers[k.decode("latin-1").title()] = v.decode("latin-1")
         exclude: set[str] = set()
         last: Retry | None = None
         attempts = self.max_retries + 1
@@ -247,7 +247,7 @@ class Proxy:
         self.metrics.sent(p)
         start = time.monotonic()
         try:
-            async with self.session.post(p.url + path, data=data, headers=headers) as r:
+            async with self.session.post(p.url + path, data=data, headers=p.auth(headers)) as r:
                 up = Upstream(None, r.status, r.content_type, start, await r.read())
         except UPSTREAM_ERRORS as e:
             self._failed(p, "connection", e)
@@ -284,7 +284,7 @@ class Proxy:
         self.metrics.sent(w)
         start = time.monotonic()
         try:
-            resp = await self.session.post(w.url + path, data=data, headers=headers)
+            resp = await self.session.post(w.url + path, data=data, headers=w.auth(headers))
         except BaseException as e:
             w.in_flight -= 1
             if isinstance(e, UPSTREAM_ERRORS):
@@ -346,7 +346,7 @@ class Proxy:
     async def _post_abort(self, w: Worker, rid: str) -> None:
         url = f"{w.url}/abort_request"
         async with self.session.post(
-            url, data=dumps({"rid": rid}), headers=JSON_HEADERS, timeout=ABORT_TIMEOUT
+            url, data=dumps({"rid": rid}), headers=w.auth(JSON_HEADERS), timeout=ABORT_TIMEOUT
         ) as r:
             await r.read()
 

@@ -1,4 +1,4 @@
-"""Workers the router knows: URL, role, bootstrap port, circuit breaker, load."""
+"""Workers the router knows: URL, role, bootstrap port, API key, circuit breaker, load."""
 
 from __future__ import annotations
 
@@ -62,6 +62,15 @@ class Worker:
     last_error: str | None = None
     pd: dict = field(default_factory=dict)  # its PD queue stats, from /get_server_info
     kv_rate: TransferRate = field(default_factory=TransferRate)
+    api_key: str | None = field(default=None, repr=False)  # the worker's --api-key
+
+    def __post_init__(self) -> None:
+        self._auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+
+    def auth(self, headers: dict) -> dict:
+        """``headers`` for a call to this worker: with its key if it has one (replacing
+        whatever Authorization a client sent), else as they are."""
+        return headers if self._auth is None else {**headers, **self._auth}
 
     @property
     def host(self) -> str:
@@ -100,17 +109,26 @@ class Worker:
 class WorkerPool:
     """All workers by URL; ``available(role)`` is what policies choose from."""
 
-    def __init__(self, breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker):
+    def __init__(
+        self,
+        breaker_factory: Callable[[], CircuitBreaker] = CircuitBreaker,
+        api_key: str | None = None,
+    ):
         self._workers: dict[str, Worker] = {}
         self._breaker = breaker_factory
+        self._api_key = api_key  # workers added without their own key get this one
 
-    def add(self, url: str, role: str, bootstrap_port: int | None = None) -> Worker:
+    def add(
+        self, url: str, role: str, bootstrap_port: int | None = None, api_key: str | None = None
+    ) -> Worker:
         url = url.rstrip("/")
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}. Supported: {', '.join(ROLES)}")
         if url in self._workers:
             raise KeyError(f"worker {url} is already registered")
-        worker = Worker(url, role, bootstrap_port, self._breaker())
+        worker = Worker(
+            url, role, bootstrap_port, self._breaker(), api_key=api_key or self._api_key
+        )
         self._workers[url] = worker
         return worker
 

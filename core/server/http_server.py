@@ -7,18 +7,18 @@ shape; an unexpected exception is a 500 that leaves the server serving.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pdcore
+from pdcore.api_key import ApiKeyMiddleware
 from pdcore.server.errors import RequestError, error_body
 from pdcore.server.http_utils import ClientGone
 from pdcore.server.native_api import native_router
@@ -27,7 +27,6 @@ from pdcore.server.probe import generate_probe
 from pdcore.server.profile_api import profile_router
 
 logger = logging.getLogger(__name__)
-OPEN_PATHS = ("/health", "/health_generate", "/metrics")
 CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it
 
 
@@ -57,7 +56,7 @@ def create_app(
     app.state.tokenizer_manager = tm
     _install_error_handlers(app)
     if tm.server_args.api_key:
-        _install_api_key(app, tm.server_args.api_key)
+        app.add_middleware(ApiKeyMiddleware, key=tm.server_args.api_key)
     app.include_router(native_router(tm, server_info))
     app.include_router(openai_router(tm))
     app.include_router(profile_router(tm))
@@ -129,15 +128,3 @@ def _is_type_tag(loc_item) -> bool:
     if not isinstance(loc_item, str):
         return False
     return loc_item == "body" or "[" in loc_item or loc_item in ("str", "int", "float", "bool")
-
-
-def _install_api_key(app: FastAPI, key: str) -> None:
-    expected = f"Bearer {key}".encode()
-
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        if request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _json_error("invalid or missing API key", 401)
-        return await call_next(request)

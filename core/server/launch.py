@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import uvicorn
 
-from pdcore.config import ServerArgs
+from pdcore.config import ServerArgs, masked
 from pdcore.errors import ConfigError, PdcoreError
 from pdcore.server.http_server import create_app
 from pdcore.server.tokenizer_manager import TokenizerManager
@@ -191,9 +191,7 @@ def _resolved(server_args: ServerArgs) -> dict:
 
         return server_args.resolved(get_registry())
     except Exception:
-        out = dataclasses.asdict(server_args)
-        out["api_key"] = "***" if server_args.api_key else None
-        return out
+        return masked(dataclasses.asdict(server_args))
 
 
 def _raise_terminated(signum, frame) -> None:

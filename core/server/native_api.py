@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 import pdcore
+from pdcore.config import masked
 from pdcore.server.errors import RequestError
 from pdcore.server.generate_api import handle_generate
 from pdcore.server.probe import generate_probe
@@ -84,6 +85,4 @@ def native_router(tm, server_info: dict | None = None) -> APIRouter:
 
 
 def _args_dict(args) -> dict:
-    out = dataclasses.asdict(args)
-    out["api_key"] = "***" if args.api_key else None
-    return out
+    return masked(dataclasses.asdict(args))

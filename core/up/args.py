@@ -27,6 +27,7 @@ class UpArgs:
     max_tokens: int = 64
     timeout: float = 300.0
     grace: float = 15.0
+    api_key: str | None = field(default=None, repr=False)
 
 
 def _parser(prog: str) -> FlagParser:
@@ -73,6 +74,12 @@ def _parser(prog: str) -> FlagParser:
         type=int,
         default=None,
         help="router port (default 30000; with --once, any free port)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on the router and every server "
+        "(the router sends it to the servers)",
     )
     p.add_argument(
         "--server-args",
@@ -135,6 +142,7 @@ def parse_up_args(argv: list[str], prog: str = "pdcore up") -> UpArgs:
         ns.max_tokens,
         ns.timeout,
         ns.grace,
+        ns.api_key or None,
     )
     problem = _check(args)
     if problem:

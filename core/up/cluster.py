@@ -52,7 +52,8 @@ class Cluster:
         self.servers = self._plan()
         self.router: Child | None = None
         self.router_url = f"http://{_display_host(args.host)}:{args.port}"
-        self.http = httpx.Client(trust_env=False, timeout=2.0)
+        auth = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+        self.http = httpx.Client(trust_env=False, timeout=2.0, headers=auth)
         self.stop_requests = 0
         self.first_signal = 0
         self.critical = False
@@ -156,6 +157,8 @@ class Cluster:
             cmd += ["--disaggregation-bootstrap-port", str(s.bootstrap_port)]
         if a.model_path:
             cmd += ["--model-path", a.model_path]
+        if a.api_key:
+            cmd += ["--api-key", a.api_key]
         return [*cmd, *SERVER_DEFAULTS, *a.server_args]
 
     def _router_cmd(self) -> list[str]:
@@ -166,6 +169,8 @@ class Cluster:
             else:
                 cmd += ["--decode", s.url]
         cmd += ["--host", self.args.host, "--port", str(self.args.port), "--log-level", "warning"]
+        if self.args.api_key:  # the router sends the same key to the servers
+            cmd += ["--api-key", self.args.api_key]
         return [*cmd, *self.args.router_args]
 
     def _wait_servers(self, start: float) -> None:
@@ -245,10 +250,11 @@ class Cluster:
             "messages": [{"role": "user", "content": "Hello!"}],
             "max_tokens": a.max_tokens,
         }
+        auth = " -H 'Authorization: Bearer <your --api-key>'" if a.api_key else ""  # not the key
         _out("try it:")
         _out(
-            f"  curl {self.router_url}/v1/chat/completions -H 'Content-Type: application/json' "
-            f"-d '{json.dumps(body)}'"
+            f"  curl {self.router_url}/v1/chat/completions -H 'Content-Type: application/json'"
+            f"{auth} -d '{json.dumps(body)}'"
         )
         # the ready line comes last: a script waiting for it has everything above
         _out(

@@ -97,9 +97,9 @@ def _send_many(mgr: KVManager, pool: KVPool, rooms, chunks_per_room, seed):
     return {"results": results, "expected": expected, **mgr.stats()}
 
 
-def prefill_main(conn, backend: str, shape: dict, env: dict, port: int, options: dict):
+def prefill_main(conn, backend: str, shape: dict, env: dict, port: int, options: dict, secret=None):
     pool = make_pool(shape)
-    server = BootstrapServer("127.0.0.1", port)
+    server = BootstrapServer("127.0.0.1", port, secret)
     mgr = KVManager(
         "prefill",
         KVArgs.from_pool(pool, MODEL),
@@ -107,6 +107,7 @@ def prefill_main(conn, backend: str, shape: dict, env: dict, port: int, options:
         env=DisaggregationEnv(**env),
         bootstrap=server,
         engine_options=options,
+        secret=secret,
     )
     conn.send("ready")
     while True:
@@ -140,13 +141,15 @@ def prefill_main(conn, backend: str, shape: dict, env: dict, port: int, options:
 class PrefillProcess:
     """The spawned prefill; ``call`` sends a command and waits (bounded) for its answer."""
 
-    def __init__(self, backend: str, shape=SHAPE, env=ENV, options=None, timeout=60.0, port=0):
+    def __init__(
+        self, backend: str, shape=SHAPE, env=ENV, options=None, timeout=60.0, port=0, secret=None
+    ):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.port = port or free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.timeout = timeout
-        args = (child, backend, dict(shape), dict(env), self.port, dict(options or {}))
+        args = (child, backend, dict(shape), dict(env), self.port, dict(options or {}), secret)
         self.proc = ctx.Process(target=prefill_main, args=args, daemon=True)
         self.proc.start()
         assert self.recv() == "ready"

@@ -7,6 +7,7 @@ import time
 
 import msgspec
 import pytest
+from disaggregation.endpoints import endpoint_info
 
 from pdcore.disaggregation.aux import AuxBuffer, AuxData
 from pdcore.disaggregation.bootstrap import BootstrapServer
@@ -15,7 +16,6 @@ from pdcore.disaggregation.kv_args import KVArgs, KVPoll
 from pdcore.disaggregation.protocol import (
     Abort,
     Ack,
-    AuxLayout,
     EndpointInfo,
     ErrorReply,
     HandshakeError,
@@ -24,34 +24,13 @@ from pdcore.disaggregation.protocol import (
     KVLayout,
     TransferRequest,
     check_compat,
-    compat_fields,
-    compat_hash,
     decode,
     encode,
 )
 
 
 def info(**over) -> EndpointInfo:
-    base = dict(
-        instance_id="x",
-        role="decode",
-        tp_rank=0,
-        tp_size=1,
-        page_size=4,
-        kv_dtype="float32",
-        layout=KVLayout(False, 2, 8, 2),
-        model="m",
-        transfer_backend="mooncake",
-        transfer_metadata={"engine": "mooncake"},
-        kv_buffers=[4096, 8192, 12288, 16384],
-        page_bytes=256,
-        num_pages=33,
-        aux=AuxLayout(65536, 120, 8, 8),
-        compat_hash="",
-    )
-    base.update(over)
-    draft = EndpointInfo(**base)
-    return EndpointInfo(**{**base, "compat_hash": compat_hash(compat_fields(draft))})
+    return endpoint_info(**over)
 
 
 def test_messages_round_trip_and_garbage_is_rejected():
@@ -154,3 +133,11 @@ def test_kv_args_rejects_ragged_buffers():
     with pytest.raises(ValueError, match="equal-sized"):
         KVArgs(((4096, 1024), (8192, 512)), 4, 4, "float32", layout, "m")
     assert KVArgs(((4096, 1024), (8192, 1024)), 4, 4, "float32", layout, "m").page_bytes == 256
+
+
+def test_page_spans_group_pages_consecutive_on_both_sides():
+    from pdcore.disaggregation.kv_manager import page_spans
+
+    assert page_spans([3, 4, 5, 9, 10, 6], [0, 1, 2, 3, 4, 7]) == [(3, 0, 3), (9, 3, 2), (6, 7, 1)]
+    assert page_spans([1, 2], [5, 7]) == [(1, 5, 1), (2, 7, 1)], "dst gap splits the span"
+    assert page_spans([], []) == []

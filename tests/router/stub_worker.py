@@ -19,9 +19,15 @@ class StubWorker:
         self.healthy = True
         self.bodies: list[dict] = []
         self.aborts: list[dict] = []
+        self.auth: list[tuple[str, str | None]] = []  # (path, Authorization) of every call
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = FastAPI()
+
+        @app.middleware("http")
+        async def record_auth(request: Request, call_next):
+            self.auth.append((request.url.path, request.headers.get("authorization")))
+            return await call_next(request)
 
         @app.get("/health")
         async def health():
