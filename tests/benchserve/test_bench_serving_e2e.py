@@ -10,9 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from e2e.server_process import ServerProcess, free_port
-from router.cluster import decode_args, prefill_args, start_parallel
-from router.router_process import RouterProcess
+from router.cluster import pd_router_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -28,22 +26,8 @@ FAST = ("--skip-server-warmup",)
 
 @pytest.fixture(scope="module")
 def router_url(qwen3_path):
-    bootstrap = free_port()
-    prefill, decode = start_parallel(
-        lambda: ServerProcess(*prefill_args(qwen3_path, bootstrap), *FAST),
-        lambda: ServerProcess(*decode_args(qwen3_path), *FAST),
-    )
-    router = None
-    try:
-        router = RouterProcess(
-            "--pd-disaggregation", "--prefill", prefill.url, str(bootstrap),
-            "--decode", decode.url,
-        )  # fmt: skip
+    with pd_router_cluster(qwen3_path, *FAST) as (_, _, router):
         yield router.url
-    finally:
-        for proc in (router, decode, prefill):
-            if proc is not None:
-                proc.stop()
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 from e2e.pd_helpers import COMMON
@@ -91,3 +92,28 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> Non
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not within {timeout}s")
         time.sleep(interval)
+
+
+@contextmanager
+def pd_router_cluster(model_path: str, *server_flags: str):
+    """A prefill and a decode server (started at once) behind a PD router; yields
+    ``(prefill, decode, router)`` and stops all three."""
+    from e2e.server_process import ServerProcess, free_port
+    from router.router_process import RouterProcess
+
+    bootstrap = free_port()
+    prefill, decode = start_parallel(
+        lambda: ServerProcess(*prefill_args(model_path, bootstrap), *server_flags),
+        lambda: ServerProcess(*decode_args(model_path), *server_flags),
+    )
+    router = None
+    try:
+        router = RouterProcess(
+            "--pd-disaggregation", "--prefill", prefill.url, str(bootstrap),
+            "--decode", decode.url,
+        )  # fmt: skip
+        yield prefill, decode, router
+    finally:
+        for proc in (router, decode, prefill):
+            if proc is not None:
+                proc.stop()

@@ -154,3 +154,18 @@ def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 60) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "server did not come up"
         time.sleep(0.1)
+
+
+# A real front end and engine process on the tiny model; format with ``port=``.
+TINY_SERVER_SCRIPT = """
+import functools, sys
+from server.fake_backend import ByteTokenizer
+from pdcore.config import ServerArgs
+from pdcore.engine.engine_process import run_engine
+from pdcore.server.launch import serve
+args = ServerArgs(model_path="/models/tiny", port={port}, log_level="warning", device="cpu",
+                  max_total_tokens=1024, page_size=4, chunked_prefill_size=64)
+engine = functools.partial(run_engine, model_factory="engine.tiny_model:load_tiny")
+tokenizer = ByteTokenizer(vocab_size=128, bos=2, eos=1)
+sys.exit(serve(args, server_info={{"device": "cpu"}}, engine_target=engine, tokenizer=tokenizer))
+"""

@@ -8,20 +8,9 @@ import signal
 
 import httpx
 import pytest
-from server.harness import free_port, run_script, sse_events, wait_healthy
+from server.harness import TINY_SERVER_SCRIPT, free_port, run_script, sse_events, wait_healthy
 
-SCRIPT = """
-import functools, sys
-from server.fake_backend import ByteTokenizer
-from pdcore.config import ServerArgs
-from pdcore.engine.engine_process import run_engine
-from pdcore.server.launch import serve
-args = ServerArgs(model_path="/models/tiny", port={port}, log_level="warning", device="cpu",
-                  max_total_tokens=1024, page_size=4, chunked_prefill_size=64)
-engine = functools.partial(run_engine, model_factory="engine.tiny_model:load_tiny")
-tokenizer = ByteTokenizer(vocab_size=128, bos=2, eos=1)
-sys.exit(serve(args, server_info={{"device": "cpu"}}, engine_target=engine, tokenizer=tokenizer))
-"""
+SCRIPT = TINY_SERVER_SCRIPT
 GREEDY = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
 
 
