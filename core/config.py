@@ -42,6 +42,7 @@ class ServerArgs:
     # hardware
     device: str = "auto"
     base_gpu_id: int = 0
+    gpu_id_step: int = 1
     attention_backend: str | None = None
     # memory and scheduling
     mem_fraction_static: float | None = None
@@ -110,6 +111,12 @@ class ServerArgs:
             "--device", default=d.device, help="platform name (cpu, cuda, npu, ...) or auto"
         )
         g.add_argument("--base-gpu-id", type=int, default=d.base_gpu_id)
+        g.add_argument(
+            "--gpu-id-step",
+            type=int,
+            default=d.gpu_id_step,
+            help="TP rank r of this node uses GPU base-gpu-id + r * step",
+        )
         g.add_argument(
             "--attention-backend",
             default=d.attention_backend,
@@ -245,6 +252,8 @@ class ServerArgs:
             )
         if self.base_gpu_id < 0:
             raise ConfigError("--base-gpu-id", f"must be >= 0, got {self.base_gpu_id}")
+        if self.gpu_id_step < 1:
+            raise ConfigError("--gpu-id-step", f"must be >= 1, got {self.gpu_id_step}")
         if self.model_path is not None and not self.model_path.strip():
             raise ConfigError("--model-path", "must not be empty")
 
@@ -277,6 +286,12 @@ class ServerArgs:
                 "--dp-size",
                 "data-parallel replicas across nodes need --enable-dp-attention; "
                 "run one server per node and put a router in front instead",
+            )
+        if self.tp_size > 1 and self.disaggregation_mode != "null":
+            raise ConfigError(
+                "--tp-size",
+                "PD disaggregation with --tp-size > 1 is not supported yet (TP works in "
+                "--disaggregation-mode null)",
             )
         if self.moe_a2a_backend == "deepep" and importlib.util.find_spec("deep_ep") is None:
             raise ConfigError(

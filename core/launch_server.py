@@ -56,8 +56,10 @@ def run(argv: list[str], prog: str = "python -m pdcore.launch_server") -> int:
     if ns.check_config:
         print(json.dumps(resolved, indent=2, default=str))
         return 0
-    from pdcore.server.launch import serve
+    from pdcore.server.launch import serve, serve_follower_node
 
+    if args.node_rank > 0:
+        return serve_follower_node(args)
     return serve(args, server_info=resolved)
 
 

@@ -27,6 +27,7 @@ import torch
 from pdcore.attention.base import AttentionBackend, AttentionConfig, AttentionImpl
 from pdcore.config import ServerArgs
 from pdcore.disaggregation.fake import FAKE_BOOTSTRAP_HOST
+from pdcore.distributed.state import kv_head_range, min_over_ranks, shard_range, tp
 from pdcore.engine.io_struct import EngineError, EngineStats, GenerateReq, TokenOut
 from pdcore.engine.model_runner import ModelRunner
 from pdcore.engine.pd import build_pd_queues
@@ -92,9 +93,13 @@ class Engine:
         self.device = torch.device(device)
         dtype = next(model.parameters()).dtype
         cfg = model_config
+        self.tp = tp()
+        # This rank's share of the heads (its KV pool holds only those).
+        local_kv_heads = kv_head_range(cfg.num_key_value_heads, self.tp.rank, self.tp.size)[1]
+        local_heads = shard_range(cfg.num_attention_heads, self.tp.rank, self.tp.size)[1]
         shape = KVShape(
             num_layers=cfg.num_hidden_layers,
-            num_kv_heads=cfg.num_key_value_heads,
+            num_kv_heads=local_kv_heads,
             head_dim=cfg.head_dim,
             page_size=server_args.page_size,
             dtype=dtype,
@@ -110,7 +115,8 @@ class Engine:
             free_bytes=free_bytes,
             device_type=self.device.type,
         )
-        self.pool = KVPool(shape, num_pages, self.device)
+        # Every rank must hand out the same page ids: the smallest pool wins.
+        self.pool = KVPool(shape, min_over_ranks(num_pages), self.device)
         self.cache = RadixCache(server_args.page_size, self.pool.allocator)
         context = server_args.context_length or cfg.max_position_embeddings
         self.scheduler = Scheduler(
@@ -127,8 +133,8 @@ class Engine:
             self.cache,
         )
         attn_config = AttentionConfig(
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
+            local_heads,
+            local_kv_heads,
             cfg.head_dim,
             server_args.page_size,
             dtype,
@@ -141,7 +147,11 @@ class Engine:
         self.sampler = Sampler(self.device, server_args.random_seed)
         self._pending: list[TokenOut | EngineError] = []
         # PD prefill/decode queues around the scheduler (None in null mode).
-        self.pd = build_pd_queues(server_args, self.pool, self.scheduler, cfg)
+        self.pd = (
+            build_pd_queues(server_args, self.pool, self.scheduler, cfg)
+            if self.tp.is_leader
+            else None
+        )
 
     def _layer_kernels(self, platform) -> LayerKernels:
         """The platform's fused layer kernels for this device, else the torch ones."""
@@ -367,6 +377,8 @@ class Engine:
             "attention_backend": self.attention_name,
             "cuda_graph_batch_sizes": self.cuda_graph_sizes,
             "page_size": self.pool.page_size,
+            "tp_size": self.tp.size,
+            "kv_heads_per_rank": self.pool.shape.num_kv_heads,
             "total_pages": self.pool.allocator.capacity,
             "max_total_tokens": self.pool.max_total_tokens,
             "max_running_requests": self.scheduler.config.max_running_requests,

@@ -49,28 +49,36 @@ def run_engine(
     out_addr: str,
     ready_conn,
     model_factory: str | None = None,
+    tp_rank: int = 0,
+    dist_init_method: str | None = None,
 ) -> None:
     """Process entry point; returns when SIGTERM (or SIGINT) arrives.
 
     ``model_factory``: optional ``"module:function"`` called as
     ``function(server_args, device)`` and returning an object with ``.model``
     and ``.config`` like ``pdcore.model.loader.load_model`` (tests inject a
-    tiny model this way).
+    tiny model this way). Under ``--tp-size`` > 1 one process runs per rank:
+    rank 0 talks to the front end and leads; the others (``tp_rank`` > 0,
+    ``in_addr``/``out_addr`` unused) run each forward the leader broadcasts.
     """
     stop = {"flag": False}
 
     def request_stop(signum, frame):
         stop["flag"] = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    if tp_rank == 0:  # followers keep the default: SIGTERM ends them even mid-collective
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
     try:
-        engine = _build_engine(server_args_dict, model_factory)
+        engine = _build_engine(server_args_dict, model_factory, tp_rank, dist_init_method)
     except Exception as e:
         logger.exception("engine startup failed")
         ready_conn.send(("error", f"{type(e).__name__}: {e}"))
         ready_conn.close()
         raise SystemExit(1) from None
+    if tp_rank > 0:
+        _follow(engine, ready_conn)
+        return
     import zmq
 
     ctx = zmq.Context()
@@ -86,27 +94,67 @@ def run_engine(
         _serve(engine, pull, push, stop)
     finally:
         engine.close()
+        _stop_followers(engine)
         pull.close()
         push.close()
         ctx.term()
         logger.info("engine process stopped")
 
 
-def _build_engine(server_args_dict: dict, model_factory: str | None):
+def _follow(engine, ready_conn) -> None:
+    """A follower rank: run the leader's forwards until it says stop (or dies)."""
+    ready_conn.send(("ready", {"pid": os.getpid(), "tp_rank": engine.tp.rank}))
+    ready_conn.close()
+    try:
+        while engine.runner.follow():
+            pass
+    except Exception as e:  # the leader is gone: its sockets closed under the collective
+        logger.warning("TP rank %d stops: %s", engine.tp.rank, e)
+    finally:
+        engine.close()
+        logger.info("TP rank %d stopped", engine.tp.rank)
+
+
+def _stop_followers(engine) -> None:
+    from pdcore.distributed.state import broadcast_object, destroy_tp
+    from pdcore.engine.step_plan import StepPlan
+
+    if engine.tp.size > 1:
+        try:
+            broadcast_object(StepPlan(stop=True))
+        except Exception as e:
+            logger.warning("could not tell TP followers to stop: %s", e)
+        destroy_tp()
+
+
+def _build_engine(
+    server_args_dict: dict,
+    model_factory: str | None,
+    tp_rank: int = 0,
+    dist_init_method: str | None = None,
+):
     import torch
 
     from pdcore.config import ServerArgs
+    from pdcore.distributed.state import init_tp
     from pdcore.engine.engine import Engine
     from pdcore.registry import get_registry
 
     args = ServerArgs(**server_args_dict)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s engine %(levelname)s %(message)s"
+        level=args.log_level.upper(),
+        format=f"%(asctime)s engine[tp{tp_rank}] %(levelname)s %(message)s",
     )
     torch.manual_seed(args.random_seed)
     platform = get_registry().select_platform(args.device)
-    platform.set_device(args.base_gpu_id)
-    device = platform.torch_device(args.base_gpu_id)
+    local_rank = tp_rank % (args.tp_size // args.nnodes)
+    gpu_id = args.base_gpu_id + local_rank * args.gpu_id_step
+    platform.set_device(gpu_id)
+    device = platform.torch_device(gpu_id)
+    if args.tp_size > 1:
+        if platform.device_type == "cpu":  # ranks share the cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // (args.tp_size // args.nnodes)))
+        init_tp(platform.dist_backend or "gloo", dist_init_method, tp_rank, args.tp_size)
     if model_factory:
         module, _, func = model_factory.partition(":")
         loaded = getattr(importlib.import_module(module), func)(args, device)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 
 from pdcore.attention.base import AttentionImpl, AttentionMetadata
+from pdcore.distributed.state import broadcast_object
+from pdcore.engine.step_plan import StepPlan
 from pdcore.kvcache.pool import PADDING_PAGES, KVPool
 from pdcore.model.base import CausalLM, ForwardContext
 from pdcore.scheduler.scheduler import ScheduledBatch
@@ -43,50 +45,64 @@ class ModelRunner:
         )
         return self.graphs.sizes
 
-    def build_inputs(self, batch: ScheduledBatch):
-        """``(input_ids, positions, AttentionMetadata)`` on the device for ``batch``."""
+    def build_inputs(self, plan: StepPlan):
+        """``(input_ids, positions, AttentionMetadata)`` on the device for ``plan``."""
         ps = self.pool.page_size
-        tokens, pos_chunks = [], []
-        seq_lens = []
-        for req, start, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens, strict=True):
-            tokens.extend(req.tokens(start, start + ext))
-            pos_chunks.append(torch.arange(start, start + ext))
-            seq_lens.append(start + ext)
+        seq_lens = plan.seq_lens
         width = max(-(-s // ps) for s in seq_lens)
-        table = torch.full((len(batch.reqs), width), PAD_PAGE, dtype=torch.int64)
-        for row, req in enumerate(batch.reqs):
-            n = -(-seq_lens[row] // ps)
-            table[row, :n] = torch.tensor(req.pages[:n], dtype=torch.int64)
-        positions = torch.cat(pos_chunks)
-        rows = torch.repeat_interleave(
-            torch.arange(len(batch.reqs)), torch.tensor(batch.extend_lens)
+        table = torch.full((len(seq_lens), width), PAD_PAGE, dtype=torch.int64)
+        for row, pages in enumerate(plan.pages):
+            table[row, : len(pages)] = torch.tensor(pages, dtype=torch.int64)
+        positions = torch.cat(
+            [
+                torch.arange(start, start + ext)
+                for start, ext in zip(plan.prefix_lens, plan.extend_lens, strict=True)
+            ]
         )
+        rows = torch.repeat_interleave(torch.arange(len(seq_lens)), torch.tensor(plan.extend_lens))
         slots = table[rows, positions // ps] * ps + positions % ps
         dev = self.device
         meta = AttentionMetadata(
-            is_decode=batch.is_decode,
+            is_decode=plan.is_decode,
             page_table=table.to(dev),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=dev),
-            extend_lens=torch.tensor(batch.extend_lens, dtype=torch.int64, device=dev),
+            extend_lens=torch.tensor(plan.extend_lens, dtype=torch.int64, device=dev),
             cache_slots=slots.to(dev),
             seq_lens_cpu=seq_lens,
-            extend_lens_cpu=list(batch.extend_lens),
+            extend_lens_cpu=list(plan.extend_lens),
         )
-        input_ids = torch.tensor(tokens, dtype=torch.int64, device=dev)
+        input_ids = torch.tensor(plan.tokens, dtype=torch.int64, device=dev)
         return input_ids, positions.to(dev), meta
 
     def forward(self, batch: ScheduledBatch) -> torch.Tensor | None:
-        """Float32 logits ``[rows to sample, vocab]``, or None when no row samples."""
+        """Float32 logits ``[rows to sample, vocab]``, or None when no row samples.
+
+        Under tensor parallelism the leader broadcasts the pass first, so every
+        follower (``follow``) runs it in step.
+        """
+        plan = StepPlan.from_batch(batch, self.pool.page_size)
+        broadcast_object(plan)
+        return self.execute(plan)
+
+    def follow(self) -> bool:
+        """Follower ranks: run the leader's next pass; False when told to stop."""
+        plan = broadcast_object(None)
+        if plan.stop:
+            return False
+        self.execute(plan)
+        return True
+
+    def execute(self, plan: StepPlan) -> torch.Tensor | None:
         with torch.inference_mode():
-            input_ids, positions, meta = self.build_inputs(batch)
+            input_ids, positions, meta = self.build_inputs(plan)
             graphs = self.graphs
-            rows, longest = len(batch.reqs), max(meta.seq_lens_cpu)
-            if batch.is_decode and graphs and graphs.can_run(rows, longest):
+            rows, longest = len(plan.extend_lens), max(meta.seq_lens_cpu)
+            if plan.is_decode and graphs and graphs.can_run(rows, longest):
                 return graphs.run(input_ids, positions, meta).float()  # every decode row samples
             self.attn.plan(meta)
             hidden = self.model(input_ids, positions, self.ctx)
-            ends = torch.tensor(batch.extend_lens).cumsum(0) - 1
-            picked = ends[torch.tensor(batch.sample, dtype=torch.bool)]
+            ends = torch.tensor(plan.extend_lens).cumsum(0) - 1
+            picked = ends[torch.tensor(plan.sample, dtype=torch.bool)]
             if picked.numel() == 0:
                 return None
             return self.model.compute_logits(hidden[picked.to(hidden.device)]).float()

@@ -16,6 +16,7 @@ from torch import nn
 from pdcore.model.base import CausalLM, ForwardContext
 from pdcore.model.config import ModelConfig
 from pdcore.model.layers import AttentionSpec, DecoderLayer, RMSNorm
+from pdcore.model.parallel import VocabEmbedding, VocabHead, gather_logits
 from pdcore.model.rotary import RotaryEmbedding
 from pdcore.model.weights import load_hf_weights
 
@@ -25,7 +26,7 @@ class DecoderModel(nn.Module):
 
     def __init__(self, config: ModelConfig, spec: AttentionSpec):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             DecoderLayer(config, i, spec) for i in range(config.num_hidden_layers)
         )
@@ -58,7 +59,7 @@ class DecoderLM(CausalLM):
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            else VocabHead(config.hidden_size, config.vocab_size)
         )
 
     @classmethod
@@ -73,7 +74,7 @@ class DecoderLM(CausalLM):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.model.embed_tokens if self.lm_head is None else self.lm_head
-        return F.linear(hidden, head.weight).float()
+        return gather_logits(F.linear(hidden, head.weight), self.config.vocab_size).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         ignore = ("lm_head.weight",) if self.lm_head is None else ()

@@ -2,7 +2,9 @@
 
 Projections that read the same input are fused (q/k/v, gate/up) so each costs
 one matmul; ``MergedLinear`` remembers which rows came from which HF tensor so
-checkpoints load without renaming.
+checkpoints load without renaming. Under tensor parallelism (``parallel``) a
+rank holds its share of the heads and of the MLP's intermediate rows; the
+output projections sum the shares with one all-reduce each.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pdcore.distributed.state import kv_head_range, shard_range, tp
 from pdcore.model.base import ForwardContext
 from pdcore.model.config import ModelConfig
 from pdcore.model.kernels import TORCH_KERNELS, LayerKernels
+from pdcore.model.parallel import MergedLinear, RowLinear
 
 
 class RMSNorm(nn.Module):
@@ -29,26 +33,6 @@ class RMSNorm(nn.Module):
         return kernels.rms_norm(x, self.weight, self.eps)
 
 
-class MergedLinear(nn.Linear):
-    """Several projections of one input stacked along the output rows.
-
-    ``shards`` maps the HF sub-module name (e.g. ``"q_proj"``) to its row count,
-    in stacking order; the weight loader writes each HF tensor into its rows.
-    """
-
-    def __init__(self, in_features: int, shards: dict[str, int], bias: bool):
-        super().__init__(in_features, sum(shards.values()), bias=bias)
-        self.shards = dict(shards)
-
-    def shard_rows(self) -> dict[str, tuple[int, int]]:
-        """HF name -> (first row, row count)."""
-        rows, start = {}, 0
-        for name, size in self.shards.items():
-            rows[name] = (start, size)
-            start += size
-        return rows
-
-
 class GatedMLP(nn.Module):
     """``down(silu(gate(x)) * up(x))`` with gate and up in one matmul."""
 
@@ -60,7 +44,7 @@ class GatedMLP(nn.Module):
         self.gate_up_proj = MergedLinear(
             hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size}, bias
         )
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.down_proj = RowLinear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor, kernels: LayerKernels = TORCH_KERNELS) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
@@ -81,17 +65,27 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int, spec: AttentionSpec):
         super().__init__()
         self.layer_id = layer_id
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.head_dim
-        q_size = self.num_heads * self.head_dim
-        kv_size = self.num_kv_heads * self.head_dim
+        tpi = tp()
+        d = config.head_dim
+        q_first, self.num_heads = shard_range(config.num_attention_heads, tpi.rank, tpi.size)
+        kv_first, self.num_kv_heads = kv_head_range(
+            config.num_key_value_heads, tpi.rank, tpi.size
+        )
+        self.head_dim = d
+        q_size = self.num_heads * d
+        kv_size = self.num_kv_heads * d
+        full_q, full_kv = config.num_attention_heads * d, config.num_key_value_heads * d
         self.qkv_proj = MergedLinear(
             config.hidden_size,
-            {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size},
+            {"q_proj": full_q, "k_proj": full_kv, "v_proj": full_kv},
             spec.qkv_bias,
+            parts={
+                "q_proj": (q_first * d, q_size),
+                "k_proj": (kv_first * d, kv_size),
+                "v_proj": (kv_first * d, kv_size),
+            },
         )
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=spec.o_bias)
+        self.o_proj = RowLinear(full_q, config.hidden_size, bias=spec.o_bias)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if spec.qk_norm else None
         self.split_sizes = [q_size, kv_size, kv_size]

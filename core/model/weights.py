@@ -9,29 +9,43 @@ later as garbage output.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from pdcore.model.layers import MergedLinear
+from pdcore.model.parallel import HFSlice, MergedLinear
 
 # Buffers some older checkpoints carry that the models here recompute.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def hf_weight_targets(model: nn.Module) -> dict[str, tuple[nn.Parameter, int, int]]:
-    """HF tensor name -> (parameter, first row, row count) for every parameter row block."""
+@dataclass(frozen=True)
+class Target:
+    """Where one HF tensor goes: rows of ``param``, from a slice of the tensor."""
+
+    param: nn.Parameter
+    where: HFSlice
+
+
+def hf_weight_targets(model: nn.Module) -> dict[str, Target]:
+    """HF tensor name -> its ``Target`` for every parameter row block of this rank."""
     targets = {}
     for module_name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
-            if isinstance(module, MergedLinear):
-                parent = module_name.rpartition(".")[0]
-                for shard, (start, size) in module.shard_rows().items():
-                    name = f"{parent}.{shard}.{param_name}" if parent else f"{shard}.{param_name}"
-                    targets[name] = (param, start, size)
-            else:
-                name = f"{module_name}.{param_name}" if module_name else param_name
-                targets[name] = (param, 0, param.shape[0])
+            slices = (
+                module.hf_slices(param_name)
+                if hasattr(module, "hf_slices")
+                else [HFSlice("", 0, param.shape[0])]
+            )
+            for where in slices:
+                if isinstance(module, MergedLinear):
+                    parent = module_name.rpartition(".")[0]
+                    base = f"{parent}.{where.suffix}" if parent else where.suffix
+                else:
+                    base = module_name
+                name = f"{base}.{param_name}" if base else param_name
+                targets[name] = Target(param, where)
     return targets
 
 
@@ -57,8 +71,16 @@ def load_hf_weights(
         target = targets.get(name)
         if target is None:
             raise ValueError(f"unexpected tensor {name!r}: the model has no such parameter")
-        param, start, size = target
-        dest = param.data.narrow(0, start, size)
+        where = target.where
+        dest = target.param.data.narrow(0, where.dest_start, where.dest_len)
+        if where.src_len is not None:  # this rank's slice of the full tensor
+            full = list(dest.shape)
+            full[where.src_dim] = where.src_full
+            if tuple(tensor.shape) != tuple(full):
+                raise ValueError(
+                    f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(full)}"
+                )
+            tensor = tensor.narrow(where.src_dim, where.src_start, where.src_len)
         if tuple(tensor.shape) != tuple(dest.shape):
             raise ValueError(
                 f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}"

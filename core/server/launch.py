@@ -10,29 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing as mp
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 
 import uvicorn
 
 from pdcore.config import ServerArgs, masked
 from pdcore.errors import ConfigError, PdcoreError
+from pdcore.server.engine_group import EngineGroup, EngineStartError
 from pdcore.server.http_server import create_app
 from pdcore.server.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger(__name__)
-PROGRESS_EVERY_S = 10.0
-ENGINE_STOP_TIMEOUT_S = 10.0
-
-
-class EngineStartError(PdcoreError):
-    """The engine process failed to load or exited before it was ready."""
+__all__ = ["EngineStartError", "serve"]
 
 
 class _Terminated(Exception):
@@ -91,22 +85,16 @@ def serve(
         return 1
     ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
     in_addr, out_addr = f"ipc://{ipc_dir}/engine-in", f"ipc://{ipc_dir}/engine-out"
-    ctx = mp.get_context("spawn")
-    reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=engine_target or _default_engine_target(),
-        args=(dataclasses.asdict(server_args), in_addr, out_addr, writer),
-        name="pdcore-engine",
-    )
+    group = EngineGroup(server_args, engine_target or _default_engine_target(), in_addr, out_addr)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        _say(f"starting the engine process ({server_args.model_path or 'embedded model'})")
-        proc.start()
-        writer.close()
+        ranks = f", TP ranks {group.ranks[0]}-{group.ranks[-1]}" if server_args.tp_size > 1 else ""
+        _say(f"starting the engine process ({server_args.model_path or 'embedded model'}{ranks})")
+        group.start()
         # while the engine loads the model:
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(server_args)
         server_info = dict(server_info) if server_info else _resolved(server_args)
-        info = _wait_ready(proc, reader)
+        info = group.wait_ready(_say)
         server_info["engine_info"] = info
         context = info.get("context_length") or server_args.context_length
         if not context:
@@ -117,7 +105,7 @@ def serve(
             out_addr,
             context_length=int(context),
             server_args=server_args,
-            engine_alive=proc.is_alive,
+            engine_alive=group.is_alive,
         )
         app = create_app(tm, server_info=server_info, warmup=not server_args.skip_server_warmup)
         server = uvicorn.Server(
@@ -141,47 +129,43 @@ def serve(
     except SystemExit as e:  # uvicorn exits 1 when it cannot bind the port
         return e.code if isinstance(e.code, int) else 1
     finally:
-        _stop_engine(proc)
+        group.stop()
         http_socket.close()
         shutil.rmtree(ipc_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
 
 
-def _wait_ready(proc, reader) -> dict:
-    start = time.monotonic()
-    next_note = start + PROGRESS_EVERY_S
-    while True:
-        if reader.poll(0.2):
-            try:
-                kind, payload = reader.recv()
-            except EOFError:
-                raise EngineStartError(_exit_note(proc)) from None
-            if kind == "ready":
-                _say(f"engine loaded in {time.monotonic() - start:.1f}s")
-                return dict(payload or {})
-            raise EngineStartError(f"the engine failed to start: {payload}")
-        if not proc.is_alive():
-            raise EngineStartError(_exit_note(proc))
-        if time.monotonic() >= next_note:
-            _say(f"still loading the model ({time.monotonic() - start:.0f}s)")
-            next_note += PROGRESS_EVERY_S
+def serve_follower_node(server_args: ServerArgs, engine_target: Callable | None = None) -> int:
+    """``--node-rank`` > 0: this node's TP ranks only (no HTTP, no tokenizer), until
+    SIGINT/SIGTERM or until a rank exits (the leader on node 0 stopped)."""
+    logging.basicConfig(
+        level=server_args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop = {"flag": False}
 
+    def request_stop(signum, frame):
+        stop["flag"] = True
 
-def _exit_note(proc) -> str:
-    proc.join(1.0)
-    return f"the engine process exited (code {proc.exitcode}) before it was ready"
-
-
-def _stop_engine(proc) -> None:
-    if proc.pid is None:
-        return
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(ENGINE_STOP_TIMEOUT_S)
-    if proc.is_alive():
-        logger.warning("engine did not stop within %ss; killing it", ENGINE_STOP_TIMEOUT_S)
-        proc.kill()
-    proc.join(ENGINE_STOP_TIMEOUT_S)
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    group = EngineGroup(server_args, engine_target or _default_engine_target(), "", "")
+    try:
+        _say(
+            f"node {server_args.node_rank}: starting TP ranks "
+            f"{group.ranks[0]}-{group.ranks[-1]}; node 0 serves HTTP"
+        )
+        group.start()
+        group.wait_ready(_say)
+        _say(f"node {server_args.node_rank}: TP ranks ready")
+        return group.wait(lambda: stop["flag"])
+    except PdcoreError as e:
+        print(f"pdcore: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        group.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _resolved(server_args: ServerArgs) -> dict:

@@ -1,0 +1,1 @@
+"""Tensor-parallel process group of one engine: rank, size and collectives."""

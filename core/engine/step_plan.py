@@ -1,0 +1,42 @@
+"""``StepPlan``: one forward pass as plain data, so every TP rank can run it.
+
+The leader's scheduler turns a ``ScheduledBatch`` into a plan; under tensor
+parallelism the plan is broadcast and each follower builds the very same
+inputs from it (token ids, positions, page table), so all ranks run identical
+forwards over their shard of the weights and KV heads. A plan with
+``stop=True`` tells followers to exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepPlan:
+    is_decode: bool = False
+    tokens: list[int] = field(default_factory=list)  # every row's new tokens, concatenated
+    prefix_lens: list[int] = field(default_factory=list)
+    extend_lens: list[int] = field(default_factory=list)
+    pages: list[list[int]] = field(default_factory=list)  # per row, pages covering the sequence
+    sample: list[bool] = field(default_factory=list)
+    stop: bool = False
+
+    @classmethod
+    def from_batch(cls, batch, page_size: int) -> StepPlan:
+        tokens, pages = [], []
+        for req, start, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens, strict=True):
+            tokens.extend(req.tokens(start, start + ext))
+            pages.append(list(req.pages[: -(-(start + ext) // page_size)]))
+        return cls(
+            is_decode=batch.is_decode,
+            tokens=tokens,
+            prefix_lens=list(batch.prefix_lens),
+            extend_lens=list(batch.extend_lens),
+            pages=pages,
+            sample=list(batch.sample),
+        )
+
+    @property
+    def seq_lens(self) -> list[int]:
+        return [p + e for p, e in zip(self.prefix_lens, self.extend_lens, strict=True)]

@@ -1,0 +1,43 @@
+"""Tensor-parallel engines (real gloo ranks) generate what one rank generates.
+
+Each case is a shape TP must handle: KV heads split evenly over ranks, KV
+heads replicated (more ranks than KV heads), and a vocabulary that does not
+divide by the TP size (padded embedding and LM head shards).
+"""
+
+from __future__ import annotations
+
+import pytest
+from model.model_helpers import make_checkpoint
+from parallel.tp_ranks import run_group
+
+from pdcore.distributed.state import kv_head_range
+
+pytestmark = pytest.mark.timeout(600)
+
+PROMPTS = [list(range(3, 40)), [5, 9, 11, 200, 7, 7, 1], list(range(100, 123))]
+CASES = {
+    "kv heads split": dict(num_key_value_heads=2),
+    "kv heads replicated": dict(num_key_value_heads=1),
+    "odd vocab, tied": dict(num_key_value_heads=2, vocab_size=511, tie_word_embeddings=True),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_tp2_equals_tp1(tmp_path, case):
+    make_checkpoint(tmp_path, "qwen3", seed=3, **CASES[case])
+    one = run_group(str(tmp_path), 1, PROMPTS)
+    two = run_group(str(tmp_path), 2, PROMPTS)
+    for i, ((ids1, lp1), (ids2, lp2)) in enumerate(zip(one, two, strict=True)):
+        assert ids2 == ids1, f"{case}: prompt {i} differs at TP=2: {ids2} != {ids1}"
+        worst = max(abs(a - b) for a, b in zip(lp1, lp2, strict=True))
+        assert worst < 1e-4, f"{case}: prompt {i} logprobs differ by {worst:.2e}"
+
+
+def test_kv_head_ranges():
+    assert [kv_head_range(4, r, 2) for r in range(2)] == [(0, 2), (2, 2)]
+    assert [kv_head_range(2, r, 4) for r in range(4)] == [(0, 1), (0, 1), (1, 1), (1, 1)]
+    with pytest.raises(ValueError, match="multiple of the model's 2 KV heads"):
+        kv_head_range(2, 0, 3)
+    with pytest.raises(ValueError, match="does not split evenly"):
+        kv_head_range(4, 0, 3)

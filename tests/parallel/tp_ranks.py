@@ -1,0 +1,85 @@
+"""Run an engine as a TP group of real processes (gloo on 127.0.0.1) in tests.
+
+``run_group(folder, size, prompts)`` spawns ``size`` ranks: each loads the
+checkpoint's shard and builds an ``Engine``; rank 0 serves the prompts greedily
+and returns ``(output ids per prompt, top logprob per step)``; followers run
+each forward the leader broadcasts, then stop when told.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(folder, rank, size, port, prompts, max_new, results) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from pdcore.config import ServerArgs
+    from pdcore.distributed.state import broadcast_object, destroy_tp, init_tp
+    from pdcore.engine.engine import Engine
+    from pdcore.engine.io_struct import GenerateReq
+    from pdcore.engine.step_plan import StepPlan
+    from pdcore.model.loader import load_model
+
+    try:
+        init_tp("gloo", f"tcp://127.0.0.1:{port}", rank, size)
+        loaded = load_model(folder, torch.float32, "cpu", load_tokenizer=False)
+        args = ServerArgs(
+            model_path=folder, max_total_tokens=2048, page_size=4, chunked_prefill_size=16,
+            tp_size=size,
+        )  # fmt: skip
+        engine = Engine(loaded.model, loaded.config, args, "torch", "cpu")
+        if rank > 0:
+            while engine.runner.follow():
+                pass
+            return
+        for i, ids in enumerate(prompts):
+            sampling = {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}
+            engine.add_request(GenerateReq(f"r{i}", ids, sampling, True))
+        out = {f"r{i}": ([], []) for i in range(len(prompts))}
+        done = set()
+        while len(done) < len(prompts):
+            for o in engine.step():
+                assert hasattr(o, "token_ids"), f"engine error: {o}"
+                out[o.rid][0].extend(o.token_ids)
+                out[o.rid][1].extend(o.logprobs)
+                if o.finish_reason is not None:
+                    done.add(o.rid)
+        engine.kv_usage().check()
+        broadcast_object(StepPlan(stop=True))
+        results.put([out[f"r{i}"] for i in range(len(prompts))])
+    except BaseException as e:
+        results.put(f"rank {rank}: {type(e).__name__}: {e}")
+        raise
+    finally:
+        destroy_tp()
+
+
+def run_group(folder: str, size: int, prompts: list[list[int]], max_new: int = 8):
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_rank_main, args=(folder, r, size, port, prompts, max_new, results))
+        for r in range(size)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        got = results.get(timeout=240)
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    if isinstance(got, str):
+        raise AssertionError(got)
+    return got
