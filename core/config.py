@@ -287,12 +287,6 @@ class ServerArgs:
                 "data-parallel replicas across nodes need --enable-dp-attention; "
                 "run one server per node and put a router in front instead",
             )
-        if self.tp_size > 1 and self.disaggregation_mode != "null":
-            raise ConfigError(
-                "--tp-size",
-                "PD disaggregation with --tp-size > 1 is not supported yet (TP works in "
-                "--disaggregation-mode null)",
-            )
         if self.moe_a2a_backend == "deepep" and importlib.util.find_spec("deep_ep") is None:
             raise ConfigError(
                 "--moe-a2a-backend",

@@ -277,9 +277,18 @@ class Registry:
         return max(candidates, key=_preference).spec
 
     def select_attention(
-        self, name: str | None, platform: Platform, flag: str = "--attention-backend"
+        self,
+        name: str | None,
+        platform: Platform,
+        flag: str = "--attention-backend",
+        kind: str | None = None,
     ) -> AttentionBackend:
-        """An explicit backend must run on ``platform``; ``None`` picks the best one."""
+        """An explicit backend must run on ``platform``; ``None`` picks the best one.
+
+        ``kind``: the KV layout the model needs ("mha" or "mla"): an explicit
+        backend of another kind is an error, and the default is the best of that
+        kind (None: no model known yet; checks nothing, defaults to an MHA one).
+        """
         if name:
             spec = self.require("attention", name, flag)
             if platform.name not in spec.platforms:
@@ -288,17 +297,35 @@ class Registry:
                     f"attention backend {name!r} does not run on platform "
                     f"{platform.name!r} (it supports: {', '.join(spec.platforms)})",
                 )
+            if kind is not None and spec.kv_layout.kind != kind:
+                fits = self._attention_names(platform, kind)
+                raise ConfigError(
+                    flag,
+                    f"attention backend {name!r} is for {spec.kv_layout.kind.upper()} KV caches "
+                    f"but this model needs {kind.upper()}; choose one of: {fits or 'none here'}",
+                )
             return spec
+        want = kind or "mha"
         candidates = [
             r
             for r in self.all("attention")
             if platform.name in r.spec.platforms
+            and r.spec.kv_layout.kind == want
             and len(self.entries["attention"][r.name]) == 1
             and self.availability(r).ok
         ]
         if not candidates:
-            raise ConfigError(flag, f"no attention backend available for {platform.name!r}")
+            raise ConfigError(
+                flag, f"no {want.upper()} attention backend available for {platform.name!r}"
+            )
         return max(candidates, key=_preference).spec
+
+    def _attention_names(self, platform: Platform, kind: str) -> str:
+        return ", ".join(
+            r.name
+            for r in self.all("attention")
+            if platform.name in r.spec.platforms and r.spec.kv_layout.kind == kind
+        )
 
     # ---- optional hooks ------------------------------------------------------
 

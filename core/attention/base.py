@@ -8,6 +8,8 @@ that precompute work per batch (FlashInfer's plan/run) do it in ``plan``.
 KV cache layout ("NHD", the pool's native layout): per layer a K and a V tensor
 of shape ``[num_pages, page_size, num_kv_heads, head_dim]``; token ``t`` of a
 request lives at ``page_table[t // page_size]``, offset ``t % page_size``.
+MLA backends (``KVLayout.kind == "mla"``) take the same arguments with other
+meanings: absorbed queries, the latent and the rope key (see ``torch_mla``).
 """
 
 from __future__ import annotations

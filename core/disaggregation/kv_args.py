@@ -33,8 +33,9 @@ _KINDS = {"cpu": MemoryKind.DRAM, "npu": MemoryKind.NPU}
 class KVArgs:
     """The KV pool as the transfer layer sees it: buffers, shape and identity.
 
-    ``kv_buffers``: ``(addr, nbytes)`` of each layer's K then V buffer, each
-    ``num_pages`` equal pages. ``model``: identity string both sides must share.
+    ``kv_buffers``: ``(addr, nbytes)`` of each layer's K then V buffer (MLA: its
+    one latent buffer), each ``num_pages`` equal pages. ``model``: identity
+    string both sides must share.
     ``owner``: the object owning that memory (the pool), kept alive while the
     manager lives: a peer keeps writing to these addresses until the engine closes.
     """
@@ -50,6 +51,9 @@ class KVArgs:
     memory_kind: MemoryKind = MemoryKind.DRAM
     device_id: int = 0
     owner: object = field(default=None, repr=False, compare=False)
+    # This rank's KV heads (``layout.num_kv_heads`` is the model's total).
+    kv_heads_first: int = 0
+    kv_heads_count: int = 0  # 0: all heads
 
     def __post_init__(self):
         sizes = {n for _, n in self.kv_buffers}
@@ -63,20 +67,40 @@ class KVArgs:
     def page_bytes(self) -> int:
         return self.kv_buffers[0][1] // self.num_pages
 
+    @property
+    def local_heads(self) -> tuple[int, int]:
+        """``(first, count)`` of the KV heads in this rank's pages."""
+        return self.kv_heads_first, self.kv_heads_count or self.layout.num_kv_heads
+
     @classmethod
-    def from_pool(cls, pool, model: str, tp_rank: int = 0, tp_size: int = 1) -> KVArgs:
-        """From a ``pdcore.kvcache.pool.KVPool`` (duck-typed: no engine import)."""
+    def from_pool(
+        cls,
+        pool,
+        model: str,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        total_kv_heads: int | None = None,
+        kv_heads_first: int = 0,
+    ) -> KVArgs:
+        """From a ``pdcore.kvcache.pool.KVPool`` (duck-typed: no engine import).
+
+        Under TP the pool holds ``pool.shape.num_kv_heads`` heads from
+        ``kv_heads_first`` of the model's ``total_kv_heads``.
+        """
         shape = pool.shape
+        total = total_kv_heads or shape.num_kv_heads
         return cls(
             kv_buffers=tuple(pool.buffers()),
             num_pages=pool.num_pages,
             page_size=pool.page_size,
             kv_dtype=str(shape.dtype).removeprefix("torch."),
-            layout=KVLayout(False, shape.num_kv_heads, shape.head_dim, shape.num_layers),
+            layout=KVLayout(shape.is_mla, total, shape.head_dim, shape.num_layers),
             model=model,
             tp_rank=tp_rank,
             tp_size=tp_size,
             memory_kind=_KINDS.get(pool.device.type, MemoryKind.VRAM),
             device_id=pool.device.index or 0,
             owner=pool,
+            kv_heads_first=kv_heads_first,
+            kv_heads_count=shape.num_kv_heads,
         )

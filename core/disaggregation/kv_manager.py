@@ -36,9 +36,11 @@ from pdcore.disaggregation.protocol import (
     ChunkDone,
     EndpointInfo,
     ErrorReply,
+    HandshakeError,
     Heartbeat,
     HeartbeatReply,
     Message,
+    RankEndpoint,
     RoomFailed,
     TransferRequest,
     check_compat,
@@ -69,6 +71,29 @@ NOTICE_TIMEOUT_S = 5.0
 NOTIFY_POLL_MIN_S = 0.001
 NOTIFY_POLL_MAX_S = 0.008
 TRANSFER_LOG_LEN = 4096  # per-room records kept until take_transfers() reads them
+
+
+class Target(NamedTuple):
+    """One decode rank a prefill writes to: its engine peer id and its pages."""
+
+    peer_id: str
+    heads_first: int
+    heads_count: int
+    kv_buffers: tuple[int, ...]
+    page_bytes: int
+
+
+class ChunkTask(NamedTuple):
+    """A chunk queued for a transfer worker. ``staged``: ``(peer id, runs, staging
+    offset)`` per decode rank when the leader staged the chunk (else None: direct)."""
+
+    sender: object
+    chunk: int
+    src: list
+    dst: list
+    is_last: bool
+    aux: object
+    staged: list | None = None
 
 
 class TransferRecord(NamedTuple):
@@ -111,6 +136,8 @@ class KVManager:
         aux_top_k: int = DEFAULT_TOP_K,
         request_timeout: float = 5.0,
         secret: str | bytes | None = None,
+        ranks: list[RankEndpoint] = (),
+        staging_bytes: int = 0,
     ):
         if role not in ("prefill", "decode"):
             raise ValueError(f"role must be 'prefill' or 'decode', got {role!r}")
@@ -123,6 +150,10 @@ class KVManager:
         self._key = to_key(secret)
         self._notice_guard = ReplayGuard()
         self.tp_rank = args.tp_rank
+        self.ranks = list(ranks)  # decode leader: the other TP ranks' endpoints
+        self.staging_bytes = staging_bytes
+        self.staging = None  # prefill: StagingArea, made by the first staged chunk
+        self._to_stage: list[ChunkTask] = []
         self.instance_id = f"{role}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.aux = AuxBuffer(aux_slots, aux_top_k)
         options = dict(engine_options or {})
@@ -149,6 +180,7 @@ class KVManager:
         self._cond = threading.Condition(self._lock)
         self._rooms: dict[int, KVSender | KVReceiver] = {}
         self.bytes_transferred = 0
+        self.runs_written = 0  # transfer descriptors posted (one per contiguous run)
         self.transfer_seconds = 0.0
         self.rooms_succeeded = 0
         self.rooms_failed = 0
@@ -187,6 +219,8 @@ class KVManager:
     def _register_memory(self) -> None:
         a = self.args
         kv = [MemoryRegion(p, n, a.memory_kind, a.device_id) for p, n in a.kv_buffers]
+        if self.role == "prefill" and a.tp_size > 1:  # every chunk is staged: allocate now
+            kv.append(self._make_staging())
         if self.aux_inline:  # the engine moves device memory only: aux rows ride the notice
             self.engine.register(kv)
         else:
@@ -213,12 +247,24 @@ class KVManager:
             aux=aux,
             compat_hash="",
             notify_addr=self._notices.address if self._notices else "",
+            kv_heads_first=a.kv_heads_first,
+            kv_heads_count=a.local_heads[1],
+            ranks=self.ranks,
         )
         draft = EndpointInfo(**fields)
         return EndpointInfo(**{**fields, "compat_hash": compat_hash(compat_fields(draft))})
 
+    def _make_staging(self) -> MemoryRegion:
+        from pdcore.disaggregation.staging import StagingArea
+
+        a = self.args
+        device = getattr(a.owner, "device", "cpu")
+        self.staging = StagingArea(self.staging_bytes, device)
+        return MemoryRegion(self.staging.addr, self.staging.nbytes, a.memory_kind, a.device_id)
+
     def _init_prefill(self, bootstrap: BootstrapServer | None) -> None:
         self._peers: dict[str, tuple[EndpointInfo, str]] = {}
+        self._targets: dict[str, list[Target]] = {}
         self._pending: dict[int, tuple[TransferRequest, float]] = {}
         self._aborted: dict[int, tuple[str, float]] = {}
         n_queues = self.env.queue_size
@@ -279,6 +325,7 @@ class KVManager:
                 "rooms_succeeded": self.rooms_succeeded,
                 "rooms_failed": self.rooms_failed,
                 "bytes_transferred": self.bytes_transferred,
+                "runs_written": self.runs_written,
                 "transfer_seconds": self.transfer_seconds,
                 "inflight_transfers": self.engine.inflight(),
                 "pending_requests": len(getattr(self, "_pending", {})),
@@ -375,8 +422,28 @@ class KVManager:
         """Bootstrap server: check compatibility, connect decode's engine, return our info."""
         check_compat(self.info, peer)
         peer_id = self.engine.connect(peer.transfer_metadata)
+        heads = peer.layout.num_kv_heads
+        targets = [
+            Target(
+                peer_id,
+                peer.kv_heads_first,
+                peer.kv_heads_count or heads,
+                tuple(peer.kv_buffers),
+                peer.page_bytes,
+            )
+        ]
+        for r in peer.ranks:
+            if len(r.kv_buffers) != len(peer.kv_buffers) or not (
+                0 <= r.kv_heads_first and r.kv_heads_first + r.kv_heads_count <= heads
+            ):
+                raise HandshakeError(f"decode TP rank {r.tp_rank} describes a malformed KV pool")
+            rid = self.engine.connect(r.transfer_metadata)
+            targets.append(
+                Target(rid, r.kv_heads_first, r.kv_heads_count, tuple(r.kv_buffers), r.page_bytes)
+            )
         with self._lock:
             self._peers[peer.instance_id] = (peer, peer_id)
+            self._targets[peer.instance_id] = targets
         return self.info
 
     def on_transfer_request(self, msg: TransferRequest) -> Message:
@@ -429,49 +496,151 @@ class KVManager:
                 del table[room]
 
     def _submit_chunk(self, sender, chunk, src, dst, is_last, aux) -> None:
-        self._queues[sender.room % len(self._queues)].put((sender, chunk, src, dst, is_last, aux))
+        task = ChunkTask(sender, chunk, src, dst, is_last, aux)
+        if self._needs_staging(sender):
+            with self._lock:  # stage_chunks() runs them after this forward
+                self._to_stage.append(task)
+            return
+        self._enqueue(task)
+
+    def _enqueue(self, task: ChunkTask) -> None:
+        self._queues[task.sender.room % len(self._queues)].put(task)
+
+    def _needs_staging(self, sender) -> bool:
+        """A decode rank's heads are not whole pages of ours (MLA latents always are)."""
+        if self.args.layout.is_mla:
+            return False
+        if self.args.tp_size > 1:
+            return True
+        targets = self._targets[sender.request.decode_peer_id]
+        return len(targets) > 1 or targets[0][1:3] != self.args.local_heads
+
+    @property
+    def has_staging_work(self) -> bool:
+        with self._lock:
+            return bool(self._to_stage)
+
+    def take_staging_pages(self) -> list[list[int]]:
+        """Prefill leader: the source pages of every chunk waiting to be staged."""
+        with self._lock:
+            return [t.src for t in self._to_stage]
+
+    def stage_chunks(self, pages: list[list[int]], full, gather_s: float = 0.0) -> None:
+        """Prefill leader, right after the forward that finished these chunks: copy
+        each decode rank's heads of ``full`` (``[buffers, pages, page_size, all heads,
+        dim]``, the pages of ``take_staging_pages()`` in order) into staging blocks
+        and queue their writes. Gather (``gather_s``, shared by page count) and copy
+        time count as transfer time: a staged room's GB/s includes its staging."""
+        import torch
+
+        from pdcore.disaggregation.staging import RankTarget, StagingFull, page_runs
+
+        with self._lock:
+            tasks, self._to_stage = self._to_stage[: len(pages)], self._to_stage[len(pages) :]
+        if self.staging is None and tasks:
+            self.engine.register([self._make_staging()])
+        offset = 0
+        total_pages = max(1, sum(len(t.src) for t in tasks))
+        for task in tasks:
+            n = len(task.src)
+            started = time.monotonic()
+            block_all = full[:, offset : offset + n]
+            offset += n
+            staged, error = [], ""
+            try:
+                for t in self._targets[task.sender.request.decode_peer_id]:
+                    block = block_all[..., t.heads_first : t.heads_first + t.heads_count, :]
+                    nbytes = block.numel() * block.element_size()
+                    off = self.staging.alloc(nbytes, self.transfer_timeout) if n else 0
+                    if n:
+                        self.staging.view(off, tuple(block.shape), block.dtype).copy_(block)
+                    target = RankTarget(t.heads_first, t.heads_count, t.kv_buffers, t.page_bytes)
+                    runs = page_runs(self.staging.addr + off, target, task.dst) if n else []
+                    staged.append((t.peer_id, runs, off if n else None))
+            except (StagingFull, TimeoutError) as e:
+                error = f"chunk {task.chunk} of room {task.sender.room}: {e}"
+            if error:
+                for _, _, off in staged:
+                    if off is not None:
+                        self.staging.free(off)
+                self._chunk_finished(task, error)
+                continue
+            if n and full.device.type != "cpu":  # copies are async on accelerators
+                torch.accelerator.synchronize(full.device)
+            spent = time.monotonic() - started + gather_s * n / total_pages
+            with self._lock:
+                self.transfer_seconds += spent
+                io = self._room_io.setdefault(task.sender.room, [started, 0, 0.0])
+                io[2] += spent
+            self._enqueue(task._replace(staged=staged))
 
     def _worker(self, q: queue.SimpleQueue) -> None:
         while True:
             task = q.get()
             if task is None:
                 return
-            sender = task[0]
-            error = self._transfer_chunk(*task)
-            with self._lock:
-                sender.inflight -= 1
-                if error:
-                    sender._fail_locked(error)
-                if sender.abort_reason and sender.inflight == 0 and sender.state not in FINAL:
-                    self._finalize(sender, KVPoll.FAILED, sender.abort_reason)
-                elif task[4] and not error:
-                    sender.last_done = True
-                if sender.last_done and sender.inflight == 0 and sender.state not in FINAL:
-                    self._finalize(sender, KVPoll.SUCCESS, "")
-                self._cond.notify_all()
-            self._changed()
-            if error and sender.peer is not None:
-                self._notify(sender.peer.notify_addr, RoomFailed(sender.room, error))
+            try:
+                error = self._transfer_chunk(task)
+            finally:
+                for _, _, off in task.staged or ():
+                    if off is not None:
+                        self.staging.free(off)
+            self._chunk_finished(task, error)
 
-    def _transfer_chunk(self, sender, chunk, src, dst, is_last, aux: AuxData | None) -> str:
-        """Write one chunk (and the aux row if last), then tell decode; '' or an error."""
+    def _chunk_finished(self, task: ChunkTask, error: str) -> None:
+        sender = task.sender
+        with self._lock:
+            sender.inflight -= 1
+            if error:
+                sender._fail_locked(error)
+            if sender.abort_reason and sender.inflight == 0 and sender.state not in FINAL:
+                self._finalize(sender, KVPoll.FAILED, sender.abort_reason)
+            elif task.is_last and not error:
+                sender.last_done = True
+            if sender.last_done and sender.inflight == 0 and sender.state not in FINAL:
+                self._finalize(sender, KVPoll.SUCCESS, "")
+            self._cond.notify_all()
+        self._changed()
+        if error and sender.peer is not None:
+            self._notify(sender.peer.notify_addr, RoomFailed(sender.room, error))
+
+    def _direct_writes(self, task: ChunkTask) -> list[tuple[str, list]]:
+        """``(peer id, runs)`` per decode rank, read straight from our pages (same
+        heads on both sides, or an MLA latent every rank holds whole)."""
+        # Page ranges contiguous on both sides first, then one run per buffer and
+        # range: 60 runs instead of 60 x pages for a fresh pool. This thread shares
+        # the GIL with the forward pass; per-page Python work here cost NIXL writes
+        # ~100 ms per 2k-token chunk on a 2-core machine.
+        spans = page_spans(task.src, task.dst)
+        pb = self.args.page_bytes
+        writes = []
+        for t in self._targets[task.sender.request.decode_peer_id]:
+            runs = [
+                (lb + s * pb, rb + d * pb, n * pb)
+                for (lb, _), rb in zip(self.args.kv_buffers, t.kv_buffers, strict=True)
+                for s, d, n in spans
+            ]
+            writes.append((t.peer_id, runs))
+        return writes
+
+    def _transfer_chunk(self, task: ChunkTask) -> str:
+        """Write one chunk to every decode rank (and the aux row if last), then tell
+        decode; '' or an error. Decode's leader rank is written last: its write
+        carries the in-band notice, so every other rank's bytes landed before it."""
+        sender, chunk, src, is_last, aux = task.sender, task.chunk, task.src, task.is_last, task.aux
         if sender.abort_reason or sender.state in FINAL:
             return ""
-        peer, pb = sender.peer, self.args.page_bytes
+        peer = sender.peer
         slot = None
         aux_row = b""
         try:
-            # Page ranges contiguous on both sides first, then one run per buffer and
-            # range: 60 runs instead of 60 x pages for a fresh pool. This thread shares
-            # the GIL with the forward pass; per-page Python work here cost NIXL writes
-            # ~100 ms per 2k-token chunk on a 2-core machine.
-            spans = page_spans(src, dst)
-            runs = [
-                (lb + s * pb, rb + d * pb, n * pb)
-                for (lb, _), rb in zip(self.args.kv_buffers, peer.kv_buffers, strict=True)
-                for s, d, n in spans
-            ]
-            writes = [runs]
+            if task.staged is not None:
+                per_rank = [(peer_id, runs) for peer_id, runs, _ in task.staged]
+            else:
+                per_rank = self._direct_writes(task)
+            leader_id, runs = per_rank[0]
+            writes = [(peer_id, r) for peer_id, r in per_rank[1:] if r]
+            writes.append((leader_id, runs))
             if is_last:
                 slot = self.aux.alloc()
                 if slot is None:
@@ -484,14 +653,14 @@ class KVManager:
                 elif self.args.memory_kind is MemoryKind.DRAM:
                     runs.append(aux_run)
                 else:  # KV in VRAM, aux in DRAM: engines like NIXL take one kind per write
-                    writes.append([aux_run])
-            writes = [w for w in writes if w]
+                    writes.append((leader_id, [aux_run]))
+            writes = [(peer_id, w) for peer_id, w in writes if w]
             done = ChunkDone(sender.room, chunk, is_last, len(src), aux_row)
             notice = self._in_band(done) if self.in_band_notices else None
-            for i, write in enumerate(writes):
+            for i, (peer_id, write) in enumerate(writes):
                 start = time.monotonic()
                 last = i == len(writes) - 1  # the notice rides on the last write only
-                handle = self.engine.write(sender.peer_id, write, notice if last else None)
+                handle = self.engine.write(peer_id, write, notice if last else None)
                 try:
                     handle.wait(self.transfer_timeout)
                 finally:
@@ -499,6 +668,7 @@ class KVManager:
                 with self._lock:
                     spent = time.monotonic() - start
                     self.bytes_transferred += handle.nbytes
+                    self.runs_written += len(write)
                     self.transfer_seconds += spent
                     io = self._room_io.setdefault(sender.room, [start, 0, 0.0])
                     io[1] += handle.nbytes

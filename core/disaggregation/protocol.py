@@ -42,11 +42,24 @@ class AuxLayout(msgspec.Struct, frozen=True):
     top_k: int
 
 
+class RankEndpoint(msgspec.Struct, frozen=True):
+    """A TP rank other than the leader, as a transfer destination: its share of the
+    KV heads (``layout.num_kv_heads`` counts the whole model's), its engine and pages."""
+
+    tp_rank: int
+    kv_heads_first: int
+    kv_heads_count: int
+    transfer_metadata: dict
+    kv_buffers: list[int]
+    page_bytes: int
+
+
 class EndpointInfo(msgspec.Struct, frozen=True):
     """One side's identity, KV layout and transfer metadata, sent in the handshake.
 
-    ``kv_buffers``: address of each layer's K then V buffer; page ``p`` of buffer
-    ``i`` starts at ``kv_buffers[i] + p * page_bytes``. ``notify_addr``: decode's
+    ``kv_buffers``: address of each layer's K then V buffer (MLA: its one latent
+    buffer, ``layout.is_mla``); page ``p`` of buffer ``i`` starts at
+    ``kv_buffers[i] + p * page_bytes``. ``notify_addr``: decode's
     ``host:port`` for notices (empty on prefill).
     """
 
@@ -68,6 +81,11 @@ class EndpointInfo(msgspec.Struct, frozen=True):
     notify_addr: str = ""
     engine: str = "pdcore"
     protocol_version: int = PROTOCOL_VERSION
+    # Tensor parallelism: the heads this (leader) rank holds; 0 = all of them. The
+    # other ranks of a decode instance come in ``ranks`` (each receives its heads).
+    kv_heads_first: int = 0
+    kv_heads_count: int = 0
+    ranks: list[RankEndpoint] = msgspec.field(default_factory=list)
 
 
 class Handshake(msgspec.Struct, tag=True):
@@ -173,7 +191,6 @@ def compat_fields(info: EndpointInfo) -> dict:
         "num_kv_heads": info.layout.num_kv_heads,
         "head_dim": info.layout.head_dim,
         "num_layers": info.layout.num_layers,
-        "tp_size": info.tp_size,
         "model": info.model,
         "transfer_backend": info.transfer_backend,
         "aux_top_k": info.aux.top_k,
@@ -195,7 +212,7 @@ def check_compat(prefill: EndpointInfo, decode: EndpointInfo) -> None:
     if diffs:
         raise HandshakeError(
             "prefill and decode KV caches are incompatible (" + "; ".join(diffs) + "); "
-            "start both with the same model, --page-size, --kv-cache-dtype, TP size "
+            "start both with the same model, --page-size, --kv-cache-dtype "
             "and --disaggregation-transfer-backend"
         )
     if len(decode.kv_buffers) != len(prefill.kv_buffers):

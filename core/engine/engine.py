@@ -95,14 +95,16 @@ class Engine:
         cfg = model_config
         self.tp = tp()
         # This rank's share of the heads (its KV pool holds only those).
-        local_kv_heads = kv_head_range(cfg.num_key_value_heads, self.tp.rank, self.tp.size)[1]
+        kv = cfg.kv_cache_spec()  # MHA's K/V heads, or MLA's one latent head (on every rank)
+        local_kv_heads = kv_head_range(kv.num_kv_heads, self.tp.rank, self.tp.size)[1]
         local_heads = shard_range(cfg.num_attention_heads, self.tp.rank, self.tp.size)[1]
         shape = KVShape(
             num_layers=cfg.num_hidden_layers,
             num_kv_heads=local_kv_heads,
-            head_dim=cfg.head_dim,
+            head_dim=kv.head_dim,
             page_size=server_args.page_size,
             dtype=dtype,
+            latent_rank=kv.latent_rank,
         )
         free_bytes = None
         if server_args.max_total_tokens is None:
@@ -135,23 +137,39 @@ class Engine:
         attn_config = AttentionConfig(
             local_heads,
             local_kv_heads,
-            cfg.head_dim,
+            kv.head_dim,
             server_args.page_size,
             dtype,
             self.device,
+            kv.softmax_scale,
         )
-        self.attention_name, factory = _attention_factory(attention, server_args, platform)
+        self.attention_name, factory = _attention_factory(attention, server_args, platform, kv.kind)
         self.runner = ModelRunner(model, self.pool, factory(attn_config), self.device)
         self.runner.ctx.kernels = self._layer_kernels(platform)
         self.cuda_graph_sizes = self._capture_graphs(server_args, factory, attn_config, context)
         self.sampler = Sampler(self.device, server_args.random_seed)
         self._pending: list[TokenOut | EngineError] = []
         # PD prefill/decode queues around the scheduler (None in null mode).
-        self.pd = (
-            build_pd_queues(server_args, self.pool, self.scheduler, cfg)
-            if self.tp.is_leader
-            else None
-        )
+        self.pd = build_pd_queues(server_args, self.pool, self.scheduler, cfg)
+        self.pd_follower = None  # a non-leader rank's PD part (see pdcore.engine.pd)
+        if not self.tp.is_leader:
+            self.pd_follower, self.pd = self.pd, None
+        self.kv_stage = None  # prefill leader: stages chunks for decode ranks (pd_tp)
+        self._wire_kv_stage(kv.num_kv_heads)
+
+    def _wire_kv_stage(self, total_kv_heads: int) -> None:
+        """Prefill: the leader stages chunks whose decode ranks split heads otherwise;
+        under TP every forward is followed by that gather on all ranks."""
+        from pdcore.engine.pd_tp import KVStage
+
+        follower_stage = getattr(self.pd_follower, "stage", None)
+        manager = getattr(self.pd, "manager", None)
+        if self.tp.is_leader and manager is not None and manager.role == "prefill":
+            self.kv_stage = KVStage(self.pool, total_kv_heads)
+            self.runner.stage_after = self.tp.size > 1
+        elif follower_stage is not None:
+            self.runner.stage_after = True
+            self.runner.after_follow = follower_stage.follow
 
     def _layer_kernels(self, platform) -> LayerKernels:
         """The platform's fused layer kernels for this device, else the torch ones."""
@@ -282,7 +300,15 @@ class Engine:
             self._pending.append(self._token_out(req))
         self.scheduler.finished_unreported.clear()
         if batch is not None:
+            self._forward(batch)
+        outs, self._pending = self._pending, []
+        return outs
+
+    def _forward(self, batch) -> None:
+        staged = False
+        try:
             logits = self.runner.forward(batch)
+            staged = self.runner.stage_after  # followers now wait for the KV gather
             rows = [r for r, s in zip(batch.reqs, batch.sample, strict=True) if s]
             sampled = self.sampler(logits, rows, self.model_config.eos_token_ids) if rows else []
             produced = self.scheduler.commit(batch, sampled)
@@ -295,8 +321,10 @@ class Engine:
                     torch.accelerator.synchronize(self.device)
                 produced = self.pd.after_commit(batch, produced)
             self._pending.extend(self._token_out(r) for r in produced)
-        outs, self._pending = self._pending, []
-        return outs
+        finally:
+            # Even after an error: TP followers wait for this gather's page list.
+            if self.kv_stage is not None and (staged or self.tp.size == 1):
+                self.kv_stage.lead(self.pd.manager)
 
     def fail_all(self, message: str) -> list[TokenOut | EngineError]:
         """After an unrecoverable step error: queued outputs, then an error for every
@@ -368,6 +396,8 @@ class Engine:
         """Stop PD threads and servers (their rooms fail); the engine is done after."""
         if self.pd is not None:
             self.pd.close()
+        if self.pd_follower is not None:
+            self.pd_follower.close()
 
     def info(self) -> dict:
         """Facts the front end needs at startup (sent with the ready message)."""
@@ -389,15 +419,23 @@ class Engine:
         }
 
 
-def _attention_factory(attention: AttentionSpec, server_args: ServerArgs, platform):
-    """``(name, factory)`` from a backend name/spec, a plain factory, or the registry."""
+def _attention_factory(
+    attention: AttentionSpec, server_args: ServerArgs, platform, kind: str = "mha"
+):
+    """``(name, factory)`` from a backend name/spec, a plain factory, or the registry;
+    a named or registered backend must fit the model's KV ``kind`` ("mha"/"mla")."""
     if attention is None or isinstance(attention, str):
         from pdcore.registry import get_registry
 
         attention = get_registry().select_attention(
-            attention or server_args.attention_backend, platform
+            attention or server_args.attention_backend, platform, kind=kind
         )
     if isinstance(attention, AttentionBackend):
+        if attention.kv_layout.kind != kind:
+            raise ValueError(
+                f"attention backend {attention.name!r} is for {attention.kv_layout.kind.upper()} "
+                f"KV caches but this model needs {kind.upper()}"
+            )
         if not attention.kv_layout.accepts_page_size(server_args.page_size):
             raise ValueError(
                 f"attention backend {attention.name!r} does not accept page size "

@@ -29,6 +29,10 @@ class ModelRunner:
         self.device = torch.device(device)
         self.ctx = ForwardContext(attn, pool.layer_caches)
         self.graphs = None  # DecodeGraphs once captured (CUDA only)
+        # PD prefill under TP: every forward is followed by a KV gather (``KVStage``);
+        # followers run ``after_follow`` for their part of it.
+        self.stage_after = False
+        self.after_follow = None
 
     def capture_decode_graphs(self, make_attention, max_bs: int, context_len: int) -> list[int]:
         """Capture decode passes up to ``max_bs`` rows; returns the captured batch sizes."""
@@ -81,6 +85,7 @@ class ModelRunner:
         follower (``follow``) runs it in step.
         """
         plan = StepPlan.from_batch(batch, self.pool.page_size)
+        plan.pd_stage = self.stage_after
         broadcast_object(plan)
         return self.execute(plan)
 
@@ -90,6 +95,8 @@ class ModelRunner:
         if plan.stop:
             return False
         self.execute(plan)
+        if plan.pd_stage and self.after_follow is not None:
+            self.after_follow()
         return True
 
     def execute(self, plan: StepPlan) -> torch.Tensor | None:

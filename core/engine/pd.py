@@ -8,6 +8,7 @@ schedulers hand out.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from pdcore.config import ServerArgs
@@ -15,6 +16,8 @@ from pdcore.disaggregation.bootstrap import BootstrapServer
 from pdcore.disaggregation.fake import FAKE_BACKEND
 from pdcore.disaggregation.kv_args import KVArgs
 from pdcore.disaggregation.kv_manager import KVManager
+from pdcore.distributed.state import kv_head_range, tp
+from pdcore.engine.pd_tp import KVStage, RankReceiver, exchange_rank_endpoints
 from pdcore.envs import disaggregation_secret
 from pdcore.model.config import ModelConfig
 from pdcore.sampling_params import MAX_TOP_LOGPROBS
@@ -25,10 +28,13 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def model_identity(cfg: ModelConfig) -> str:
-    """What both sides must agree on for KV pages to mean the same thing."""
+    """What both sides must agree on for KV pages to mean the same thing
+    (MLA: one latent head of rank + rope dims, marked as such)."""
+    kv = cfg.kv_cache_spec()
+    mla = f":MLA{kv.latent_rank}" if kv.latent_rank else ""
     return (
         f"{cfg.architecture}:L{cfg.num_hidden_layers}:H{cfg.hidden_size}:"
-        f"KV{cfg.num_key_value_heads}x{cfg.head_dim}:V{cfg.vocab_size}"
+        f"KV{kv.num_kv_heads}x{kv.head_dim}{mla}:V{cfg.vocab_size}"
     )
 
 
@@ -43,11 +49,20 @@ def advertised_host(host: str) -> str:
 
 
 def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig):
-    """The mode's PD queues over ``scheduler``, or None in ``null`` mode."""
+    """The mode's PD queues over ``scheduler``, or None in ``null`` mode.
+
+    Under TP every rank calls this (it exchanges endpoints collectively); only
+    the leader gets queues, the others get their ``FollowerPD`` part.
+    """
     mode = args.disaggregation_mode
     if mode == "null":
         return None
-    kv_args = KVArgs.from_pool(pool, model_identity(model_config))
+    info = tp()
+    kv = model_config.kv_cache_spec()
+    first = kv_head_range(kv.num_kv_heads, info.rank, info.size)[0]
+    kv_args = KVArgs.from_pool(
+        pool, model_identity(model_config), info.rank, info.size, kv.num_kv_heads, first
+    )
     options = dict(
         hostname=advertised_host(args.host),
         ib_device=args.disaggregation_ib_device,
@@ -57,13 +72,52 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
     )
     backend = args.disaggregation_transfer_backend
     if backend == FAKE_BACKEND:  # warm-up/testing only: no KV manager, no bootstrap server
+        if not info.is_leader:
+            return None
         return DecodeQueues(scheduler, None) if mode == "decode" else PrefillQueues(scheduler, None)
+    receiver = None
+    if mode == "decode" and not info.is_leader:
+        receiver = RankReceiver(kv_args, backend, options["hostname"], options["ib_device"])
+    ranks = exchange_rank_endpoints(receiver)
+    if not info.is_leader:
+        return FollowerPD(receiver, KVStage(pool, kv.num_kv_heads) if mode == "prefill" else None)
     if mode == "decode":
-        return DecodeQueues(scheduler, KVManager("decode", kv_args, backend, **options))
+        return DecodeQueues(
+            scheduler, KVManager("decode", kv_args, backend, ranks=ranks, **options)
+        )
     server = BootstrapServer(args.host, args.disaggregation_bootstrap_port, options["secret"])
     try:
-        manager = KVManager("prefill", kv_args, backend, bootstrap=server, **options)
+        manager = KVManager(
+            "prefill",
+            kv_args,
+            backend,
+            bootstrap=server,
+            staging_bytes=staging_bytes(args, pool),
+            **options,
+        )
     except BaseException:
         server.close()
         raise
     return PrefillQueues(scheduler, manager, closers=[server])
+
+
+def staging_bytes(args: ServerArgs, pool) -> int:
+    """Room for two chunks of every head (``PDCORE_DISAGGREGATION_STAGING_MB`` overrides)."""
+    mb = os.environ.get("PDCORE_DISAGGREGATION_STAGING_MB")
+    if mb:
+        return int(float(mb) * 2**20)
+    info = tp()
+    chunk_pages = -(-args.chunked_prefill_size // pool.page_size) + 1
+    return 2 * chunk_pages * pool.shape.bytes_per_page * max(1, info.size)
+
+
+class FollowerPD:
+    """A non-leader rank's PD part: a decode ``RankReceiver`` or a prefill ``KVStage``."""
+
+    def __init__(self, receiver: RankReceiver | None, stage: KVStage | None):
+        self.receiver = receiver
+        self.stage = stage
+
+    def close(self) -> None:
+        if self.receiver is not None:
+            self.receiver.close()

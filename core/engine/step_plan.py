@@ -21,6 +21,9 @@ class StepPlan:
     pages: list[list[int]] = field(default_factory=list)  # per row, pages covering the sequence
     sample: list[bool] = field(default_factory=list)
     stop: bool = False
+    # PD prefill under TP: after this forward the leader names pages to gather
+    # (``KVStage``), so followers take part in one more collective.
+    pd_stage: bool = False
 
     @classmethod
     def from_batch(cls, batch, page_size: int) -> StepPlan:

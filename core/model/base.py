@@ -23,7 +23,8 @@ from pdcore.model.kernels import TORCH_KERNELS, LayerKernels
 @dataclass
 class ForwardContext:
     attn: AttentionImpl  # already planned for this batch
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k_cache, v_cache)
+    # per layer (k_cache, v_cache); MLA: (latent, rope key) views of one tensor
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
     kernels: LayerKernels = TORCH_KERNELS  # norms, rotary, activation (fused on GPUs)
 
 

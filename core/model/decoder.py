@@ -57,9 +57,7 @@ class DecoderLM(CausalLM):
         # Tied models read the embedding matrix directly: no second parameter to re-tie
         # after meta-device construction.
         self.lm_head = (
-            None
-            if config.tie_word_embeddings
-            else VocabHead(config.hidden_size, config.vocab_size)
+            None if config.tie_word_embeddings else VocabHead(config.hidden_size, config.vocab_size)
         )
 
     @classmethod

@@ -68,9 +68,7 @@ class Attention(nn.Module):
         tpi = tp()
         d = config.head_dim
         q_first, self.num_heads = shard_range(config.num_attention_heads, tpi.rank, tpi.size)
-        kv_first, self.num_kv_heads = kv_head_range(
-            config.num_key_value_heads, tpi.rank, tpi.size
-        )
+        kv_first, self.num_kv_heads = kv_head_range(config.num_key_value_heads, tpi.rank, tpi.size)
         self.head_dim = d
         q_size = self.num_heads * d
         kv_size = self.num_kv_heads * d

@@ -1,10 +1,10 @@
 """A minimal single-request runner over the paged KV cache, for tests and checks.
 
-It drives a ``CausalLM`` exactly as the engine does (torch attention backend,
-page table, cache slots, prefill then one-token decode steps) but without any
-scheduling, so model numerics can be compared against transformers and engine
-outputs against this. Pages are handed out in a scrambled order so contiguity
-is never assumed.
+It drives a ``CausalLM`` exactly as the engine does (torch MHA or MLA attention
+backend as the model's ``kv_cache_spec`` says, page table, cache slots, prefill
+then one-token decode steps) but without any scheduling, so model numerics can
+be compared against transformers and engine outputs against this. Pages are
+handed out in a scrambled order so contiguity is never assumed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import torch
 
 from pdcore.attention.base import AttentionConfig, AttentionMetadata
+from pdcore.attention.torch_mla import TorchMLAAttention
 from pdcore.attention.torch_native import TorchNativeAttention
+from pdcore.kvcache.pool import KVShape, allocate_layer_caches
 from pdcore.model.base import CausalLM, ForwardContext
 
 
@@ -30,23 +32,27 @@ class _PagedSequence:
         pages = torch.arange(num_pages, 0, -1, dtype=torch.int64)
         self.page_table = pages[None, :].to(self.device)
         self.pages = pages
-        shape = (num_pages + 1, page_size, cfg.num_key_value_heads, cfg.head_dim)
+        spec = cfg.kv_cache_spec()  # MHA: K and V per layer; MLA: one latent tensor
+        shape = KVShape(
+            cfg.num_hidden_layers,
+            spec.num_kv_heads,
+            spec.head_dim,
+            page_size,
+            self.dtype,
+            latent_rank=spec.latent_rank,
+        )
         # Zeros, not empty: masked slots still meet the values, and NaN * 0 is NaN.
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-            )
-            for _ in range(cfg.num_hidden_layers)
-        ]
-        self.attn = TorchNativeAttention(
+        _, self.kv_caches = allocate_layer_caches(shape, num_pages + 1, self.device)
+        backend = TorchMLAAttention if shape.is_mla else TorchNativeAttention
+        self.attn = backend(
             AttentionConfig(
                 cfg.num_attention_heads,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
+                spec.num_kv_heads,
+                spec.head_dim,
                 page_size,
                 self.dtype,
                 self.device,
+                spec.softmax_scale,
             )
         )
         self.length = 0

@@ -110,7 +110,9 @@ class EngineGroup:
                 continue
             proc.join(ENGINE_STOP_TIMEOUT_S)
             if proc.is_alive():
-                logger.warning("%s did not stop in %ss; killing it", proc.name, ENGINE_STOP_TIMEOUT_S)
+                logger.warning(
+                    "%s did not stop in %ss; killing it", proc.name, ENGINE_STOP_TIMEOUT_S
+                )
                 proc.kill()
                 proc.join(ENGINE_STOP_TIMEOUT_S)
 

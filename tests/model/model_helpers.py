@@ -24,8 +24,28 @@ TINY = dict(
 )
 
 
+# DeepSeek MLA + MoE on top of TINY: layer 0 dense, the rest 8 experts top-2 + 1 shared.
+# MLA has no GQA: transformers expands K/V to every head itself.
+DEEPSEEK = dict(
+    num_hidden_layers=3,
+    num_key_value_heads=4,
+    kv_lora_rank=32,
+    q_lora_rank=None,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=16,
+    v_head_dim=24,
+    n_routed_experts=8,
+    n_shared_experts=1,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    first_k_dense_replace=1,
+)
+DEEPSEEK_V3 = dict(n_group=4, topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True)
+
+
 def hf_config(family: str, **overrides):
-    """A transformers config of ``family`` ("llama", "mistral", "qwen2", "qwen3")."""
+    """A transformers config of ``family`` ("llama", "mistral", "qwen2", "qwen3",
+    "deepseek_v2", "deepseek_v3")."""
     import transformers
 
     cls = {
@@ -33,8 +53,11 @@ def hf_config(family: str, **overrides):
         "mistral": transformers.MistralConfig,
         "qwen2": transformers.Qwen2Config,
         "qwen3": transformers.Qwen3Config,
+        "deepseek_v2": transformers.DeepseekV2Config,
+        "deepseek_v3": transformers.DeepseekV3Config,
     }[family]
-    kwargs = {**TINY, **overrides}
+    extra = {"deepseek_v2": DEEPSEEK, "deepseek_v3": {**DEEPSEEK, **DEEPSEEK_V3}}.get(family, {})
+    kwargs = {**TINY, **extra, **overrides}
     if family == "qwen3":
         kwargs.setdefault("head_dim", 16)
     return cls(**kwargs)
@@ -51,6 +74,9 @@ def make_checkpoint(folder: Path, family: str, seed: int = 0, max_shard_size=Non
         for name, param in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 param.add_(torch.randn_like(param) * 0.1)
+        for name, buf in model.named_buffers():  # DeepSeek-V3's router bias starts at 0
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(torch.randn_like(buf) * 0.1)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, safe_serialization=True, **kwargs)
     return load_hf(folder)

@@ -43,6 +43,8 @@ def test_generation_config_eos_ids_are_merged(tmp_path):
 
 def test_registry_lists_every_family():
     assert supported_architectures() == [
+        "DeepseekV2ForCausalLM",
+        "DeepseekV3ForCausalLM",
         "LlamaForCausalLM",
         "MistralForCausalLM",
         "Qwen2ForCausalLM",

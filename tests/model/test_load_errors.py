@@ -78,7 +78,7 @@ def test_unsupported_architecture(checkpoint, tmp_path):
     raw = json.loads((checkpoint / "config.json").read_text())
     raw["architectures"] = ["GPT2LMHeadModel"]
     (tmp_path / "config.json").write_text(json.dumps(raw))
-    expected = r"Unsupported architecture 'GPT2LMHeadModel'\. Supported: LlamaForCausalLM, "
+    expected = r"Unsupported architecture 'GPT2LMHeadModel'\. Supported: DeepseekV2ForCausalLM, "
     with pytest.raises(ModelLoadError, match=expected):
         load_model_config(str(tmp_path))
     with pytest.raises(ModelLoadError, match=expected):

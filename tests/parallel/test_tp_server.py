@@ -15,9 +15,8 @@ import sys
 
 import httpx
 import pytest
-from e2e.pd_helpers import COMMON, gen_body
+from e2e.pd_helpers import COMMON, assert_same_greedy, gen_body
 from e2e.server_process import ServerProcess, free_port
-from e2e.test_pd import assert_same_greedy
 
 pytestmark = pytest.mark.timeout(600)
 

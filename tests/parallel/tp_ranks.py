@@ -36,7 +36,8 @@ def _rank_main(folder, rank, size, port, prompts, max_new, results) -> None:
             model_path=folder, max_total_tokens=2048, page_size=4, chunked_prefill_size=16,
             tp_size=size,
         )  # fmt: skip
-        engine = Engine(loaded.model, loaded.config, args, "torch", "cpu")
+        # The registry's torch backend for the model's KV kind (MHA, or MLA for DeepSeek).
+        engine = Engine(loaded.model, loaded.config, args, None, "cpu")
         if rank > 0:
             while engine.runner.follow():
                 pass

@@ -1,5 +1,5 @@
 """The ``ascend-mla`` backend against a dense latent-attention reference, with the fake
-torch_npu operators. No pdcore model is MLA yet, so these tests are its only user.
+torch_npu operators, and against the core's ``torch_mla`` backend (same seam).
 
 Absorbed MLA: score(i, j) = (q_nope_i . c_j + q_rope_i . r_j) * scale over the
 latent rows c (rank R) and rotary keys r (P dims) of one request; the output is
@@ -13,6 +13,7 @@ import torch
 from pdcore_ascend.mla_attention import AscendMLAAttention
 
 from pdcore.attention.base import AttentionConfig, AttentionMetadata
+from pdcore.attention.torch_mla import TorchMLAAttention
 
 BF16 = torch.bfloat16
 HEADS, RANK, ROPE, PAGE = 16, 64, 16, 16
@@ -123,3 +124,23 @@ def test_query_width_must_be_rank_plus_rope(npu_ops):
     impl.plan(meta)
     with pytest.raises(ValueError, match=r"query dim 70 != latent rank 64 \+ rope dim 16"):
         impl.forward(q[..., :70], c, r, latent_cache, rope_cache)
+
+
+@pytest.mark.parametrize(
+    ("seq_lens", "extend_lens"),
+    [([40, 23], [8, 23]), ([1, 17, 70], [1, 1, 1])],
+    ids=["prefill-with-prefix", "decode"],
+)
+def test_same_seam_as_the_core_torch_mla_backend(npu_ops, seq_lens, extend_lens):
+    """Same query, latent, rope key and caches in; same output and cache writes out:
+    a model written against one MLA backend runs on the other."""
+    meta, (q, c, r, latent_cache, rope_cache), _ = build(seq_lens, extend_lens)
+    torch_caches = (latent_cache.clone(), rope_cache.clone())
+    impl = mla()
+    impl.plan(meta)
+    want = impl.forward(q, c, r, latent_cache, rope_cache)
+    core = TorchMLAAttention(AttentionConfig(HEADS, 1, RANK + ROPE, PAGE, BF16, None, SCALE))
+    core.plan(meta)
+    got = core.forward(q, c, r, *torch_caches)
+    torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)
+    assert torch.equal(torch_caches[0], latent_cache) and torch.equal(torch_caches[1], rope_cache)
