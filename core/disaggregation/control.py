@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 PATH = "/pdcore/disagg/v1"
 MAX_BODY = 16 << 20
+# A peer sends each message whole at once; a connection silent this long (a body
+# shorter than its Content-Length, an idle keep-alive) is dropped, not a thread held.
+READ_TIMEOUT_S = 30.0
 CONTENT_TYPE = "application/msgpack"
 
 
@@ -44,6 +47,7 @@ class ControlError(PdcoreError):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = READ_TIMEOUT_S
     server: _Server
 
     def do_GET(self):

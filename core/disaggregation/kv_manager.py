@@ -423,18 +423,20 @@ class KVManager:
         check_compat(self.info, peer)
         peer_id = self.engine.connect(peer.transfer_metadata)
         heads = peer.layout.num_kv_heads
+        leader_count = peer.kv_heads_count or heads
+        if not _heads_fit(peer.kv_heads_first, leader_count, heads):
+            raise HandshakeError(
+                f"decode leader claims KV heads [{peer.kv_heads_first}, "
+                f"{peer.kv_heads_first + leader_count}) of a model with {heads}"
+            )
         targets = [
             Target(
-                peer_id,
-                peer.kv_heads_first,
-                peer.kv_heads_count or heads,
-                tuple(peer.kv_buffers),
-                peer.page_bytes,
+                peer_id, peer.kv_heads_first, leader_count, tuple(peer.kv_buffers), peer.page_bytes
             )
         ]
         for r in peer.ranks:
-            if len(r.kv_buffers) != len(peer.kv_buffers) or not (
-                0 <= r.kv_heads_first and r.kv_heads_first + r.kv_heads_count <= heads
+            if len(r.kv_buffers) != len(peer.kv_buffers) or not _heads_fit(
+                r.kv_heads_first, r.kv_heads_count, heads
             ):
                 raise HandshakeError(f"decode TP rank {r.tp_rank} describes a malformed KV pool")
             rid = self.engine.connect(r.transfer_metadata)
@@ -759,6 +761,10 @@ class KVManager:
                 if room.addr == addr:
                     room._fail_locked(reason)
         self._changed()
+
+
+def _heads_fit(first: int, count: int, total: int) -> bool:
+    return 0 <= first and 0 < count and first + count <= total
 
 
 def _check_room(room: int) -> None:

@@ -100,6 +100,16 @@ class KVReceiver:
     def _on_chunk(self, msg: ChunkDone) -> None:
         if self.state is not KVPoll.TRANSFERRING or msg.chunk in self.chunks:
             return
+        # Every chunk but the last carries a page, so there are at most pages + 1 of
+        # them. A notice beyond that (chunk 10**12 once built a set that size, holding
+        # the lock and the GIL) or with negative pages fails the room.
+        have = len(self.dst_pages)
+        if not (0 <= msg.chunk <= have and 0 <= msg.num_pages <= have):
+            self._fail_locked(
+                f"prefill sent an impossible notice: chunk {msg.chunk} with "
+                f"{msg.num_pages} pages, decode gave {have} pages"
+            )
+            return
         self.chunks.add(msg.chunk)
         self.pages_received += msg.num_pages
         if msg.is_last:

@@ -71,7 +71,7 @@ class MemoryRegion:
         try:
             addr, length = int(d["addr"]), int(d["length"])
             kind, device_id = MemoryKind(d["kind"]), int(d["device_id"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:  # int(inf) overflows
             raise TransferError(f"malformed memory region in peer metadata: {d!r}") from e
         if addr < 0 or length <= 0:
             raise TransferError(f"invalid memory region in peer metadata: {d!r}")

@@ -5,10 +5,18 @@ sampler and the PD control plane; every rank holds a shard of the weights and
 of the KV heads. Collectives are no-ops at TP=1, so model code calls them
 unconditionally. ``torch.distributed`` picks the platform's backend: gloo on
 CPU, NCCL on CUDA, HCCL on Ascend.
+
+DP attention (``--dp-size N --enable-dp-attention``) cuts the T ranks into N
+attention groups of A = T / N consecutive ranks. Each attention group is one
+engine (its rank 0 leads: scheduler, sampler, PD) with its own requests and
+KV pool, its attention heads and vocabulary split over its A ranks; dense MLP
+and MoE layers still split over all T ranks. Without it the attention group
+is the whole TP group, so engine-level code always works on ``attn``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,15 +29,45 @@ INIT_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
+class Group:
+    """Consecutive ranks that split a layer: my rank in it, its size, its process
+    groups (tensors; gloo for Python objects) and the global rank of its rank 0."""
+
+    rank: int = 0
+    size: int = 1
+    group: object = None
+    cpu_group: object = None
+    first: int = 0
+
+
+@dataclass(frozen=True)
 class TPInfo:
     rank: int = 0
     size: int = 1
     group: object = None  # torch.distributed ProcessGroup for tensors (None at TP=1)
     cpu_group: object = None  # gloo group for Python objects (step plans)
+    # This rank's attention group (DP attention; else the same as the TP group).
+    attn_rank: int = 0
+    attn_size: int = 1
+    attn_group: object = None
+    attn_cpu_group: object = None
+    dp_rank: int = 0
+    dp_size: int = 1
+    leaders_group: object = None  # gloo group of the DP leaders (set on leaders only)
 
     @property
     def is_leader(self) -> bool:
-        return self.rank == 0
+        """Leads its engine: rank 0 of its attention group (of the TP group without DP)."""
+        return self.attn_rank == 0
+
+    @property
+    def full(self) -> Group:
+        return Group(self.rank, self.size, self.group, self.cpu_group, 0)
+
+    @property
+    def attn(self) -> Group:
+        first = self.rank - self.attn_rank
+        return Group(self.attn_rank, self.attn_size, self.attn_group, self.attn_cpu_group, first)
 
 
 _TP = TPInfo()
@@ -45,22 +83,57 @@ def set_tp(info: TPInfo) -> None:
     _TP = info
 
 
-def init_tp(backend: str, init_method: str, rank: int, size: int) -> TPInfo:
-    """Join the TP group (blocks until all ``size`` ranks joined or the timeout)."""
+def init_tp(backend: str, init_method: str, rank: int, size: int, dp_size: int = 1) -> TPInfo:
+    """Join the TP group (blocks until all ``size`` ranks joined or the timeout);
+    ``dp_size`` > 1: DP attention over ``dp_size`` attention groups."""
     import torch.distributed as dist
 
     if size == 1:
         set_tp(TPInfo())
         return _TP
+    if size % dp_size:
+        raise ValueError(f"--dp-size {dp_size} must divide --tp-size {size}")
     timeout = timedelta(seconds=INIT_TIMEOUT_S)
     dist.init_process_group(
         backend, init_method=init_method, rank=rank, world_size=size, timeout=timeout
     )
     group = dist.group.WORLD
     cpu_group = group if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
-    set_tp(TPInfo(rank, size, group, cpu_group))
-    logger.info("joined TP group: rank %d of %d (%s)", rank, size, backend)
+    if dp_size == 1:
+        info = TPInfo(rank, size, group, cpu_group, rank, size, group, cpu_group)
+    else:
+        info = _dp_attention_groups(TPInfo(rank, size, group, cpu_group), backend, dp_size, timeout)
+    set_tp(info)
+    logger.info(
+        "joined TP group: rank %d of %d (%s), DP rank %d of %d", rank, size, backend,
+        info.dp_rank, info.dp_size,
+    )  # fmt: skip
     return _TP
+
+
+def _dp_attention_groups(world: TPInfo, backend: str, dp_size: int, timeout) -> TPInfo:
+    """``world`` with its attention group and the DP leaders' group. Every rank
+    creates every group, in the same order (``new_group`` is collective)."""
+    import torch.distributed as dist
+
+    attn_size = world.size // dp_size
+    dp_rank = world.rank // attn_size
+    attn_group = attn_cpu_group = None
+    if attn_size > 1:
+        for d in range(dp_size):
+            ranks = list(range(d * attn_size, (d + 1) * attn_size))
+            g = dist.new_group(ranks, timeout=timeout)
+            c = g if backend == "gloo" else dist.new_group(ranks, backend="gloo", timeout=timeout)
+            if d == dp_rank:
+                attn_group, attn_cpu_group = g, c
+    leader_ranks = [d * attn_size for d in range(dp_size)]
+    leaders = dist.new_group(leader_ranks, backend="gloo", timeout=timeout)
+    attn_rank = world.rank % attn_size
+    return dataclasses.replace(
+        world, attn_rank=attn_rank, attn_size=attn_size, attn_group=attn_group,
+        attn_cpu_group=attn_cpu_group, dp_rank=dp_rank, dp_size=dp_size,
+        leaders_group=leaders if attn_rank == 0 else None,
+    )  # fmt: skip
 
 
 def destroy_tp() -> None:
@@ -71,56 +144,91 @@ def destroy_tp() -> None:
     set_tp(TPInfo())
 
 
-def all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum over TP ranks, in place; returns ``x``."""
-    if _TP.size > 1:
+def all_reduce(x: torch.Tensor, group: Group | None = None) -> torch.Tensor:
+    """Sum over ``group``'s ranks (default: the TP group), in place; returns ``x``.
+
+    An empty ``x`` is skipped: every rank of the group holds the same shape, so
+    all skip alike (an idle DP group's zero tokens)."""
+    size, pg = (_TP.size, _TP.group) if group is None else (group.size, group.group)
+    if size > 1 and x.numel():
         import torch.distributed as dist
 
-        dist.all_reduce(x, group=_TP.group)
+        dist.all_reduce(x, group=pg)
     return x
 
 
-def all_gather_last(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``x`` along the last dim (rank order)."""
-    if _TP.size == 1:
+def all_gather_last(x: torch.Tensor, group: Group | None = None) -> torch.Tensor:
+    """Concatenate every rank's ``x`` along the last dim (rank order; default: TP group)."""
+    size, pg = (_TP.size, _TP.group) if group is None else (group.size, group.group)
+    if size == 1:
         return x
     import torch.distributed as dist
 
-    parts = [torch.empty_like(x) for _ in range(_TP.size)]
-    dist.all_gather(parts, x.contiguous(), group=_TP.group)
+    parts = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(parts, x.contiguous(), group=pg)
     return torch.cat(parts, dim=-1)
 
 
+# Engine-level collectives (step plans, page counts, PD endpoints) run over the
+# attention group: one engine per group (the whole TP group without DP attention).
+
+
 def broadcast_object(obj=None):
-    """Leader's ``obj`` to every rank (followers pass None and get it back)."""
-    if _TP.size == 1:
+    """Leader's ``obj`` to every rank of its engine (followers pass None, get it back)."""
+    if _TP.attn_size == 1:
         return obj
     import torch.distributed as dist
 
     box = [obj]
-    dist.broadcast_object_list(box, src=0, group=_TP.cpu_group)
+    dist.broadcast_object_list(box, src=_TP.rank - _TP.attn_rank, group=_TP.attn_cpu_group)
     return box[0]
 
 
 def min_over_ranks(value: int) -> int:
-    """The smallest ``value`` any rank holds (KV page counts must agree)."""
-    if _TP.size == 1:
+    """The smallest ``value`` any rank of this engine holds (KV page counts must agree)."""
+    if _TP.attn_size == 1:
         return value
     import torch.distributed as dist
 
     t = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_TP.cpu_group)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_TP.attn_cpu_group)
     return int(t.item())
 
 
 def gather_objects(obj) -> list | None:
-    """Every rank's ``obj`` on the leader (rank order); None on followers."""
-    if _TP.size == 1:
+    """Every rank's ``obj`` on its engine's leader (rank order); None on followers."""
+    if _TP.attn_size == 1:
         return [obj]
     import torch.distributed as dist
 
-    out = [None] * _TP.size if _TP.is_leader else None
-    dist.gather_object(obj, out, dst=0, group=_TP.cpu_group)
+    out = [None] * _TP.attn_size if _TP.is_leader else None
+    dist.gather_object(obj, out, dst=_TP.rank - _TP.attn_rank, group=_TP.attn_cpu_group)
+    return out
+
+
+# DP leaders only (one per attention group), over their gloo group.
+
+
+def leaders_gather(values: list[int]) -> list[list[int]]:
+    """Every DP leader's ``values`` (the same length on all), in DP rank order."""
+    if _TP.dp_size == 1:
+        return [list(values)]
+    import torch.distributed as dist
+
+    mine = torch.tensor(values, dtype=torch.int64)
+    parts = [torch.empty_like(mine) for _ in range(_TP.dp_size)]
+    dist.all_gather(parts, mine, group=_TP.leaders_group)
+    return [p.tolist() for p in parts]
+
+
+def leaders_gather_objects(obj) -> list:
+    """Every DP leader's ``obj``, in DP rank order."""
+    if _TP.dp_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * _TP.dp_size
+    dist.all_gather_object(out, obj, group=_TP.leaders_group)
     return out
 
 

@@ -94,10 +94,12 @@ class Engine:
         dtype = next(model.parameters()).dtype
         cfg = model_config
         self.tp = tp()
-        # This rank's share of the heads (its KV pool holds only those).
+        # This rank's share of the heads (its KV pool holds only those); they split over
+        # the attention group (the TP group, or this rank's DP group's ranks).
+        attn = self.tp.attn
         kv = cfg.kv_cache_spec()  # MHA's K/V heads, or MLA's one latent head (on every rank)
-        local_kv_heads = kv_head_range(kv.num_kv_heads, self.tp.rank, self.tp.size)[1]
-        local_heads = shard_range(cfg.num_attention_heads, self.tp.rank, self.tp.size)[1]
+        local_kv_heads = kv_head_range(kv.num_kv_heads, attn.rank, attn.size)[1]
+        local_heads = shard_range(cfg.num_attention_heads, attn.rank, attn.size)[1]
         shape = KVShape(
             num_layers=cfg.num_hidden_layers,
             num_kv_heads=local_kv_heads,
@@ -166,7 +168,7 @@ class Engine:
         manager = getattr(self.pd, "manager", None)
         if self.tp.is_leader and manager is not None and manager.role == "prefill":
             self.kv_stage = KVStage(self.pool, total_kv_heads)
-            self.runner.stage_after = self.tp.size > 1
+            self.runner.stage_after = self.tp.attn_size > 1
         elif follower_stage is not None:
             self.runner.stage_after = True
             self.runner.after_follow = follower_stage.follow
@@ -185,12 +187,14 @@ class Engine:
 
     def _capture_graphs(self, server_args, factory, attn_config, context) -> list[int]:
         """Decode CUDA graphs where they can run: a GPU, a graph-safe attention
-        backend, not disabled, and not a PD prefill server (it never decodes)."""
+        backend, not disabled, not a PD prefill server (it never decodes), and not
+        under DP attention (each pass trades token counts between DP groups)."""
         if (
             self.device.type != "cuda"
             or server_args.disable_cuda_graph
             or server_args.disaggregation_mode == "prefill"
             or not self.runner.attn.cuda_graph_safe
+            or self.tp.dp_size > 1
         ):
             return []
         max_bs = server_args.cuda_graph_max_bs or min(
@@ -285,29 +289,63 @@ class Engine:
         Outputs stay queued until the step succeeds, so ``fail_all`` after an
         exception still delivers them.
         """
-        if self.pd is not None:
-            arrived = self.pd.poll()
-            self._pending.extend(self._pd_out(x) for x in arrived)
-            if any(isinstance(x, Req) for x in arrived):
-                # First tokens from prefill go out now, not after the next decode
-                # forward (which would add one step to every PD request's TTFT).
-                outs, self._pending = self._pending, []
-                return outs
+        if self._poll_pd():
+            # First tokens from prefill go out now, not after the next decode
+            # forward (which would add one step to every PD request's TTFT).
+            outs, self._pending = self._pending, []
+            return outs
+        batch = self._schedule()
+        if batch is not None:
+            self._forward(batch)
+        outs, self._pending = self._pending, []
+        return outs
+
+    # DP attention: a DP leader's step, in lockstep with the others (``dp_lockstep``).
+
+    def dp_schedule(self):
+        """Advance the PD queues and pick the next batch (None: nothing to run here),
+        before the leaders trade their token counts."""
+        self._poll_pd()
+        return self._schedule()
+
+    def dp_forward(self, batch, counts: list[int]) -> None:
+        """Exactly one forward with every DP group's token ``counts``: ``batch``, or an
+        idle pass (zero tokens) when it is None."""
+        if batch is None:
+            self.runner.idle(counts)
+            if self.kv_stage is not None and self.runner.stage_after:  # followers gather too
+                self.kv_stage.lead(self.pd.manager)
+        else:
+            self._forward(batch, counts)
+
+    def take_outputs(self) -> list[TokenOut | EngineError]:
+        outs, self._pending = self._pending, []
+        return outs
+
+    def _poll_pd(self) -> bool:
+        """Advance the PD queues; True when requests arrived from prefill."""
+        if self.pd is None:
+            return False
+        arrived = self.pd.poll()
+        self._pending.extend(self._pd_out(x) for x in arrived)
+        return any(isinstance(x, Req) for x in arrived)
+
+    def _schedule(self):
         batch = self.scheduler.schedule()
         for req in self.scheduler.finished_unreported:
             if self.pd is not None:
                 self.pd.dropped(req)
             self._pending.append(self._token_out(req))
         self.scheduler.finished_unreported.clear()
-        if batch is not None:
-            self._forward(batch)
-        outs, self._pending = self._pending, []
-        return outs
+        return batch
 
-    def _forward(self, batch) -> None:
+    def _forward(self, batch, dp_tokens: list[int] | None = None) -> None:
         staged = False
         try:
-            logits = self.runner.forward(batch)
+            if dp_tokens is None:
+                logits = self.runner.forward(batch)
+            else:  # DP attention: every DP group's token counts ride in the plan
+                logits = self.runner.forward(batch, dp_tokens)
             staged = self.runner.stage_after  # followers now wait for the KV gather
             rows = [r for r, s in zip(batch.reqs, batch.sample, strict=True) if s]
             sampled = self.sampler(logits, rows, self.model_config.eos_token_ids) if rows else []
@@ -323,7 +361,7 @@ class Engine:
             self._pending.extend(self._token_out(r) for r in produced)
         finally:
             # Even after an error: TP followers wait for this gather's page list.
-            if self.kv_stage is not None and (staged or self.tp.size == 1):
+            if self.kv_stage is not None and (staged or self.tp.attn_size == 1):
                 self.kv_stage.lead(self.pd.manager)
 
     def fail_all(self, message: str) -> list[TokenOut | EngineError]:
@@ -408,6 +446,9 @@ class Engine:
             "cuda_graph_batch_sizes": self.cuda_graph_sizes,
             "page_size": self.pool.page_size,
             "tp_size": self.tp.size,
+            "dp_size": self.tp.dp_size,
+            "dp_rank": self.tp.dp_rank,
+            "attn_tp_size": self.tp.attn_size,
             "kv_heads_per_rank": self.pool.shape.num_kv_heads,
             "total_pages": self.pool.allocator.capacity,
             "max_total_tokens": self.pool.max_total_tokens,

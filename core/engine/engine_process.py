@@ -10,6 +10,8 @@ message). Out: one msgpack list of ``TokenOut`` / ``EngineError`` / ``EngineStat
 once, between steps (the torch profiler runs here, beside the model: ``profiler``).
 Startup reports ``("ready", info)`` or ``("error", message)`` on ``ready_conn``.
 The process exits on SIGTERM/SIGINT, or by itself once its parent is gone.
+Under DP attention each DP group's leader is such a process, with its own
+``in_addr`` (all share ``out_addr``), serving in lockstep (``dp_lockstep``).
 """
 
 from __future__ import annotations
@@ -60,13 +62,15 @@ def run_engine(
     tiny model this way). Under ``--tp-size`` > 1 one process runs per rank:
     rank 0 talks to the front end and leads; the others (``tp_rank`` > 0,
     ``in_addr``/``out_addr`` unused) run each forward the leader broadcasts.
+    Under DP attention every attention group's rank 0 leads its own engine.
     """
     stop = {"flag": False}
 
     def request_stop(signum, frame):
         stop["flag"] = True
 
-    if tp_rank == 0:  # followers keep the default: SIGTERM ends them even mid-collective
+    leads = tp_rank % _attn_tp_size(server_args_dict) == 0
+    if leads:  # followers keep the default: SIGTERM ends them even mid-collective
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
     try:
@@ -76,7 +80,7 @@ def run_engine(
         ready_conn.send(("error", f"{type(e).__name__}: {e}"))
         ready_conn.close()
         raise SystemExit(1) from None
-    if tp_rank > 0:
+    if not leads:
         _follow(engine, ready_conn)
         return
     import zmq
@@ -115,15 +119,24 @@ def _follow(engine, ready_conn) -> None:
         logger.info("TP rank %d stopped", engine.tp.rank)
 
 
+def _attn_tp_size(server_args_dict: dict) -> int:
+    """Ranks per engine: the TP size, or one DP group's share under DP attention."""
+    from pdcore.config import ServerArgs
+
+    args = ServerArgs(**server_args_dict)
+    return args.tp_size // args.dp_attention_groups
+
+
 def _stop_followers(engine) -> None:
     from pdcore.distributed.state import broadcast_object, destroy_tp
     from pdcore.engine.step_plan import StepPlan
 
-    if engine.tp.size > 1:
+    if engine.tp.attn_size > 1:
         try:
             broadcast_object(StepPlan(stop=True))
         except Exception as e:
             logger.warning("could not tell TP followers to stop: %s", e)
+    if engine.tp.size > 1:
         destroy_tp()
 
 
@@ -154,7 +167,8 @@ def _build_engine(
     if args.tp_size > 1:
         if platform.device_type == "cpu":  # ranks share the cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // (args.tp_size // args.nnodes)))
-        init_tp(platform.dist_backend or "gloo", dist_init_method, tp_rank, args.tp_size)
+        backend = platform.dist_backend or "gloo"
+        init_tp(backend, dist_init_method, tp_rank, args.tp_size, args.dp_attention_groups)
     if model_factory:
         module, _, func = model_factory.partition(":")
         loaded = getattr(importlib.import_module(module), func)(args, device)
@@ -163,7 +177,11 @@ def _build_engine(
 
         dtype_name = platform.default_dtype() if args.dtype == "auto" else args.dtype
         loaded = load_model(
-            args.model_path, getattr(torch, dtype_name), device, load_tokenizer=False
+            args.model_path,
+            getattr(torch, dtype_name),
+            device,
+            load_tokenizer=False,
+            load_format=args.load_format,
         )
     loaded.model.eval()
     return Engine(loaded.model, loaded.config, args, args.attention_backend, device)
@@ -198,9 +216,31 @@ def _serve(engine, pull, push, stop) -> None:
 
     profiler = EngineProfiler(engine.server_args.disaggregation_mode, engine.device.type)
     try:
-        _loop(engine, pull, push, stop, poller, wake_r, profiler)
+        if engine.tp.dp_size > 1:
+            _serve_lockstep(engine, pull, push, stop, poller, wake_r, profiler)
+        else:
+            _loop(engine, pull, push, stop, poller, wake_r, profiler)
     finally:
         profiler.close()
+
+
+def _serve_lockstep(engine, pull, push, stop, poller, wake_r, profiler) -> None:
+    """A DP leader: serve in lockstep with the other DP leaders (``dp_lockstep``)."""
+    import zmq
+
+    from pdcore.engine.dp_lockstep import LeaderWake, lockstep_loop
+
+    wake = LeaderWake()
+    poller.register(wake, zmq.POLLIN)
+
+    def drain() -> None:
+        _drain_wakeups(wake_r)
+        _drain(engine, pull, push, profiler)
+
+    try:
+        lockstep_loop(engine, push, stop, poller.poll, drain, wake, profiler)
+    finally:
+        wake.close()
 
 
 def _loop(engine, pull, push, stop, poller, wake_r, profiler) -> None:

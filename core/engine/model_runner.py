@@ -4,7 +4,9 @@ Turns the scheduler's per-request token ranges into the flat inputs a
 ``CausalLM`` takes (token ids, positions) and the ``AttentionMetadata`` the
 attention backend plans once per pass, then returns logits only for the rows
 that are sampled: the last token of each request whose sequence is complete
-(every row of a decode batch).
+(every row of a decode batch). Under DP attention every DP group runs each
+forward together (the MLP spans all of them): a leader with nothing scheduled
+runs ``idle()``, a pass with no tokens of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from pdcore.attention.base import AttentionImpl, AttentionMetadata
+from pdcore.distributed.dp_attention import DPTokens
 from pdcore.distributed.state import broadcast_object
 from pdcore.engine.step_plan import StepPlan
 from pdcore.kvcache.pool import PADDING_PAGES, KVPool
@@ -78,14 +81,24 @@ class ModelRunner:
         input_ids = torch.tensor(plan.tokens, dtype=torch.int64, device=dev)
         return input_ids, positions.to(dev), meta
 
-    def forward(self, batch: ScheduledBatch) -> torch.Tensor | None:
+    def forward(
+        self, batch: ScheduledBatch, dp_tokens: list[int] | None = None
+    ) -> torch.Tensor | None:
         """Float32 logits ``[rows to sample, vocab]``, or None when no row samples.
 
         Under tensor parallelism the leader broadcasts the pass first, so every
-        follower (``follow``) runs it in step.
+        follower (``follow``) runs it in step. ``dp_tokens``: DP attention's token
+        counts of every DP group in this pass.
         """
-        plan = StepPlan.from_batch(batch, self.pool.page_size)
+        return self._lead(StepPlan.from_batch(batch, self.pool.page_size), dp_tokens)
+
+    def idle(self, dp_tokens: list[int]) -> None:
+        """DP attention: take part in a forward that only other DP groups feed."""
+        self._lead(StepPlan(), dp_tokens)
+
+    def _lead(self, plan: StepPlan, dp_tokens: list[int] | None) -> torch.Tensor | None:
         plan.pd_stage = self.stage_after
+        plan.dp_tokens = dp_tokens
         broadcast_object(plan)
         return self.execute(plan)
 
@@ -100,6 +113,11 @@ class ModelRunner:
         return True
 
     def execute(self, plan: StepPlan) -> torch.Tensor | None:
+        if plan.dp_tokens is not None:
+            self.ctx.dp = DPTokens(plan.dp_tokens)
+            if not plan.extend_lens:
+                self._idle_pass(self.ctx.dp.total)
+                return None
         with torch.inference_mode():
             input_ids, positions, meta = self.build_inputs(plan)
             graphs = self.graphs
@@ -113,3 +131,12 @@ class ModelRunner:
             if picked.numel() == 0:
                 return None
             return self.model.compute_logits(hidden[picked.to(hidden.device)]).float()
+
+    def _idle_pass(self, total_tokens: int) -> None:
+        """No tokens here: attention is skipped, the MLP's collectives still run
+        (unless no DP group has tokens either: then nobody runs anything)."""
+        if total_tokens == 0:
+            return
+        empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+        with torch.inference_mode():
+            self.model(empty, empty, self.ctx)

@@ -3,7 +3,8 @@
 Prefill runs the bootstrap server on ``--disaggregation-bootstrap-port`` and a
 prefill ``KVManager``; decode runs a decode ``KVManager`` only. Both register
 the engine's KV pool once, so transfers write straight into the pages the
-schedulers hand out.
+schedulers hand out. Under DP attention every DP leader has its own manager;
+on prefill DP rank 0 serves the bootstrap port for all of them (``bootstrap``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pdcore.disaggregation.bootstrap import BootstrapServer
 from pdcore.disaggregation.fake import FAKE_BACKEND
 from pdcore.disaggregation.kv_args import KVArgs
 from pdcore.disaggregation.kv_manager import KVManager
-from pdcore.distributed.state import kv_head_range, tp
+from pdcore.distributed.state import kv_head_range, leaders_gather_objects, tp
 from pdcore.engine.pd_tp import KVStage, RankReceiver, exchange_rank_endpoints
 from pdcore.envs import disaggregation_secret
 from pdcore.model.config import ModelConfig
@@ -58,10 +59,11 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
     if mode == "null":
         return None
     info = tp()
+    attn = info.attn  # one engine per attention group (the TP group without DP attention)
     kv = model_config.kv_cache_spec()
-    first = kv_head_range(kv.num_kv_heads, info.rank, info.size)[0]
+    first = kv_head_range(kv.num_kv_heads, attn.rank, attn.size)[0]
     kv_args = KVArgs.from_pool(
-        pool, model_identity(model_config), info.rank, info.size, kv.num_kv_heads, first
+        pool, model_identity(model_config), attn.rank, attn.size, kv.num_kv_heads, first
     )
     options = dict(
         hostname=advertised_host(args.host),
@@ -85,7 +87,7 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
         return DecodeQueues(
             scheduler, KVManager("decode", kv_args, backend, ranks=ranks, **options)
         )
-    server = BootstrapServer(args.host, args.disaggregation_bootstrap_port, options["secret"])
+    server = _bootstrap_server(args, options["secret"])
     try:
         manager = KVManager(
             "prefill",
@@ -95,10 +97,28 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
             staging_bytes=staging_bytes(args, pool),
             **options,
         )
+        if info.dp_size > 1:
+            _link_dp_bootstrap(server)
     except BaseException:
         server.close()
         raise
     return PrefillQueues(scheduler, manager, closers=[server])
+
+
+def _bootstrap_server(args: ServerArgs, secret) -> BootstrapServer:
+    """The public bootstrap server, or (DP ranks > 0) a private one that DP rank 0's
+    forwards to: all DP leaders run on this host."""
+    if tp().dp_rank == 0:
+        return BootstrapServer(args.host, args.disaggregation_bootstrap_port, secret)
+    return BootstrapServer("127.0.0.1", 0, secret)
+
+
+def _link_dp_bootstrap(server: BootstrapServer) -> None:
+    """Every prefill DP leader calls this once: rank 0 learns the others' servers."""
+    mine = None if tp().dp_rank == 0 else f"127.0.0.1:{server.port}"
+    addrs = leaders_gather_objects(mine)
+    if tp().dp_rank == 0:
+        server.forward_to(addrs[1:])
 
 
 def staging_bytes(args: ServerArgs, pool) -> int:
@@ -106,9 +126,8 @@ def staging_bytes(args: ServerArgs, pool) -> int:
     mb = os.environ.get("PDCORE_DISAGGREGATION_STAGING_MB")
     if mb:
         return int(float(mb) * 2**20)
-    info = tp()
     chunk_pages = -(-args.chunked_prefill_size // pool.page_size) + 1
-    return 2 * chunk_pages * pool.shape.bytes_per_page * max(1, info.size)
+    return 2 * chunk_pages * pool.shape.bytes_per_page * max(1, tp().attn_size)
 
 
 class FollowerPD:

@@ -72,7 +72,7 @@ class KVStage:
     def lead(self, manager) -> None:
         """Leader: stage the chunks queued by this step (broadcasts when TP > 1)."""
         pages = manager.take_staging_pages() if manager is not None else []
-        if tp().size > 1:
+        if tp().attn_size > 1:
             broadcast_object(pages)
         if not pages:
             return
@@ -91,13 +91,13 @@ class KVStage:
         return select_pages(self.tensors, [p for chunk in pages for p in chunk])
 
     def _gather(self, local: torch.Tensor) -> list[torch.Tensor] | None:
-        info = tp()
-        if info.size == 1:
+        g = tp().attn  # this engine's ranks
+        if g.size == 1:
             return [local]
         if local.shape[1] == 0:  # chunks without pages (aux only): nothing to move
-            return [local] * info.size
+            return [local] * g.size
         import torch.distributed as dist
 
-        parts = [torch.empty_like(local) for _ in range(info.size)] if info.is_leader else None
-        dist.gather(local.contiguous(), parts, dst=0, group=info.group)
+        parts = [torch.empty_like(local) for _ in range(g.size)] if g.rank == 0 else None
+        dist.gather(local.contiguous(), parts, dst=g.first, group=g.group)
         return parts

@@ -4,7 +4,9 @@ The leader's scheduler turns a ``ScheduledBatch`` into a plan; under tensor
 parallelism the plan is broadcast and each follower builds the very same
 inputs from it (token ids, positions, page table), so all ranks run identical
 forwards over their shard of the weights and KV heads. A plan with
-``stop=True`` tells followers to exit.
+``stop=True`` tells followers to exit. Under DP attention a plan may have no
+rows (its group idles while another computes) and carries every DP group's
+token count (``dp_tokens``), which the DP leaders traded before broadcasting it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class StepPlan:
     # PD prefill under TP: after this forward the leader names pages to gather
     # (``KVStage``), so followers take part in one more collective.
     pd_stage: bool = False
+    dp_tokens: list[int] | None = None  # DP attention: every DP group's tokens this forward
 
     @classmethod
     def from_batch(cls, batch, page_size: int) -> StepPlan:

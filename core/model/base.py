@@ -26,6 +26,8 @@ class ForwardContext:
     # per layer (k_cache, v_cache); MLA: (latent, rope key) views of one tensor
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
     kernels: LayerKernels = TORCH_KERNELS  # norms, rotary, activation (fused on GPUs)
+    # DP attention: every DP group's token counts (``pdcore.distributed.dp_attention``)
+    dp: object = None
 
 
 class CausalLM(nn.Module, ABC):

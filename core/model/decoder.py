@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdcore.distributed.state import tp
 from pdcore.model.base import CausalLM, ForwardContext
 from pdcore.model.config import ModelConfig
 from pdcore.model.layers import AttentionSpec, DecoderLayer, RMSNorm
@@ -26,7 +27,7 @@ class DecoderModel(nn.Module):
 
     def __init__(self, config: ModelConfig, spec: AttentionSpec):
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, tp().attn)
         self.layers = nn.ModuleList(
             DecoderLayer(config, i, spec) for i in range(config.num_hidden_layers)
         )
@@ -57,7 +58,9 @@ class DecoderLM(CausalLM):
         # Tied models read the embedding matrix directly: no second parameter to re-tie
         # after meta-device construction.
         self.lm_head = (
-            None if config.tie_word_embeddings else VocabHead(config.hidden_size, config.vocab_size)
+            None
+            if config.tie_word_embeddings
+            else VocabHead(config.hidden_size, config.vocab_size, tp().attn)
         )
 
     @classmethod
@@ -72,7 +75,8 @@ class DecoderLM(CausalLM):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.model.embed_tokens if self.lm_head is None else self.lm_head
-        return gather_logits(F.linear(hidden, head.weight), self.config.vocab_size).float()
+        logits = F.linear(hidden, head.weight)
+        return gather_logits(logits, self.config.vocab_size, head.group).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         ignore = ("lm_head.weight",) if self.lm_head is None else ()

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdcore.distributed.state import tp
 from pdcore.model.base import CausalLM, ForwardContext
 from pdcore.model.config import ModelConfig
-from pdcore.model.layers import GatedMLP, RMSNorm
+from pdcore.model.layers import GatedMLP, RMSNorm, run_mlp
 from pdcore.model.mla import MLAttention
 from pdcore.model.moe import MoE
 from pdcore.model.parallel import VocabEmbedding, VocabHead, gather_logits
@@ -52,7 +53,7 @@ class DeepseekDecoderLayer(nn.Module):
         attn = self.self_attn(self.input_layernorm(x, kernels), cos, sin, ctx)
         post = self.post_attention_layernorm
         h, x = kernels.add_rms_norm(attn, x, post.weight, post.eps)  # x += attn; h = norm(x)
-        return x + self.mlp(h, kernels)
+        return x + run_mlp(self.mlp, h, ctx)
 
 
 class DeepseekModel(nn.Module):
@@ -60,7 +61,7 @@ class DeepseekModel(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, tp().attn)
         self.layers = nn.ModuleList(
             DeepseekDecoderLayer(config, i) for i in range(config.num_hidden_layers)
         )
@@ -89,7 +90,9 @@ class DeepseekV2ForCausalLM(CausalLM):
         super().__init__(config)
         self.model = DeepseekModel(config)
         self.lm_head = (
-            None if config.tie_word_embeddings else VocabHead(config.hidden_size, config.vocab_size)
+            None
+            if config.tie_word_embeddings
+            else VocabHead(config.hidden_size, config.vocab_size, tp().attn)
         )
 
     def forward(
@@ -99,7 +102,8 @@ class DeepseekV2ForCausalLM(CausalLM):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.model.embed_tokens if self.lm_head is None else self.lm_head
-        return gather_logits(F.linear(hidden, head.weight), self.config.vocab_size).float()
+        logits = F.linear(hidden, head.weight)
+        return gather_logits(logits, self.config.vocab_size, head.group).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """HF tensors; V3's multi-token-prediction layers (stored after the last

@@ -4,7 +4,9 @@ Projections that read the same input are fused (q/k/v, gate/up) so each costs
 one matmul; ``MergedLinear`` remembers which rows came from which HF tensor so
 checkpoints load without renaming. Under tensor parallelism (``parallel``) a
 rank holds its share of the heads and of the MLP's intermediate rows; the
-output projections sum the shares with one all-reduce each.
+output projections sum the shares with one all-reduce each. Under DP attention
+the heads split over the attention group and the MLP runs over every DP
+group's tokens (``run_mlp``).
 """
 
 from __future__ import annotations
@@ -65,10 +67,10 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int, spec: AttentionSpec):
         super().__init__()
         self.layer_id = layer_id
-        tpi = tp()
+        g = tp().attn
         d = config.head_dim
-        q_first, self.num_heads = shard_range(config.num_attention_heads, tpi.rank, tpi.size)
-        kv_first, self.num_kv_heads = kv_head_range(config.num_key_value_heads, tpi.rank, tpi.size)
+        q_first, self.num_heads = shard_range(config.num_attention_heads, g.rank, g.size)
+        kv_first, self.num_kv_heads = kv_head_range(config.num_key_value_heads, g.rank, g.size)
         self.head_dim = d
         q_size = self.num_heads * d
         kv_size = self.num_kv_heads * d
@@ -82,8 +84,9 @@ class Attention(nn.Module):
                 "k_proj": (kv_first * d, kv_size),
                 "v_proj": (kv_first * d, kv_size),
             },
+            group=g,
         )
-        self.o_proj = RowLinear(full_q, config.hidden_size, bias=spec.o_bias)
+        self.o_proj = RowLinear(full_q, config.hidden_size, bias=spec.o_bias, group=g)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if spec.qk_norm else None
         self.split_sizes = [q_size, kv_size, kv_size]
@@ -92,6 +95,8 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
         tokens = x.shape[0]
+        if tokens == 0:  # an idle DP group: all its ranks skip attention alike
+            return torch.zeros_like(x)
         q, k, v = self.qkv_proj(x).split(self.split_sizes, dim=-1)
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
@@ -123,4 +128,12 @@ class DecoderLayer(nn.Module):
         attn = self.self_attn(self.input_layernorm(x, kernels), cos, sin, ctx)
         post = self.post_attention_layernorm
         h, x = kernels.add_rms_norm(attn, x, post.weight, post.eps)  # x += attn; h = norm(x)
-        return x + self.mlp(h, kernels)
+        return x + run_mlp(self.mlp, h, ctx)
+
+
+def run_mlp(mlp: nn.Module, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    """``mlp(h)``; under DP attention (``ctx.dp``) over every DP group's tokens, since
+    the MLP's weights split over all TP ranks, keeping our own rows of the result."""
+    if ctx.dp is None:
+        return mlp(h, ctx.kernels)
+    return ctx.dp.scatter(mlp(ctx.dp.gather(h), ctx.kernels))

@@ -176,9 +176,16 @@ def load_model(
     device: str | torch.device = "cpu",
     *,
     load_tokenizer: bool = True,
+    load_format: str = "auto",
 ) -> LoadedModel:
-    """Load weights (cast to ``dtype``, on ``device``) and, unless told not to, the tokenizer."""
+    """Load weights (cast to ``dtype``, on ``device``) and, unless told not to, the tokenizer.
+
+    ``load_format="dummy"`` (SGLang's): the architecture from ``config.json`` with
+    seeded random weights made on ``device``, no checkpoint read (benchmarks).
+    """
     path = resolve_model_path(model_path)
+    if load_format == "dummy":
+        return _dummy_model(path, dtype, device, load_tokenizer)
     if _is_gguf(path):
         try:
             reader = open_gguf(path)
@@ -213,3 +220,32 @@ def _load_tokenizer(path: str, config: ModelConfig) -> Tokenizer:
         return Tokenizer.from_pretrained(path, eos_token_ids=config.eos_token_ids)
     except Exception as e:
         raise ModelLoadError(f"Cannot load the tokenizer of {path}: {e}") from e
+
+
+DUMMY_STD = 0.02  # HF's initializer_range default: logits stay finite in bf16
+
+
+@torch.no_grad()
+def _dummy_model(path: str, dtype: torch.dtype, device, load_tokenizer: bool) -> LoadedModel:
+    """Random weights for ``path``'s architecture: every tensor from a generator seeded
+    by its name, so the same shard gets the same values in every process."""
+    import zlib
+
+    if _is_gguf(path):
+        raise ModelLoadError(f"{path}: --load-format dummy needs an HF folder with config.json")
+    config = _hf_config(path)
+    cls = _model_class(config, path)
+    dev = torch.device(device)
+    model = _build(cls, config, dtype, dev)
+    for name, param in model.named_parameters():
+        gen = torch.Generator(device=dev).manual_seed(zlib.crc32(name.encode()))
+        if name.endswith("norm.weight") or "layernorm" in name:
+            param.fill_(1.0)
+        elif name.endswith("bias"):
+            param.zero_()
+        else:
+            param.normal_(0.0, DUMMY_STD, generator=gen)
+    model.eval().requires_grad_(False)
+    tokenizer = _load_tokenizer(path, config) if load_tokenizer else None
+    logger.info("random (dummy) %s weights (%s) for %s", config.architecture, dtype, path)
+    return LoadedModel(model=model, config=config, tokenizer=tokenizer, path=path)

@@ -11,7 +11,8 @@ sees queries ``[T, heads, R + P]`` and returns ``[T, heads, R]`` (see
 
 Tensor parallelism: query heads (``q_proj``/``q_b_proj``, ``kv_b_proj``,
 ``o_proj``) split over ranks; the latent path (``q_a_proj``, ``kv_a_*``) is
-replicated, so every rank caches the full latent.
+replicated, so every rank caches the full latent. Under DP attention the heads
+split over the attention group.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ class MLAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int):
         super().__init__()
         m = config.mla
-        tpi = tp()
+        g = tp().attn
         self.layer_id = layer_id
-        self.num_heads = shard_range(config.num_attention_heads, tpi.rank, tpi.size)[1]
+        self.num_heads = shard_range(config.num_attention_heads, g.rank, g.size)[1]
         self.nope, self.rope, self.v_dim = m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim
         self.rank = m.kv_lora_rank
         self.interleaved = m.rope_interleave
@@ -57,15 +58,17 @@ class MLAttention(nn.Module):
         q_out = heads * m.qk_head_dim
         self.q_lora = m.q_lora_rank is not None
         if not self.q_lora:
-            self.q_proj = ColumnLinear(hidden, q_out, bias=False)
+            self.q_proj = ColumnLinear(hidden, q_out, bias=False, group=g)
         else:
             self.q_a_proj = nn.Linear(hidden, m.q_lora_rank, bias=bias)
             self.q_a_layernorm = RMSNorm(m.q_lora_rank, LATENT_NORM_EPS)
-            self.q_b_proj = ColumnLinear(m.q_lora_rank, q_out, bias=False)
+            self.q_b_proj = ColumnLinear(m.q_lora_rank, q_out, bias=False, group=g)
         self.kv_a_proj_with_mqa = nn.Linear(hidden, self.rank + self.rope, bias=bias)
         self.kv_a_layernorm = RMSNorm(self.rank, LATENT_NORM_EPS)
-        self.kv_b_proj = ColumnLinear(self.rank, heads * (self.nope + self.v_dim), bias=False)
-        self.o_proj = RowLinear(heads * self.v_dim, hidden, bias=bias)
+        self.kv_b_proj = ColumnLinear(
+            self.rank, heads * (self.nope + self.v_dim), bias=False, group=g
+        )
+        self.o_proj = RowLinear(heads * self.v_dim, hidden, bias=bias, group=g)
 
     def _query(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         if not self.q_lora:
@@ -83,6 +86,8 @@ class MLAttention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
         tokens = x.shape[0]
+        if tokens == 0:  # an idle DP group: all its ranks skip attention alike
+            return torch.zeros_like(x)
         q_nope, q_pe = self._query(x, ctx).split([self.nope, self.rope], dim=-1)
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope], dim=-1)
         latent = self.kv_a_layernorm(latent, ctx.kernels)

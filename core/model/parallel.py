@@ -3,7 +3,10 @@
 Megatron-style: a column-parallel layer splits its output rows over the TP
 ranks (no communication), a row-parallel layer splits its input columns and
 sums partial outputs with one all-reduce, the embedding and LM head split the
-vocabulary. At TP=1 every class is its plain torch counterpart.
+vocabulary. At TP=1 every class is its plain torch counterpart. Each class
+splits over ``group`` (default: the whole TP group); under DP attention the
+attention projections, the embedding and the LM head split over the attention
+group instead.
 
 Every class answers ``hf_slices(param_name)``: which rows of its parameter come
 from which slice of which HF tensor, so ``pdcore.model.weights`` loads a
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdcore.distributed.state import all_gather_last, all_reduce, shard_range, tp
+from pdcore.distributed.state import Group, all_gather_last, all_reduce, shard_range, tp
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,12 @@ def _full(param: nn.Parameter, suffix: str = "") -> list[HFSlice]:
 class ColumnLinear(nn.Linear):
     """Output rows split over ranks: rank r computes rows ``part`` of the full output."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, part=None):
-        tpi = tp()
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, part=None, group: Group | None = None
+    ):
+        g = group or tp().full
         self.full_out = out_features
-        self.part = part or shard_range(out_features, tpi.rank, tpi.size)
+        self.part = part or shard_range(out_features, g.rank, g.size)
         super().__init__(in_features, self.part[1], bias=bias)
 
     def hf_slices(self, param_name: str) -> list[HFSlice]:
@@ -68,11 +73,12 @@ class MergedLinear(nn.Linear):
         shards: dict[str, int],
         bias: bool,
         parts: dict[str, tuple[int, int]] | None = None,
+        group: Group | None = None,
     ):
-        tpi = tp()
+        g = group or tp().full
         parts = dict(parts or {})
         for name, full in shards.items():
-            parts.setdefault(name, shard_range(full, tpi.rank, tpi.size))
+            parts.setdefault(name, shard_range(full, g.rank, g.size))
         self.shards = dict(shards)
         self.parts = {name: parts[name] for name in shards}
         super().__init__(in_features, sum(c for _, c in self.parts.values()), bias=bias)
@@ -103,14 +109,15 @@ class RowLinear(nn.Linear):
     The bias is added once, after the sum.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool):
-        tpi = tp()
+    def __init__(self, in_features: int, out_features: int, bias: bool, group: Group | None = None):
+        g = group or tp().full
         self.full_in = in_features
-        self.part = shard_range(in_features, tpi.rank, tpi.size)
+        self.part = shard_range(in_features, g.rank, g.size)
         super().__init__(self.part[1], out_features, bias=bias)
+        self.group = group  # None: the TP group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = all_reduce(F.linear(x, self.weight))
+        out = all_reduce(F.linear(x, self.weight), self.group)
         return out if self.bias is None else out + self.bias
 
     def hf_slices(self, param_name: str) -> list[HFSlice]:
@@ -120,11 +127,11 @@ class RowLinear(nn.Linear):
         return [HFSlice("", 0, self.out_features, 1, start, count, self.full_in)]
 
 
-def vocab_part(vocab_size: int) -> tuple[int, int, int]:
-    """``(first id, ids loaded, rows per rank)``: the vocab padded to a multiple of TP."""
-    tpi = tp()
-    per_rank = -(-vocab_size // tpi.size)
-    start = tpi.rank * per_rank
+def vocab_part(vocab_size: int, group: Group) -> tuple[int, int, int]:
+    """``(first id, ids loaded, rows per rank)``: the vocab padded to a multiple of
+    ``group``'s size."""
+    per_rank = -(-vocab_size // group.size)
+    start = group.rank * per_rank
     return start, max(0, min(per_rank, vocab_size - start)), per_rank
 
 
@@ -132,18 +139,19 @@ class VocabEmbedding(nn.Embedding):
     """Rows of the vocabulary split over ranks; ids outside a rank's rows embed to
     zero there and the all-reduce fills them in."""
 
-    def __init__(self, vocab_size: int, hidden_size: int):
+    def __init__(self, vocab_size: int, hidden_size: int, group: Group | None = None):
+        self.group = group or tp().full
         self.vocab_size = vocab_size
-        self.vocab_start, self.vocab_count, per_rank = vocab_part(vocab_size)
+        self.vocab_start, self.vocab_count, per_rank = vocab_part(vocab_size, self.group)
         super().__init__(per_rank, hidden_size)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if tp().size == 1:
+        if self.group.size == 1:
             return super().forward(ids)
         local = ids - self.vocab_start
         outside = (local < 0) | (local >= self.vocab_count)
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
-        return all_reduce(out.masked_fill(outside.unsqueeze(-1), 0))
+        return all_reduce(out.masked_fill(outside.unsqueeze(-1), 0), self.group)
 
     def hf_slices(self, param_name: str) -> list[HFSlice]:
         return [
@@ -154,9 +162,10 @@ class VocabEmbedding(nn.Embedding):
 class VocabHead(nn.Linear):
     """LM head with the vocabulary split like ``VocabEmbedding``."""
 
-    def __init__(self, hidden_size: int, vocab_size: int):
+    def __init__(self, hidden_size: int, vocab_size: int, group: Group | None = None):
+        self.group = group or tp().full
         self.vocab_size = vocab_size
-        self.vocab_start, self.vocab_count, per_rank = vocab_part(vocab_size)
+        self.vocab_start, self.vocab_count, per_rank = vocab_part(vocab_size, self.group)
         super().__init__(hidden_size, per_rank, bias=False)
 
     def hf_slices(self, param_name: str) -> list[HFSlice]:
@@ -165,6 +174,6 @@ class VocabHead(nn.Linear):
         ]
 
 
-def gather_logits(local: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def gather_logits(local: torch.Tensor, vocab_size: int, group: Group | None = None) -> torch.Tensor:
     """Every rank's slice of the vocabulary, joined and trimmed of the padding."""
-    return all_gather_last(local)[..., :vocab_size]
+    return all_gather_last(local, group)[..., :vocab_size]

@@ -141,7 +141,8 @@ class RotaryEmbedding:
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 cos and sin ``[T, head_dim]`` for int64 ``positions`` ``[T]``."""
-        if self.rope_type == "dynamic" and int(positions.max()) >= self.max_position_embeddings:
+        dynamic = self.rope_type == "dynamic" and positions.numel() > 0  # 0: an idle DP group
+        if dynamic and int(positions.max()) >= self.max_position_embeddings:
             freqs = positions[:, None].float() * self._dynamic_inv_freq(positions)
         else:
             inv_freq = self._on_device.get(positions.device)

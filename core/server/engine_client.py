@@ -7,6 +7,10 @@ replies resolve their waiter by token, and a stats reply whose token was not
 issued here answers the pending ``FlushCacheReq`` (which carries no token). A
 watcher polls ``engine_alive``: once the engine is gone (or the socket breaks)
 ``on_dead(reason)`` runs once and every waiter fails with 503.
+
+Under DP attention there is one engine input per DP leader (``in_addrs``, all
+leaders push to the one output): a request goes to one leader, aborts and
+flushes to all, and stats are asked of every leader and summed (``dp_stats``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pdcore.engine.io_struct import (
     StatsReq,
     StopProfileReq,
 )
+from pdcore.server.dp_stats import merge_stats
 from pdcore.server.errors import RequestError
 
 logger = logging.getLogger(__name__)
@@ -40,7 +45,7 @@ PROFILE_TIMEOUT_S = 300.0
 class EngineClient:
     def __init__(
         self,
-        in_addr: str,
+        in_addr: str | list[str],
         out_addr: str,
         *,
         on_output: Callable[[object, float], None],
@@ -49,23 +54,31 @@ class EngineClient:
         health_poll_s: float = 0.5,
         timeout_s: float = 10.0,
     ):
-        self.in_addr, self.out_addr = in_addr, out_addr
+        self.in_addrs = [in_addr] if isinstance(in_addr, str) else list(in_addr)
+        self.out_addr = out_addr
         self._on_output, self._on_dead = on_output, on_dead
         self._engine_alive = engine_alive
         self._health_poll_s = health_poll_s
         self.timeout_s = timeout_s
         self._stats_waiters: dict[int, asyncio.Future] = {}
         self._profile_waiters: dict[int, asyncio.Future] = {}
-        self._flush_waiter: asyncio.Future | None = None
+        self._flush_waiters: list[asyncio.Future] = []
         self._tokens = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
-        self._push = self._pull = None
+        self._pushes: list[zmq.Socket] = []  # one per DP leader
+        self._pull = None
+        self.rank_stats: list[EngineStats] = []  # the last stats round, per DP leader
         self._contexts: list[zmq.Context] = []
         self.dead_reason: str | None = None
 
     @property
     def running(self) -> bool:
-        return self._push is not None
+        return bool(self._pushes)
+
+    @property
+    def num_leaders(self) -> int:
+        """DP leaders (engines) behind this client: 1 without DP attention."""
+        return len(self.in_addrs)
 
     async def start(self) -> None:
         """Bind the sockets, start the receive and watcher tasks (idempotent)."""
@@ -73,12 +86,15 @@ class EngineClient:
             return
         sync_ctx, async_ctx = zmq.Context(), zmq.asyncio.Context()
         self._contexts = [sync_ctx, async_ctx]
-        self._push = sync_ctx.socket(zmq.PUSH)  # sync: sends never block (no HWM)
+        # sync: sends never block (no HWM)
+        self._pushes = [sync_ctx.socket(zmq.PUSH) for _ in self.in_addrs]
         self._pull = async_ctx.socket(zmq.PULL)
-        for sock, hwm in ((self._push, zmq.SNDHWM), (self._pull, zmq.RCVHWM)):
+        socks = [(push, zmq.SNDHWM) for push in self._pushes] + [(self._pull, zmq.RCVHWM)]
+        for sock, hwm in socks:
             sock.setsockopt(hwm, 0)
             sock.setsockopt(zmq.LINGER, 0)
-        self._push.bind(self.in_addr)
+        for push, addr in zip(self._pushes, self.in_addrs, strict=True):
+            push.bind(addr)
         self._pull.bind(self.out_addr)
         self._tasks = [asyncio.create_task(self._recv_loop(), name="pdcore-recv")]
         if self._engine_alive is not None:
@@ -91,17 +107,17 @@ class EngineClient:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self._fail_waiters(error)
-        for sock in (self._push, self._pull):
+        for sock in [*self._pushes, self._pull]:
             if sock is not None:
                 sock.close(linger=0)
         for ctx in self._contexts:
             ctx.term()
-        self._push = self._pull = None
+        self._pushes, self._pull = [], None
         self._contexts = []
 
     def connected(self) -> bool:
-        """True while a connected engine can take messages."""
-        return bool(self._push is not None and self._push.poll(0, zmq.POLLOUT))
+        """True while every connected engine (DP leader) can take messages."""
+        return bool(self._pushes) and all(p.poll(0, zmq.POLLOUT) for p in self._pushes)
 
     def require(self) -> None:
         """Raise 503 unless the engine can take a request now."""
@@ -110,47 +126,57 @@ class EngineClient:
         if not self.connected():
             raise RequestError("the engine is not connected", 503)
 
-    def send(self, obj) -> None:
-        self.send_bytes(io_struct.encode(obj))
+    def send(self, obj, dp_rank: int | None = None) -> None:
+        self.send_bytes(io_struct.encode(obj), dp_rank)
 
-    def send_bytes(self, data: bytes) -> None:
-        if self._push is None:
-            return
-        try:
-            self._push.send(data, zmq.NOBLOCK)
-        except zmq.Again:
-            logger.warning("engine not connected; a message was dropped")
+    def send_bytes(self, data: bytes, dp_rank: int | None = None) -> None:
+        """To DP leader ``dp_rank``, or to every leader (None)."""
+        pushes = self._pushes if dp_rank is None else self._pushes[dp_rank : dp_rank + 1]
+        for push in pushes:
+            try:
+                push.send(data, zmq.NOBLOCK)
+            except zmq.Again:
+                logger.warning("engine not connected; a message was dropped")
 
     async def stats(self) -> EngineStats:
+        """The engines' stats, summed over DP leaders (each one's in ``rank_stats``)."""
         self.require()
-        token = next(self._tokens)
-        future = asyncio.get_running_loop().create_future()
-        self._stats_waiters[token] = future
-        self.send(StatsReq(token=token))
+        loop = asyncio.get_running_loop()
+        tokens = [next(self._tokens) for _ in self._pushes]
+        futures = [loop.create_future() for _ in tokens]
+        self._stats_waiters.update(zip(tokens, futures, strict=True))
+        for rank, token in enumerate(tokens):
+            self.send(StatsReq(token=token), rank)
         try:
-            return await self._await(future, "a stats request")
+            parts = [await self._await(f, "a stats request") for f in futures]
         finally:
-            self._stats_waiters.pop(token, None)
+            for token in tokens:
+                self._stats_waiters.pop(token, None)
+        self.rank_stats = parts
+        return merge_stats(parts)
 
     async def flush(self) -> EngineStats:
-        """Send ``FlushCacheReq``; the engine's reply (``flushed`` set) or, failing
-        that, the stats that follow it (the engine answers in order)."""
+        """Send ``FlushCacheReq`` to every leader; their replies (``flushed`` set) or,
+        failing that, the stats that follow them (each engine answers in order)."""
         self.require()
-        waiter = self._flush_waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiters = self._flush_waiters = [loop.create_future() for _ in self._pushes]
         try:
             self.send(FlushCacheReq())
             stats = await self.stats()
         finally:
-            self._flush_waiter = None
-        return waiter.result() if waiter.done() and not waiter.cancelled() else stats
+            self._flush_waiters = []
+        replies = [w.result() for w in waiters if w.done() and not w.cancelled()]
+        return merge_stats(replies) if len(replies) == len(waiters) else stats
 
     async def profile(self, msg: StartProfileReq | StopProfileReq) -> ProfileReply:
-        """Send a profile request (its ``token`` is set here) and await the reply."""
+        """Send a profile request (its ``token`` is set here) and await the reply
+        (DP attention: DP rank 0's engine is profiled)."""
         self.require()
         msg.token = token = next(self._tokens)
         future = asyncio.get_running_loop().create_future()
         self._profile_waiters[token] = future
-        self.send(msg)
+        self.send(msg, 0)
         try:
             return await self._await(future, "a profile request", PROFILE_TIMEOUT_S)
         finally:
@@ -182,7 +208,7 @@ class EngineClient:
                 return
             await asyncio.sleep(0.01)
         if not self.connected():
-            logger.warning("the engine has not connected to %s yet", self.in_addr)
+            logger.warning("the engine has not connected to %s yet", ", ".join(self.in_addrs))
 
     async def _recv_loop(self) -> None:
         try:
@@ -208,7 +234,10 @@ class EngineClient:
             self.mark_dead(f"the front end lost the engine connection ({e})")
 
     def _on_stats(self, stats: EngineStats) -> None:
-        self._resolve(self._stats_waiters.get(stats.token) or self._flush_waiter, stats)
+        waiter = self._stats_waiters.get(stats.token)
+        if waiter is None:  # a flush reply (it carries no token)
+            waiter = next((w for w in self._flush_waiters if not w.done()), None)
+        self._resolve(waiter, stats)
 
     @staticmethod
     def _resolve(waiter: asyncio.Future | None, reply) -> None:
@@ -225,5 +254,5 @@ class EngineClient:
         for waiter in [*self._stats_waiters.values(), *self._profile_waiters.values()]:
             if not waiter.done():
                 waiter.set_exception(error)
-        if self._flush_waiter is not None:
-            self._flush_waiter.cancel()  # its caller fails through its stats request
+        for waiter in self._flush_waiters:
+            waiter.cancel()  # its caller fails through its stats request

@@ -3,7 +3,8 @@
 Rank 0 of the whole group (on node 0) is the leader: it talks ZMQ to the front
 end and reports the engine's facts at startup. With ``--nnodes`` > 1 every node
 runs ``tp_size // nnodes`` ranks and they meet at ``--dist-init-addr``; a
-single-node group meets on a free loopback port.
+single-node group meets on a free loopback port. Under DP attention the first
+rank of each DP group leads too, each on its own input address.
 """
 
 from __future__ import annotations
@@ -39,20 +40,25 @@ def dist_init_method(args: ServerArgs) -> str | None:
 
 
 class EngineGroup:
-    """This node's engine processes; ``ranks`` are their global TP ranks."""
+    """This node's engine processes; ``ranks`` are their global TP ranks.
 
-    def __init__(self, args: ServerArgs, target: Callable, in_addr: str, out_addr: str):
+    ``in_addr``: the engine's input, or one per DP leader (DP rank order)."""
+
+    def __init__(self, args: ServerArgs, target: Callable, in_addr: str | list[str], out_addr: str):
         per_node = args.tp_size // args.nnodes
         self.ranks = [args.node_rank * per_node + i for i in range(per_node)]
+        in_addrs = [in_addr] if isinstance(in_addr, str) else list(in_addr)
+        per_engine = args.tp_size // len(in_addrs)
         init = dist_init_method(args)
         ctx = mp.get_context("spawn")
         self.procs, self.readers = [], []
         for rank in self.ranks:
             reader, writer = ctx.Pipe(duplex=False)
             extra = (None, rank, init) if args.tp_size > 1 else ()
+            addr = in_addrs[rank // per_engine]
             proc = ctx.Process(
                 target=target,
-                args=(dataclasses.asdict(args), in_addr, out_addr, writer, *extra),
+                args=(dataclasses.asdict(args), addr, out_addr, writer, *extra),
                 name=f"pdcore-engine-tp{rank}" if args.tp_size > 1 else "pdcore-engine",
             )
             self.procs.append(proc)

@@ -75,9 +75,9 @@ def build_inputs(tm, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
     rids = _per_prompt(body.rid, count, "rid", default=None)
     logprob = _per_prompt(body.return_logprob, count, "return_logprob", default=False)
     top_n = _per_prompt(body.top_logprobs_num, count, "top_logprobs_num", default=0)
-    pd = {
+    routing = {  # PD's room and prefill address, DP attention's rank
         name: _per_prompt(getattr(body, name), count, name, default=None)
-        for name in ("bootstrap_host", "bootstrap_port", "bootstrap_room")
+        for name in ("bootstrap_host", "bootstrap_port", "bootstrap_room", "data_parallel_rank")
     }
     inputs = []
     for p, ids in enumerate(prompts):
@@ -94,7 +94,7 @@ def build_inputs(tm, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
                     top_logprobs_num=top_n[p],
                     stop_trim=not raw.get("no_stop_trim", False),
                     max_tokens_given=raw.get("max_new_tokens") is not None,
-                    **{name: values[p] for name, values in pd.items()},
+                    **{name: values[p] for name, values in routing.items()},
                 )
             )
     return inputs, batched
@@ -103,6 +103,9 @@ def build_inputs(tm, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
 def _params(raw: dict) -> SamplingParams:
     if not isinstance(raw, dict):
         raise RequestError("sampling_params must be an object")
+    no_trim = raw.get("no_stop_trim")  # ours, not SamplingParams': checked here
+    if no_trim is not None and not isinstance(no_trim, bool):
+        raise RequestError(f"sampling_params: no_stop_trim must be a boolean, got {no_trim!r}")
     try:
         return SamplingParams.from_dict(raw)
     except (ValueError, TypeError) as e:

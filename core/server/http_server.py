@@ -23,6 +23,7 @@ from pdcore.server.errors import RequestError, error_body
 from pdcore.server.http_utils import ClientGone
 from pdcore.server.native_api import native_router
 from pdcore.server.openai_api import openai_router
+from pdcore.server.openapi_doc import install as install_openapi_doc
 from pdcore.server.probe import generate_probe
 from pdcore.server.profile_api import profile_router
 
@@ -60,6 +61,7 @@ def create_app(
     app.include_router(native_router(tm, server_info))
     app.include_router(openai_router(tm))
     app.include_router(profile_router(tm))
+    install_openapi_doc(app)
 
     @app.get("/metrics")
     async def metrics():
@@ -83,8 +85,8 @@ async def _warm_up(tm) -> None:
     logger.info("warm-up generation took %.2fs", time.perf_counter() - start)
 
 
-def _json_error(message: str, status: int) -> JSONResponse:
-    return JSONResponse(error_body(message, status), status_code=status)
+def _json_error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, status), status_code=status, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -98,7 +100,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, exc: StarletteHTTPException):
-        return _json_error(str(exc.detail), exc.status_code)
+        # Keeps the exception's headers: a 405 must say ``Allow`` (RFC 9110).
+        return _json_error(str(exc.detail), exc.status_code, exc.headers)
 
     @app.exception_handler(ClientGone)
     async def client_gone(_request, _exc):

@@ -4,6 +4,7 @@ The engine runs in a ``spawn`` child (CUDA-safe) and talks ZMQ over ipc sockets
 in a private temp dir. The tokenizer loads in this process while the engine
 loads the model. SIGINT/SIGTERM stop uvicorn gracefully; the engine is then
 terminated (killed if it lingers) and the temp dir removed, on every exit path.
+Under DP attention every DP leader gets its own input socket.
 """
 
 from __future__ import annotations
@@ -79,12 +80,13 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        check_dp_attention_nodes(server_args)
         http_socket = _bind_http(server_args)
     except ConfigError as e:
         print(f"pdcore: error: {e}", file=sys.stderr, flush=True)
         return 1
     ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
-    in_addr, out_addr = f"ipc://{ipc_dir}/engine-in", f"ipc://{ipc_dir}/engine-out"
+    in_addr, out_addr = engine_addrs(ipc_dir, server_args.dp_attention_groups)
     group = EngineGroup(server_args, engine_target or _default_engine_target(), in_addr, out_addr)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
@@ -147,6 +149,11 @@ def serve_follower_node(server_args: ServerArgs, engine_target: Callable | None 
     def request_stop(signum, frame):
         stop["flag"] = True
 
+    try:
+        check_dp_attention_nodes(server_args)
+    except ConfigError as e:
+        print(f"pdcore: error: {e}", file=sys.stderr, flush=True)
+        return 1
     previous = signal.signal(signal.SIGTERM, request_stop)
     group = EngineGroup(server_args, engine_target or _default_engine_target(), "", "")
     try:
@@ -166,6 +173,25 @@ def serve_follower_node(server_args: ServerArgs, engine_target: Callable | None 
     finally:
         group.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def engine_addrs(ipc_dir: str, dp_groups: int) -> tuple[str | list[str], str]:
+    """``(input(s), output)``: one input per DP leader under DP attention."""
+    out_addr = f"ipc://{ipc_dir}/engine-out"
+    if dp_groups == 1:
+        return f"ipc://{ipc_dir}/engine-in", out_addr
+    return [f"ipc://{ipc_dir}/engine-in-{d}" for d in range(dp_groups)], out_addr
+
+
+def check_dp_attention_nodes(server_args: ServerArgs) -> None:
+    """DP leaders talk to the front end over local ipc sockets: all on node 0."""
+    if server_args.dp_attention_groups > 1 and server_args.nnodes > 1:
+        raise ConfigError(
+            "--enable-dp-attention",
+            f"--dp-size {server_args.dp_size} over --nnodes {server_args.nnodes} is not "
+            "supported yet (DP leaders on other nodes cannot reach this front end); "
+            "run DP attention on one node",
+        )
 
 
 def _resolved(server_args: ServerArgs) -> dict:

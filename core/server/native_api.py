@@ -60,15 +60,19 @@ def native_router(tm, server_info: dict | None = None) -> APIRouter:
             return out
         out["engine"] = {"alive": True, "num_running_reqs": stats.num_running}
         out["engine"]["num_waiting_reqs"] = stats.num_waiting
-        out["kv_cache"] = {
-            "page_size": stats.page_size,
-            "total_pages": stats.total_pages,
-            "free_pages": stats.free_pages,
-            "used_pages": stats.used_pages,
-            "cached_pages": stats.cached_pages,
-        }
+        out["kv_cache"] = _kv_cache(stats)
         if stats.disaggregation is not None:
             out["disaggregation"] = stats.disaggregation
+        if tm.dp_size > 1:  # DP attention: the sums above, rank by rank
+            out["data_parallel"] = [
+                {
+                    "dp_rank": rank,
+                    "num_running_reqs": part.num_running,
+                    "num_waiting_reqs": part.num_waiting,
+                    "kv_cache": _kv_cache(part),
+                }
+                for rank, part in enumerate(tm.rank_stats)
+            ]
         return out
 
     @router.api_route("/flush_cache", methods=["GET", "POST"])
@@ -82,6 +86,16 @@ def native_router(tm, server_info: dict | None = None) -> APIRouter:
         return JSONResponse({"aborted": count})
 
     return router
+
+
+def _kv_cache(stats) -> dict:
+    return {
+        "page_size": stats.page_size,
+        "total_pages": stats.total_pages,
+        "free_pages": stats.free_pages,
+        "used_pages": stats.used_pages,
+        "cached_pages": stats.cached_pages,
+    }
 
 
 def _args_dict(args) -> dict:

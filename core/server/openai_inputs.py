@@ -124,6 +124,7 @@ def expand(
             bootstrap_host=req.bootstrap_host if total == 1 else None,
             bootstrap_port=req.bootstrap_port if total == 1 else None,
             bootstrap_room=req.bootstrap_room if total == 1 else None,
+            data_parallel_rank=req.data_parallel_rank,
         )
         for p, ids in enumerate(prompts)
         for i in range(n)

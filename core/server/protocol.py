@@ -3,7 +3,8 @@
 Models are lenient where real clients are: unknown fields are kept and ignored
 (SGLang and OpenAI SDKs send many we do not implement), numbers may arrive as
 JSON strings. They are strict where a wrong type would otherwise reach the
-engine: booleans are not numbers, prompts are strings or token-id lists.
+engine: booleans are not numbers, prompts are strings or token-id lists, and no
+string anywhere in a body may hold a lone surrogate (``reject_lone_surrogates``).
 Semantic checks (ranges, lengths, vocabulary) happen in ``requests.py`` and
 ``SamplingParams.validate``.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 
 
 def _not_bool(value: Any) -> Any:
@@ -31,12 +32,44 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def reject_lone_surrogates(data: Any) -> Any:
+    """``data`` unchanged, or ``ValueError`` if a string in it (keys included) holds a
+    lone surrogate: JSON can escape one (``"\\ud800"``) but UTF-8 cannot encode it,
+    so it would fail in the tokenizer, the engine's msgpack or the response."""
+    stack = [data]
+    while stack:  # no recursion: the body may be nested deeper than Python's stack
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    char = f"U+{ord(item[e.start]):04X}"
+                    message = f"a string holds a lone surrogate ({char}); send valid Unicode"
+                    raise ValueError(message) from None
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return data
+
+
+class _Request(_Lenient):
+    """A whole request body: lenient, but every string in it must be valid Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        return reject_lone_surrogates(data)
+
+
 class StreamOptions(_Lenient):
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
 
-class GenerateRequest(_Lenient):
+class GenerateRequest(_Request):
     """SGLang ``/generate``: one prompt or a batch (lists), text or token ids."""
 
     text: str | list[str] | None = None
@@ -53,9 +86,11 @@ class GenerateRequest(_Lenient):
     bootstrap_host: str | list[str] | None = None
     bootstrap_port: Int | list[Int] | None = None
     bootstrap_room: Int | list[Int] | None = None
+    # DP attention: serve on this DP rank (SGLang's field; routers pin ranks with it)
+    data_parallel_rank: Int | list[Int] | None = None
 
 
-class _OpenAISampling(_Lenient):
+class _OpenAISampling(_Request):
     """Fields shared by completions and chat, incl. SGLang's extensions."""
 
     model: str | None = None
@@ -87,6 +122,7 @@ class _OpenAISampling(_Lenient):
     bootstrap_port: Int | None = None
     bootstrap_room: Int | None = None
     rid: str | None = None
+    data_parallel_rank: Int | None = None  # DP attention: serve on this DP rank
 
 
 class CompletionRequest(_OpenAISampling):
@@ -111,6 +147,6 @@ class ChatCompletionRequest(_OpenAISampling):
     top_logprobs: Int | None = None
 
 
-class AbortRequest(_Lenient):
+class AbortRequest(_Request):
     rid: str = ""
     abort_all: bool = False

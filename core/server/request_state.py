@@ -32,6 +32,7 @@ class GenerateInput:
     bootstrap_host: str | None = None  # PD: prefill's bootstrap server and the room id
     bootstrap_port: int | None = None
     bootstrap_room: int | None = None
+    data_parallel_rank: int | None = None  # DP attention: pin the request to this DP rank
 
 
 class RequestState:

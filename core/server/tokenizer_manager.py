@@ -6,11 +6,13 @@ pushes one ``GenerateReq`` per choice. Engine outputs arrive through the
 ``EngineClient`` and are applied to each request's ``RequestState``
 (detokenizing and matching stop strings; a stop string aborts the engine-side
 request at once). An engine that dies fails every pending request with 503.
+Under DP attention each request goes to one DP leader (``_dp_rank``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from collections.abc import Callable
@@ -36,14 +38,15 @@ class TokenizerManager:
     ``tokenizer``: a ``pdcore.model.tokenizer.Tokenizer`` or anything with its
     ``encode``/``decode``/``apply_chat_template``/``detokenizer``/``vocab_size``.
     ``in_addr``/``out_addr``: the ZMQ addresses this side binds (PUSH/PULL); the
-    engine connects to both. ``engine_alive``: returns False once the engine
-    process is gone (launch passes ``process.is_alive``).
+    engine connects to both (DP attention: one ``in_addr`` per DP leader).
+    ``engine_alive``: returns False once the engine process is gone (launch
+    passes ``process.is_alive``).
     """
 
     def __init__(
         self,
         tokenizer,
-        in_addr: str,
+        in_addr: str | list[str],
         out_addr: str,
         *,
         context_length: int,
@@ -68,6 +71,8 @@ class TokenizerManager:
             health_poll_s=health_poll_s,
             timeout_s=request_timeout_s,
         )
+        self.dp_size = self.engine.num_leaders
+        self._round_robin = itertools.count()
         self._states: dict[str, RequestState] = {}
         self._flush_lock = asyncio.Lock()
         self._token_text: dict[int, str] = {}
@@ -141,15 +146,15 @@ class TokenizerManager:
         rids = [inp.rid for inp in inputs]
         if len(set(rids)) != len(rids) or any(r in self._states for r in rids):
             raise RequestError("duplicate request id (rid)")
-        payloads = [self._payload(inp) for inp in inputs]
+        payloads = [(self._payload(inp), self._dp_rank(inp)) for inp in inputs]
         notify = asyncio.Event()
         states = []
-        for inp, payload in zip(inputs, payloads, strict=True):
+        for inp, (payload, dp_rank) in zip(inputs, payloads, strict=True):
             detok = self.tokenizer.detokenizer(inp.input_ids, inp.params.skip_special_tokens)
             state = RequestState(inp, detok, notify)
             self._states[inp.rid] = state
             states.append(state)
-            self.engine.send_bytes(payload)
+            self.engine.send_bytes(payload, dp_rank)
         return RequestGroup(states, notify, self.abort_one)
 
     def abort_one(self, rid: str, message: str = "aborted") -> bool:
@@ -170,12 +175,18 @@ class TokenizerManager:
         return sum(self.abort_one(r, "aborted by /abort_request") for r in list(self._states))
 
     @property
+    def rank_stats(self) -> list[EngineStats]:
+        """Each DP leader's stats from the last ``get_stats`` round."""
+        return self.engine.rank_stats
+
+    @property
     def num_pending(self) -> int:
         return len(self._states)
 
     # ---- engine queries -----------------------------------------------------------
 
     async def get_stats(self) -> EngineStats:
+        """Summed over DP leaders; each leader's in ``rank_stats``."""
         stats = await self.engine.stats()
         self.metrics.observe_engine(stats)
         return stats
@@ -192,6 +203,28 @@ class TokenizerManager:
         return True, "Cache flushed."
 
     # ---- internals ----------------------------------------------------------------
+
+    def _dp_rank(self, inp: GenerateInput) -> int:
+        """The DP leader that serves ``inp``: ``bootstrap_room % dp_size`` in PD modes
+        (prefill's bootstrap server routes the room's transfer by the same rule),
+        else ``data_parallel_rank`` when given, else round robin."""
+        pinned = inp.data_parallel_rank
+        if pinned is not None and not 0 <= pinned < self.dp_size:
+            raise RequestError(
+                f"'data_parallel_rank' must be in [0, {self.dp_size}) "
+                f"(this server has --dp-size {self.dp_size}), got {pinned}"
+            )
+        if self.server_args.disaggregation_mode != "null" and inp.bootstrap_room is not None:
+            rank = inp.bootstrap_room % self.dp_size
+            if pinned is not None and pinned != rank:
+                raise RequestError(
+                    f"'data_parallel_rank' {pinned} conflicts with 'bootstrap_room': a PD "
+                    f"request runs on DP rank bootstrap_room % {self.dp_size} = {rank}"
+                )
+            return rank
+        if pinned is not None:
+            return pinned
+        return next(self._round_robin) % self.dp_size
 
     def _payload(self, inp: GenerateInput) -> bytes:
         """Check one input against the model limits and encode its ``GenerateReq``."""

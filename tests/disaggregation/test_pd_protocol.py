@@ -6,6 +6,7 @@ here; the fault tests start their own prefill when they kill it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -279,3 +280,17 @@ def test_aux_row_can_ride_in_the_last_notice():
     finally:
         mgr.close()
         proc.close()
+
+
+def test_handshake_refuses_a_decode_claiming_heads_the_model_lacks(backend, prefill):
+    """Prefill writes each decode rank its heads: a claimed range outside the model's
+    KV heads is refused at the handshake, before any page moves."""
+    pool = make_pool(SHAPE)
+    args = KVArgs.from_pool(pool, MODEL, tp_size=2, total_kv_heads=2, kv_heads_first=1)
+    args = dataclasses.replace(args, kv_heads_count=2)  # heads [1, 3) of 2
+    mgr = KVManager("decode", args, backend, env=DisaggregationEnv(**ENV))
+    try:
+        with pytest.raises(HandshakeError, match=r"claims KV heads \[1, 3\) of a model with 2"):
+            mgr.client.handshake(prefill.addr)
+    finally:
+        mgr.close()

@@ -120,7 +120,7 @@ def test_decode_notices_are_authenticated_and_bounds_checked(prefill):
         assert forged.poll() is KVPoll.TRANSFERRING, "an unsealed notice was acted on"
         assert request(notices, ChunkDone(too_many.room, 0, False, 3), 5, key) == Ack()
         assert too_many.poll() is KVPoll.FAILED
-        assert "prefill reported 3 pages, decode gave 2" in too_many.failure_reason
+        assert "chunk 0 with 3 pages, decode gave 2 pages" in too_many.failure_reason
         assert request(notices, ChunkDone(bad_aux.room, 0, True, 2, b"x"), 5, key) == Ack()
         assert bad_aux.poll() is KVPoll.FAILED
         assert "bad aux row" in bad_aux.failure_reason, bad_aux.failure_reason

@@ -159,3 +159,17 @@ def test_routing_transformers_does_not_compute_is_refused(arch, override, fragme
 def test_moe_layer_frequency_and_dense_prefix():
     moe = MoEConfig(8, 2, 32, first_k_dense_replace=2, moe_layer_freq=2)
     assert [moe.is_moe_layer(i) for i in range(6)] == [False, False, True, False, True, False]
+
+
+def test_check_config_picks_the_mla_backend_for_a_deepseek_checkpoint(tmp_path, capsys):
+    """--check-config reads the model's config: an MLA model resolves to torch_mla."""
+    import json
+
+    from model.model_helpers import make_checkpoint
+
+    from pdcore.launch_server import run
+
+    make_checkpoint(tmp_path, "deepseek_v3")
+    assert run(["--model-path", str(tmp_path), "--check-config"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["attention_backend"] == "torch_mla", resolved["attention_backend"]
