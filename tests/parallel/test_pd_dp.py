@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 from e2e.pd_helpers import (
-    COMMON,
     assert_idle,
     assert_same_greedy,
     gen_body,
     pd_generate,
     pd_servers,
 )
-from e2e.server_process import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,18 +32,6 @@ SHAPES = {
     "P tp4 dp2 -> D tp2": (DP_A2, ("--tp-size", "2")),
 }
 N = 6
-
-
-@pytest.fixture(scope="module")
-def null_outputs(qwen3_path, prompts) -> list[dict]:
-    server = ServerProcess("--model-path", qwen3_path, *COMMON)
-    try:
-        with httpx.Client(timeout=120) as client:
-            return [
-                client.post(f"{server.url}/generate", json=gen_body(p)).json() for p in prompts[:N]
-            ]
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -63,7 +48,7 @@ def test_dp_attention_pd_equals_null_mode(qwen3_path, prompts, null_outputs, sha
         bodies = [gen_body(p, bootstrap_room=1000 + i, **pd) for i, p in enumerate(prompts[:N])]
         results = asyncio.run(pd_generate(prefill, decode, bodies))
         for i, ((p_status, d_status, out), ref) in enumerate(
-            zip(results, null_outputs, strict=True)
+            zip(results, null_outputs[:N], strict=True)
         ):
             assert (p_status, d_status) == (200, 200), f"prompt {i}: {out}"
             assert_same_greedy(out, ref, f"{shape}, prompt {i}")

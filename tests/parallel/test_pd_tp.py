@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 from e2e.pd_helpers import (
-    COMMON,
     assert_idle,
     assert_same_greedy,
     gen_body,
@@ -23,24 +21,11 @@ from e2e.pd_helpers import (
     pd_servers,
     room,
 )
-from e2e.server_process import ServerProcess
 
 pytestmark = pytest.mark.timeout(900)
 
 SHAPES = {"P tp2 -> D tp1": (2, 1), "P tp1 -> D tp2": (1, 2)}
 N = 8
-
-
-@pytest.fixture(scope="module")
-def null_outputs(qwen3_path, prompts) -> list[dict]:
-    server = ServerProcess("--model-path", qwen3_path, *COMMON)
-    try:
-        with httpx.Client(timeout=120) as client:
-            return [
-                client.post(f"{server.url}/generate", json=gen_body(p)).json() for p in prompts[:N]
-            ]
-    finally:
-        server.stop()
 
 
 # Each shape over one engine (both engines run every shape in bench/bench_pd_tp.py):
@@ -62,7 +47,7 @@ def test_heterogeneous_tp_equals_null_mode(qwen3_path, prompts, null_outputs, sh
         bodies = [gen_body(p, bootstrap_room=room(), **pd) for p in prompts[:N]]
         results = asyncio.run(pd_generate(prefill, decode, bodies))
         for i, ((p_status, d_status, out), ref) in enumerate(
-            zip(results, null_outputs, strict=True)
+            zip(results, null_outputs[:N], strict=True)
         ):
             assert (p_status, d_status) == (200, 200), f"prompt {i}: {out}"
             assert_same_greedy(out, ref, f"{shape} over {backend}, prompt {i}")
