@@ -1,7 +1,8 @@
 """PD disaggregation of a tiny DeepSeek-V3 (MLA + MoE) through real servers.
 
 Prefill pushes the latent KV cache (one tensor per layer) to decode over
-Mooncake (TCP) and NIXL (UCX) on 127.0.0.1; greedy outputs equal null mode's
+Mooncake (TCP) and NIXL (UCX) on 127.0.0.1, with different TP sizes on the two
+sides; greedy outputs equal null mode's
 token for token, and afterwards neither server holds a page or a room. A few
 prompts only: one longer than the chunked-prefill size (several chunk
 transfers), two sharing a prefix, one short.
@@ -59,10 +60,23 @@ async def _post_all(url: str, bodies: list[dict]) -> list[dict]:
     return [r.json() for r in responses]
 
 
+# Each engine with prefill and decode at different TP sizes: the latent is whole on
+# every rank, so the prefill leader writes it to each decode rank straight from its
+# pool (no staging); TP=1 on both sides is covered in tests/disaggregation/test_pd_mla.py.
+CASES = [("mooncake", 1, 2), ("nixl", 2, 1)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["mooncake", "nixl"])
-def test_deepseek_pd_matches_null_mode(backend, deepseek_path, few_prompts, null_outputs):
-    prefill, decode, port = pd_servers(deepseek_path, backend)
+@pytest.mark.parametrize(("backend", "p_tp", "d_tp"), CASES)
+def test_deepseek_pd_matches_null_mode(
+    backend, p_tp, d_tp, deepseek_path, few_prompts, null_outputs
+):
+    prefill, decode, port = pd_servers(
+        deepseek_path,
+        backend,
+        prefill_args=("--tp-size", str(p_tp)),
+        decode_args=("--tp-size", str(d_tp)),
+    )
     pd = dict(bootstrap_host="127.0.0.1", bootstrap_port=port)
     try:
         bodies = [gen_body(p, bootstrap_room=room(), **pd) for p in few_prompts]
