@@ -13,9 +13,28 @@ class BadRequest(Exception):
     """A body the router answers 400 to itself (malformed, or not servable in PD mode)."""
 
 
-def new_room(rng: random.Random) -> int:
-    """A random 63-bit room id; 0 is reserved (servers read it as 'no room')."""
-    return rng.getrandbits(63) or 1
+# Servers under DP attention send a PD request to DP rank ``room % dp_size``. A room
+# that is ``r`` modulo lcm(1..16) lands on DP rank ``r`` for every dp_size <= 16 (> r).
+DP_ROOM_MODULUS = 720720
+
+
+def new_room(rng: random.Random, dp_rank: int | None = None) -> int:
+    """A random 63-bit room id; 0 is reserved (servers read it as 'no room').
+
+    ``dp_rank``: the client pinned ``data_parallel_rank``; the room then agrees
+    with it on both servers (any DP size up to 16).
+    """
+    if dp_rank is None:
+        return rng.getrandbits(63) or 1
+    return dp_rank + DP_ROOM_MODULUS * rng.randrange(1, (1 << 63) // DP_ROOM_MODULUS)
+
+
+def pinned_dp_rank(body: dict) -> int | None:
+    """The client's ``data_parallel_rank`` when it is one the room can carry."""
+    rank = body.get("data_parallel_rank")
+    if isinstance(rank, int) and not isinstance(rank, bool) and 0 <= rank < DP_ROOM_MODULUS:
+        return rank
+    return None  # absent, or malformed: the servers answer 400 naming the field
 
 
 def batch_size(path: str, body: dict) -> int | None:
@@ -59,13 +78,15 @@ def inject(
     """
     out = copy.copy(body)
     count = batch_size(path, body)
+    rank = pinned_dp_rank(body)
     if count is None:
-        out.update(bootstrap_host=host, bootstrap_port=port, bootstrap_room=new_room(rng))
+        room = new_room(rng, rank)
+        out.update(bootstrap_host=host, bootstrap_port=port, bootstrap_room=room)
     else:
         out.update(
             bootstrap_host=[host] * count,
             bootstrap_port=[port] * count,
-            bootstrap_room=[new_room(rng) for _ in range(count)],
+            bootstrap_room=[new_room(rng, rank) for _ in range(count)],
         )
     if out.get("rid") is None:
         base = rid or f"router-{uuid.uuid4().hex}"

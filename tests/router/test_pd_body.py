@@ -74,3 +74,32 @@ def test_prefill_input_logprobs_go_in_front_of_decodes():
     assert merged["meta_info"]["input_token_logprobs"] == [[None, 1, None], [-0.5, 2, None]]
     batch = pd_body.merge_input_logprobs([prefill, prefill], [decode, {"meta_info": {}}])
     assert all("input_token_logprobs" in m["meta_info"] for m in batch)
+
+
+def test_a_pinned_data_parallel_rank_picks_a_room_every_dp_size_agrees_with():
+    """Servers under DP attention route a PD request to DP rank room % dp_size and refuse
+    a data_parallel_rank that disagrees: the router's room must carry the client's pin."""
+    rng = random.Random(3)
+    for rank in (0, 1, 3, 7, 15):
+        out = pd_body.inject(
+            "/generate", {"input_ids": [1], "data_parallel_rank": rank}, "h", 1, rng
+        )
+        room = out["bootstrap_room"]
+        assert 0 < room < 1 << 63, room
+        for dp_size in range(rank + 1, 17):
+            assert room % dp_size == rank, f"room {room} % {dp_size} != pinned rank {rank}"
+    body = {"input_ids": [[1], [2]], "data_parallel_rank": 1}
+    batch = pd_body.inject("/generate", body, "h", 1, rng)
+    assert all(r % 2 == 1 and r % 8 == 1 for r in batch["bootstrap_room"])
+    pin = {"input_ids": [1], "data_parallel_rank": 2}
+    rooms = {pd_body.inject("/generate", pin, "h", 1, rng)["bootstrap_room"] for _ in range(200)}
+    assert len(rooms) == 200, "pinned rooms must still be random (no collisions)"
+
+
+def test_a_malformed_pin_is_left_for_the_server_to_refuse():
+    rng = random.Random(4)
+    for bad in (-1, "1", True, 1.5):
+        out = pd_body.inject(
+            "/generate", {"input_ids": [1], "data_parallel_rank": bad}, "h", 1, rng
+        )
+        assert out["data_parallel_rank"] == bad  # forwarded unchanged: the server's 400 names it
