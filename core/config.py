@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
 
+from pdcore.envs import local_prefill_threshold
 from pdcore.errors import ConfigError
 from pdcore.registry import Registry
 
@@ -71,6 +72,8 @@ class ServerArgs:
     disaggregation_decode_tp: int | None = None
     disaggregation_decode_dp: int | None = None
     disaggregation_secret: str | None = field(default=None, repr=False)
+    # None: not given ($PDCORE_DISAGGREGATION_LOCAL_PREFILL_THRESHOLD on decode, else 0)
+    disaggregation_local_prefill_threshold: int | None = None
     # plugin flags land here (pdcore_add_cli_args)
     plugin_args: dict = field(default_factory=dict)
 
@@ -186,6 +189,15 @@ class ServerArgs:
             "the same on prefill and decode (default: $PDCORE_DISAGGREGATION_SECRET or "
             "$SGLANG_DISAGGREGATION_SECRET; unset: unauthenticated, as in SGLang)",
         )
+        g.add_argument(
+            "--disaggregation-local-prefill-threshold",
+            type=int,
+            default=d.disaggregation_local_prefill_threshold,
+            metavar="N",
+            help="decode only: prefill a request here instead of receiving its KV when at "
+            "most N of its prompt tokens miss decode's prefix cache; prefill drops the "
+            "room (default: $PDCORE_DISAGGREGATION_LOCAL_PREFILL_THRESHOLD, else 0: off)",
+        )
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
@@ -194,6 +206,16 @@ class ServerArgs:
         own = {k: values[k] for k in names if k in values}
         extra = {k: v for k, v in values.items() if k not in names and not k.startswith("_")}
         return cls(**own, plugin_args=extra)
+
+    @property
+    def local_prefill_threshold(self) -> int:
+        """The effective ``--disaggregation-local-prefill-threshold``: the flag, else (on
+        decode) the environment, else 0. Only a decode server prefills locally."""
+        if self.disaggregation_local_prefill_threshold is not None:
+            return self.disaggregation_local_prefill_threshold
+        if self.disaggregation_mode != "decode":
+            return 0
+        return local_prefill_threshold()
 
     @property
     def dp_attention_groups(self) -> int:
@@ -207,6 +229,7 @@ class ServerArgs:
         """Raise ``ConfigError`` naming the first offending flag."""
         self._validate_ranges()
         self._validate_parallelism()
+        self._validate_local_prefill()
         if registry is not None:
             self._validate_plugins(registry)
 
@@ -304,6 +327,22 @@ class ServerArgs:
         ):
             raise ConfigError(
                 "--disaggregation-decode-tp", "only applies with --disaggregation-mode prefill"
+            )
+
+    def _validate_local_prefill(self) -> None:
+        """A negative threshold is a typo; on a prefill or null server one would be
+        silently ignored, which hides a deployment mistake."""
+        flag = "--disaggregation-local-prefill-threshold"
+        n = self.disaggregation_local_prefill_threshold
+        if n is None:
+            return
+        if n < 0:
+            raise ConfigError(flag, f"must be >= 0 (0 turns it off), got {n}")
+        if n > 0 and self.disaggregation_mode != "decode":
+            raise ConfigError(
+                flag,
+                "only applies with --disaggregation-mode decode "
+                f"(this server is --disaggregation-mode {self.disaggregation_mode})",
             )
 
     def _validate_plugins(self, registry: Registry) -> None:

@@ -105,6 +105,22 @@ class DisaggregationEnv:
         return cls(**{field: knob.read(env) for field, knob in DISAGGREGATION_KNOBS.items()})
 
 
+LOCAL_PREFILL_THRESHOLD = EnvKnob(
+    "DISAGGREGATION_LOCAL_PREFILL_THRESHOLD",
+    int,
+    0,
+    0,
+    "decode prefills prompts with at most this many uncached tokens itself (0: off)",
+)
+
+
+def local_prefill_threshold(env: Mapping[str, str] | None = None) -> int:
+    """The decode server's ``--disaggregation-local-prefill-threshold`` when the flag is
+    not given: ``PDCORE_DISAGGREGATION_LOCAL_PREFILL_THRESHOLD`` (or the ``SGLANG_``
+    spelling), else 0 (off). A bad value is an error naming the variable."""
+    return LOCAL_PREFILL_THRESHOLD.read(os.environ if env is None else env)
+
+
 PROFILER_DIR_VARS = ("PDCORE_TORCH_PROFILER_DIR", "SGLANG_TORCH_PROFILER_DIR")
 DEFAULT_PROFILER_DIR = "/tmp"
 

@@ -39,6 +39,9 @@ def parse_server_args(
         args.validate(registry)
         if args.disaggregation_mode != "null":
             DisaggregationEnv.from_env()
+        # Fixed now (flag, else environment): a bad variable fails here, and
+        # /get_server_info shows the value in effect.
+        args.disaggregation_local_prefill_threshold = args.local_prefill_threshold
     except PdcoreError as e:
         parser.error(str(e))
     ns.check_config = check_only

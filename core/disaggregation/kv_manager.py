@@ -30,6 +30,7 @@ from pdcore.disaggregation.bootstrap import BootstrapClient, BootstrapServer
 from pdcore.disaggregation.control import ControlError, ControlServer, request
 from pdcore.disaggregation.kv_args import FINAL, KVArgs, KVPoll
 from pdcore.disaggregation.protocol import (
+    SERVED_BY_DECODE,
     Abort,
     Ack,
     AuxLayout,
@@ -94,6 +95,16 @@ class ChunkTask(NamedTuple):
     is_last: bool
     aux: object
     staged: list | None = None
+
+
+class Tombstone(NamedTuple):
+    """An abort mark: a prefill room that failed, or that decode gave up on (or served
+    itself) before prefill opened it. Late messages for the room are refused, and a
+    request that opens it fails at once, until the mark expires (``BOOTSTRAP_TIMEOUT``)."""
+
+    reason: str
+    at: float
+    served_by_decode: bool = False
 
 
 class TransferRecord(NamedTuple):
@@ -184,6 +195,7 @@ class KVManager:
         self.transfer_seconds = 0.0
         self.rooms_succeeded = 0
         self.rooms_failed = 0
+        self.rooms_served_by_decode = 0
         # Metrics hook: per-room write timing, moved to transfer_log when the room succeeds.
         self._room_io: dict[int, list] = {}
         self.transfer_log: deque[TransferRecord] = deque(maxlen=TRANSFER_LOG_LEN)
@@ -266,7 +278,7 @@ class KVManager:
         self._peers: dict[str, tuple[EndpointInfo, str]] = {}
         self._targets: dict[str, list[Target]] = {}
         self._pending: dict[int, tuple[TransferRequest, float]] = {}
-        self._aborted: dict[int, tuple[str, float]] = {}
+        self._aborted: dict[int, Tombstone] = {}
         n_queues = self.env.queue_size
         per_queue = max(1, self.env.thread_pool_size // n_queues)
         self._queues = [queue.SimpleQueue() for _ in range(n_queues)]
@@ -295,7 +307,8 @@ class KVManager:
             aborted = self._aborted.pop(room, None)
             pending = self._pending.pop(room, None)
             if aborted is not None:
-                s._fail_locked(aborted[0])
+                s.served_by_decode = aborted.served_by_decode
+                s._fail_locked(aborted.reason)
             elif pending is not None:
                 self._attach_locked(s, pending[0])
             return s
@@ -312,6 +325,24 @@ class KVManager:
             self._rooms[room] = r
             return r
 
+    def drop_room(self, room: int, bootstrap_addr: str) -> None:
+        """Decode serves ``room``'s request itself: tell its prefill (``host:port``) to
+        free the room and answer its half with a 2xx. Never blocks; a prefill that
+        cannot be told fails the room at its bootstrap timeout instead."""
+        self._check_role("decode")
+        _check_room(room)
+        with self._lock:
+            if room in self._rooms:
+                raise PdcoreError(f"room {room} is already active")
+        msg = Abort(room, SERVED_BY_DECODE, self.instance_id, served_by_decode=True)
+        self.submit(self._send_drop, bootstrap_addr, msg)
+
+    def _send_drop(self, addr: str, msg: Abort) -> None:
+        try:
+            self.client.send(addr, msg)
+        except (PdcoreError, OSError) as e:
+            log.warning("could not tell prefill %s to drop room %d: %s", addr, msg.room, e)
+
     @property
     def active_rooms(self) -> int:
         with self._lock:
@@ -324,6 +355,7 @@ class KVManager:
                 "active_rooms": len(self._rooms),
                 "rooms_succeeded": self.rooms_succeeded,
                 "rooms_failed": self.rooms_failed,
+                "rooms_served_by_decode": self.rooms_served_by_decode,
                 "bytes_transferred": self.bytes_transferred,
                 "runs_written": self.runs_written,
                 "transfer_seconds": self.transfer_seconds,
@@ -398,10 +430,15 @@ class KVManager:
                     TransferRecord(room.room, start, time.monotonic(), nbytes, busy)
                 )
         else:
-            self.rooms_failed += 1
-            log.info("room %d failed (%s): %s", room.room, self.role, reason)
+            if getattr(room, "served_by_decode", False):
+                self.rooms_served_by_decode += 1  # decode prefilled it itself: no failure
+            else:
+                self.rooms_failed += 1
+                log.info("room %d failed (%s): %s", room.room, self.role, reason)
             if self.role == "prefill":
-                self._aborted[room.room] = (reason, time.monotonic())
+                self._aborted[room.room] = Tombstone(
+                    reason, time.monotonic(), room.served_by_decode
+                )
         self._cond.notify_all()
         self._changed()
 
@@ -461,7 +498,7 @@ class KVManager:
                     "bad_request",
                 )
             if msg.room in self._aborted:
-                return ErrorReply(f"room {msg.room} aborted: {self._aborted[msg.room][0]}")
+                return ErrorReply(f"room {msg.room} aborted: {self._aborted[msg.room].reason}")
             sender = self._rooms.get(msg.room)
             if sender is None:
                 self._pending[msg.room] = (msg, time.monotonic())
@@ -473,14 +510,20 @@ class KVManager:
         return Ack()
 
     def on_abort(self, msg: Abort) -> Message:
-        """Decode aborted: fail the room and answer once no write into its pages runs."""
+        """Decode aborted (or serves the request itself): fail the room and answer once
+        no write into its pages runs. A room not opened yet is remembered, so its
+        request, when it comes, fails (or ends as served by decode) at once."""
+        served = msg.served_by_decode
+        reason = SERVED_BY_DECODE if served else f"aborted by decode: {msg.reason}"
         with self._lock:
             self._pending.pop(msg.room, None)
             sender = self._rooms.get(msg.room)
             if sender is None:
-                self._aborted[msg.room] = (f"aborted by decode: {msg.reason}", time.monotonic())
+                self._aborted[msg.room] = Tombstone(reason, time.monotonic(), served)
                 return Ack()
-            sender._fail_locked(f"aborted by decode: {msg.reason}")
+            if sender.state not in FINAL and not sender.abort_reason:
+                sender.served_by_decode = served
+            sender._fail_locked(reason)
             self._changed()
             self._cond.wait_for(lambda: sender.inflight == 0, self.transfer_timeout + 1)
             return Ack(sender.inflight == 0)
@@ -494,7 +537,7 @@ class KVManager:
     def _expire_locked(self) -> None:
         horizon = time.monotonic() - self.env.bootstrap_timeout
         for table in (self._pending, self._aborted):
-            for room in [r for r, (_, t) in table.items() if t < horizon]:
+            for room in [r for r, entry in table.items() if entry[1] < horizon]:
                 del table[room]
 
     def _submit_chunk(self, sender, chunk, src, dst, is_last, aux) -> None:

@@ -18,6 +18,8 @@ import msgspec
 from pdcore.errors import PdcoreError
 
 PROTOCOL_VERSION = 1
+# A room decode prefilled itself ends with this reason on prefill (not an error).
+SERVED_BY_DECODE = "served by decode (local prefill)"
 
 
 class HandshakeError(PdcoreError):
@@ -128,11 +130,17 @@ class RoomFailed(msgspec.Struct, tag=True):
 
 
 class Abort(msgspec.Struct, tag=True):
-    """Either side gives up on a room; the receiver fails it and stops writing."""
+    """Either side gives up on a room; the receiver fails it and stops writing.
+
+    ``served_by_decode``: decode prefilled the request itself (its prompt was within
+    ``--disaggregation-local-prefill-threshold``), so the room is not a failure:
+    prefill frees it and answers its half of the request with a 2xx, not an error.
+    """
 
     room: int
     reason: str
     sender_id: str = ""
+    served_by_decode: bool = False
 
 
 class Heartbeat(msgspec.Struct, tag=True):

@@ -38,6 +38,8 @@ class KVSender:
         self.last_submitted = False
         self.last_done = False
         self.abort_reason = ""
+        # Decode prefilled the request itself: FAILED here is no error (see on_abort).
+        self.served_by_decode = False
 
     def poll(self) -> KVPoll:
         """Current state; a final state means this room's pages are no longer read."""

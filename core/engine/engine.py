@@ -390,6 +390,7 @@ class Engine:
             prompt_tokens=len(req.input_ids),
             cached_tokens=req.cached_tokens,
             completion_tokens=len(req.output_ids),
+            pd_local_prefill=req.pd_local_prefill,
         )
 
     # ---- cache and accounting ------------------------------------------------

@@ -85,7 +85,8 @@ class TokenOut(msgspec.Struct, tag=True):
     ``logprobs``: one per new token; ``top_logprobs``: per new token a list of
     ``[token_id, logprob]`` pairs. ``finish_reason``: None while running, else
     ``{"type": "stop"|"length"|"abort", "matched": token id or str or None,
-    "message": str}``.
+    "message": str}``. ``pd_local_prefill``: a PD decode prefilled the request
+    itself, or a PD prefill dropped its room because decode did.
     """
 
     rid: str
@@ -96,6 +97,7 @@ class TokenOut(msgspec.Struct, tag=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    pd_local_prefill: bool = False
 
 
 class EngineStats(msgspec.Struct, tag=True):

@@ -85,7 +85,9 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
         return FollowerPD(receiver, KVStage(pool, kv.num_kv_heads) if mode == "prefill" else None)
     if mode == "decode":
         return DecodeQueues(
-            scheduler, KVManager("decode", kv_args, backend, ranks=ranks, **options)
+            scheduler,
+            KVManager("decode", kv_args, backend, ranks=ranks, **options),
+            args.local_prefill_threshold,
         )
     server = _bootstrap_server(args, options["secret"])
     try:

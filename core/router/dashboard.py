@@ -31,6 +31,7 @@ PD_KEYS = (
     "rooms_failed",
     "bootstrap_failed",
     "transfer_failed",
+    "local_prefill_reqs",
     "recent_transfer_speed_gb_s",
     "recent_transfer_latency_ms",
 )

@@ -90,7 +90,8 @@ function sparkline(history) {
 
 const QUEUES = {
   prefill: [["bootstrap_queue", "bootstrap q"], ["transfer_queue", "transfer q"]],
-  decode: [["prealloc_queue", "prealloc q"], ["transfer_queue", "transfer q"]],
+  decode: [["prealloc_queue", "prealloc q"], ["transfer_queue", "transfer q"],
+    ["local_prefill_reqs", "local prefill"]],
   regular: [],
 };
 

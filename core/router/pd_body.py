@@ -109,13 +109,19 @@ def wants_input_logprobs(body: dict) -> bool:
 
 
 def merge_input_logprobs(prefill: dict | list, decode: dict | list) -> dict | list:
-    """Put prefill's ``meta_info.input_token_logprobs`` in front of decode's (per prompt)."""
+    """Put prefill's ``meta_info.input_token_logprobs`` in front of decode's (per prompt).
+
+    A prompt decode prefilled itself (``meta_info.pd_local_prefill``) keeps decode's
+    own: prefill computed nothing for it.
+    """
     if isinstance(prefill, list) and isinstance(decode, list):
         return [merge_input_logprobs(p, d) for p, d in zip(prefill, decode, strict=False)]
     if not isinstance(prefill, dict) or not isinstance(decode, dict):
         return decode
     theirs = (prefill.get("meta_info") or {}).get("input_token_logprobs")
     meta = decode.get("meta_info")
+    if isinstance(meta, dict) and meta.get("pd_local_prefill"):
+        return decode
     if theirs and isinstance(meta, dict):
         meta["input_token_logprobs"] = list(theirs) + list(meta.get("input_token_logprobs") or [])
     return decode

@@ -6,6 +6,11 @@ order), hands them to prefill, and waits, polled once per step and never
 blocking the engine, until the KV and the first token arrived. It then joins
 the running decode batch as if it had been prefilled here. A failed transfer
 frees its pages and aux slot and reports the reason.
+
+Conditional disaggregation (``--disaggregation-local-prefill-threshold N``): a
+request with at most N tokens left to prefill here (its prompt minus decode's own
+prefix-cache hit) skips the queues: decode tells prefill to drop the room and
+schedules the request like a null-mode server would (chunked prefill included).
 """
 
 from __future__ import annotations
@@ -23,10 +28,15 @@ from pdcore.scheduler.scheduler import ScheduledBatch, Scheduler
 class DecodeQueues:
     sends_kv = False  # decode receives KV; it sends none
 
-    def __init__(self, scheduler: Scheduler, manager: KVManager | None):
-        """``manager`` None: the ``fake`` backend (every room is a fake one)."""
+    def __init__(
+        self, scheduler: Scheduler, manager: KVManager | None, local_prefill_threshold: int = 0
+    ):
+        """``manager`` None: the ``fake`` backend (every room is a fake one).
+        ``local_prefill_threshold``: prefill requests with at most this many tokens to
+        compute here instead of receiving their KV (0: never)."""
         self.scheduler = scheduler
         self.manager = manager
+        self.local_prefill_threshold = local_prefill_threshold
         self.prealloc: dict[str, Req] = {}
         self.transfers: dict[str, Req] = {}
         self.receivers: dict[str, KVReceiver | FakeKVReceiver] = {}
@@ -44,6 +54,9 @@ class DecodeQueues:
         """
         if self.knows(req.rid):
             raise ValueError(f"request id {req.rid!r} is already in flight")
+        if not fake and self._prefills_locally(req):
+            self._add_local(req, room, bootstrap_addr)
+            return
         if fake or self.manager is None:
             self.receivers[req.rid] = FakeKVReceiver(room, req.input_ids[-1])
         else:
@@ -53,6 +66,26 @@ class DecodeQueues:
                 raise ValueError(str(e)) from None
             self.metrics.open(req.rid)
         self.prealloc[req.rid] = req
+
+    def tokens_to_prefill(self, input_ids: list[int]) -> int:
+        """Prompt tokens decode would compute itself: its prefix-cache hit is free (the
+        same match the scheduler makes at admission, which always feeds one token)."""
+        _, cached = self.scheduler.cache.match_prefix(input_ids[:-1])
+        return len(input_ids) - cached
+
+    def _prefills_locally(self, req: Req) -> bool:
+        n = self.local_prefill_threshold
+        return n > 0 and self.manager is not None and self.tokens_to_prefill(req.input_ids) <= n
+
+    def _add_local(self, req: Req, room: int, bootstrap_addr: str) -> None:
+        """Serve ``req`` here as a null-mode server would; prefill drops its room."""
+        try:
+            self.manager.drop_room(room, bootstrap_addr)
+        except PdcoreError as e:
+            raise ValueError(str(e)) from None
+        req.pd_local_prefill = True
+        self.scheduler.add(req)
+        self.metrics.local_prefill += 1
 
     def poll(self) -> list:
         """Advance both queues; returns requests with their first token and

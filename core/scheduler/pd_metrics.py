@@ -16,6 +16,9 @@ Stages (SGLang's names for ``sglang:per_stage_req_latency_seconds``), per side:
   transfer queue: what ``SGLANG_DISAGGREGATION_WAITING_TIMEOUT`` bounds).
 
 Only real rooms count; warm-up and health-check rooms (``fake``) are never opened here.
+``local_prefill`` counts requests decode prefilled itself
+(``--disaggregation-local-prefill-threshold``) and, on prefill, the rooms it dropped
+because of that.
 All methods run on the engine thread.
 """
 
@@ -87,6 +90,7 @@ class PDMetrics:
         self.transfer_latency = Histogram(SECONDS_BUCKETS)
         self.transfer_speed = Histogram(SPEED_BUCKETS_GB_S)
         self.failed = {"bootstrap": 0, "transfer": 0}
+        self.local_prefill = 0
         self._since: dict[str, float] = {}  # rid -> start of its current stage
         self._recent_bootstrap = Recent(clock=clock)
         self._recent_transfers = Recent(clock=clock)
@@ -153,6 +157,7 @@ class PDMetrics:
         return {
             "bootstrap_failed": self.failed["bootstrap"],
             "transfer_failed": self.failed["transfer"],
+            "local_prefill_reqs": self.local_prefill,
             "recent_transfer_speed_gb_s": round(recent["speed_gb_s"], 6),
             "recent_transfer_latency_ms": round(recent["latency_ms"], 3),
         }
@@ -163,6 +168,7 @@ class PDMetrics:
             "role": self.role,
             "stages": {name: h.snapshot() for name, h in self.stages.items()},
             "failed": dict(self.failed),
+            "local_prefill": self.local_prefill,
             "recent": self.recent(),
         }
         if self.role == "prefill":  # the sender times the writes; decode only sees them land

@@ -14,6 +14,7 @@ from pdcore.disaggregation.aux import AuxData
 from pdcore.disaggregation.fake import FakeKVSender
 from pdcore.disaggregation.kv_args import FINAL, KVPoll
 from pdcore.disaggregation.kv_manager import KVManager
+from pdcore.disaggregation.protocol import SERVED_BY_DECODE
 from pdcore.disaggregation.sender import KVSender
 from pdcore.errors import PdcoreError
 from pdcore.scheduler.pd_metrics import PDMetrics
@@ -65,18 +66,17 @@ class PrefillQueues:
     def poll(self) -> list:
         """Admit requests whose decode is ready; settle finished transfers.
 
-        Returns the requests to report (their first token) and ``(rid, reason)``
-        pairs for failed ones.
+        Returns the requests to report (their first token, or their end when decode
+        served them itself) and ``(rid, reason)`` pairs for failed ones.
         """
         out: list = []
         self._collect_transfers()
         for rid in [r for r in self.scheduler.reqs if r in self.senders]:
             if self.senders[rid].poll() is KVPoll.FAILED:  # decode left: stop computing
-                self.scheduler.abort(rid)
+                req = self.scheduler.abort(rid)
                 self.aborted.discard(rid)  # report the transfer failure, not an abort
                 if rid not in self.transfers:  # it was still waiting: no pages to settle
-                    self.metrics.fail(rid, "transfer")
-                    out.append((rid, self._forget(rid)))
+                    out.append(self._report_failed(req, "transfer"))
         for rid, req in list(self.bootstrap.items()):
             state = self.senders[rid].poll()
             if state is KVPoll.READY:
@@ -85,36 +85,42 @@ class PrefillQueues:
                 self.scheduler.add(req)
             elif state is KVPoll.FAILED:
                 del self.bootstrap[rid]
-                self.metrics.fail(rid, "bootstrap")
-                out.append((rid, self._forget(rid)))
+                out.append(self._report_failed(req, "bootstrap"))
         for rid, req in list(self.transfers.items()):
             state = self.senders[rid].poll()
             if state not in FINAL:
                 continue
             del self.transfers[rid]
             self.scheduler._release(req)
-            self._settled(rid, state)
-            reason = self._forget(rid)
-            if rid in self.aborted:
+            if rid in self.aborted:  # client aborts are reported already, not failures
                 self.aborted.discard(rid)
+                self._forget(rid)
             elif state is KVPoll.SUCCESS:
+                self.metrics.stage(rid, "prefill_transfer_kv_cache")
+                self._forget(rid)
                 out.append(req)
             else:
-                out.append((rid, reason))
+                out.append(self._report_failed(req, "transfer"))
         return out
+
+    def _report_failed(self, req: Req, kind: str) -> Req | tuple[str, str]:
+        """A failed room's report: ``(rid, reason)``, or, when decode served the request
+        itself, the request ended with an abort marked ``pd_local_prefill``: a 2xx, so
+        a router does not take it for a failure and abort decode's half."""
+        rid = req.rid
+        if not getattr(self.senders[rid], "served_by_decode", False):
+            self.metrics.fail(rid, kind)
+            return rid, self._forget(rid)
+        self._forget(rid)
+        self.metrics.local_prefill += 1
+        req.finish(finish_reason("abort", message=SERVED_BY_DECODE))
+        req.pd_local_prefill = True
+        req.sent_tokens = len(req.output_ids)  # decode's tokens are the answer, not ours
+        return req
 
     def _collect_transfers(self) -> None:
         if self.manager is not None:
             self.metrics.transfers(self.manager.take_transfers())
-
-    def _settled(self, rid: str, state: KVPoll) -> None:
-        """Metrics of a room whose transfer ended (client aborts are not failures)."""
-        if rid in self.aborted:
-            return
-        if state is KVPoll.SUCCESS:
-            self.metrics.stage(rid, "prefill_transfer_kv_cache")
-        else:
-            self.metrics.fail(rid, "transfer")
 
     def after_commit(self, batch: ScheduledBatch, produced: list[Req]) -> list[Req]:
         """Send the pages each row completed; hold back first tokens until the transfer ends."""

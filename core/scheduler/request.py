@@ -54,6 +54,9 @@ class Req:
     sent_tokens: int = 0  # output tokens already streamed
     admit_order: int = 0
     admissions: int = 0
+    # PD: decode prefilled this request itself (--disaggregation-local-prefill-threshold);
+    # on prefill, the room it dropped for that reason.
+    pd_local_prefill: bool = False
 
     @property
     def fill_ids(self) -> list[int]:

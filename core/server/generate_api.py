@@ -50,6 +50,8 @@ def format_output(tm, state: RequestState, with_text: bool) -> dict:
         "cached_tokens": state.cached_tokens,
         "e2e_latency": round(state.e2e_latency, 6),
     }
+    if state.pd_local_prefill:
+        meta["pd_local_prefill"] = True
     if state.input.return_logprob:
         meta.update(sglang_output_logprobs(tm, state, with_text))
     return {"text": state.visible_text, "output_ids": list(state.output_ids), "meta_info": meta}

@@ -50,6 +50,14 @@ RECENT_GAUGES = (
      None, "bootstrap_ms"),
 )  # fmt: skip
 
+# Requests decode prefilled itself (--disaggregation-local-prefill-threshold), per side.
+LOCAL_PREFILL = {
+    "decode": ("num_decode_local_prefill_reqs",
+               "Requests decode prefilled itself instead of receiving their KV."),
+    "prefill": ("num_prefill_served_by_decode_reqs",
+                "Rooms prefill dropped because decode prefilled the request itself."),
+}  # fmt: skip
+
 
 class PDCollector(Collector):
     def __init__(self, prefix: str, model_name: str):
@@ -91,6 +99,9 @@ class PDCollector(Collector):
             model,
             failed.get("transfer", 0),
         )
+        if role in LOCAL_PREFILL:
+            name, doc = LOCAL_PREFILL[role]
+            yield _counter(p + name, doc, model, snap.get("local_prefill", 0))
         if role == "prefill" and "bytes_transferred" in disagg:
             yield _counter(
                 p + "kv_transfer_bytes",

@@ -53,6 +53,7 @@ class RequestState:
         self.text = ""
         self.visible_len = 0
         self.cached_tokens = 0
+        self.pd_local_prefill = False  # PD: decode prefilled it, or prefill dropped it for that
         self.finish_reason: dict | None = None
         self.error: RequestError | None = None
         self.dirty = False
@@ -93,6 +94,7 @@ class RequestState:
                 [(int(t), float(lp)) for t, lp in step] for step in out.top_logprobs
             )
         self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
+        self.pd_local_prefill = self.pd_local_prefill or out.pd_local_prefill
         shown = ids
         if reason and self._trims_token(reason, ids):
             shown = ids[:-1]

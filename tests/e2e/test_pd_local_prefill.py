@@ -1,0 +1,219 @@
+"""Conditional disaggregation through real servers (Mooncake TCP on 127.0.0.1).
+
+A decode server started with ``--disaggregation-local-prefill-threshold`` answers a
+short prompt itself, token for token as a null-mode server does, and prefill
+answers its half with a 200 and frees the room, whichever half arrives first.
+Longer prompts still go through PD, and a router in front gets 200s throughout.
+
+The null-mode reference is the server's own engine (same flags, built by the engine
+process's builder) run in this process: one server process fewer to start on CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import threading
+import time
+
+import pytest
+from e2e.pd_helpers import (
+    CHUNK,
+    MAX_NEW,
+    assert_idle,
+    assert_same_greedy,
+    gen_body,
+    pd_generate,
+    room,
+    start_decode,
+)
+from e2e.server_process import ServerProcess, free_port
+from router.cluster import prefill_args, start_parallel
+from router.router_process import RouterProcess
+
+from pdcore.config import ServerArgs
+from pdcore.engine.io_struct import GenerateReq, TokenOut
+
+pytestmark = pytest.mark.timeout(240)
+
+THRESHOLD = 80
+SHORT = 70  # more than one chunk: decode's local prefill is chunked too
+LONG = 120  # over the threshold: through PD
+FAST = ("--skip-server-warmup",)
+LOCAL_PREFILL = ("--disaggregation-local-prefill-threshold", str(THRESHOLD))
+
+
+class NullEngine:
+    """A null-mode server's engine with the PD servers' flags, driven in process."""
+
+    def __init__(self, model_path: str):
+        from pdcore.engine.engine_process import _build_engine
+
+        args = ServerArgs(
+            model_path=model_path, chunked_prefill_size=CHUNK, max_total_tokens=4096, page_size=16
+        )
+        self.engine = _build_engine(dataclasses.asdict(args), None)
+        self.lock = threading.Lock()
+
+    def generate(self, prompt: list[int]) -> dict:
+        """``/generate``'s JSON for ``gen_body(prompt)`` (the parts the tests read)."""
+        sampling = gen_body(prompt)["sampling_params"]
+        tokens, logprobs, top = [], [], []
+        with self.lock:
+            self.engine.add_request(GenerateReq("ref", prompt, sampling, True, 2))
+            while self.engine.has_work():
+                for out in self.engine.step():
+                    assert isinstance(out, TokenOut), out
+                    tokens += out.token_ids
+                    logprobs += out.logprobs
+                    top += [[[lp, int(t), None] for t, lp in step] for step in out.top_logprobs]
+        pairs = zip(logprobs, tokens, strict=True)
+        return {
+            "output_ids": tokens,
+            "meta_info": {
+                "output_token_logprobs": [[lp, t, None] for lp, t in pairs],
+                "output_top_logprobs": top,
+            },
+        }
+
+
+@pytest.fixture(scope="module")
+def servers(qwen3_path):
+    """The null-mode reference, prefill, decode (with the threshold) and a PD router."""
+    bootstrap = free_port()
+    null, prefill, decode = start_parallel(
+        lambda: NullEngine(qwen3_path),
+        lambda: ServerProcess(*prefill_args(qwen3_path, bootstrap), *FAST),
+        lambda: start_decode(qwen3_path, "mooncake", *FAST, *LOCAL_PREFILL),
+    )
+    router = None
+    try:
+        router = RouterProcess(
+            "--pd-disaggregation", "--prefill", prefill.url, str(bootstrap), "--decode", decode.url
+        )
+        yield null, prefill, decode, router, bootstrap
+    finally:
+        procs = [p for p in (router, decode, prefill) if p is not None]
+        start_parallel(*(p.stop for p in procs))
+
+
+def ids(n: int, start: int) -> list[int]:
+    return list(range(start, start + n))
+
+
+def pd_body(servers, prompt: list[int]) -> dict:
+    port = servers[4]
+    return gen_body(prompt, bootstrap_host="127.0.0.1", bootstrap_port=port, bootstrap_room=room())
+
+
+def through_pd(servers, prompt: list[int]) -> tuple[int, int, dict]:
+    """Both halves at once, as the router sends them: (prefill status, decode status, JSON)."""
+    _, prefill, decode, _, _ = servers
+    return asyncio.run(pd_generate(prefill, decode, [pd_body(servers, prompt)]))[0]
+
+
+def assert_prefill_dropped_it(prefill, response) -> None:
+    """A 200 abort marked pd_local_prefill; no page, room or pending request left."""
+    assert response.status_code == 200, response.text
+    meta = response.json()["meta_info"]
+    assert meta["finish_reason"]["type"] == "abort" and meta["pd_local_prefill"] is True, meta
+    assert response.json()["output_ids"] == []
+    assert_idle(prefill)
+    stats = prefill.get("/get_server_info").json()["disaggregation"]
+    assert stats["pending_requests"] == 0 and stats["bootstrap_queue"] == 0, stats
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("first", ["decode", "prefill"])
+def test_short_prompt_is_prefilled_by_decode_like_null_mode(servers, first):
+    """``first``: whose half arrives first; decode's drop message then reaches prefill
+    before (decode) or after (prefill) prefill opened the room."""
+    null, prefill, decode, _, _ = servers
+    prompt = ids(SHORT, 1000 if first == "decode" else 2000)
+    body = pd_body(servers, prompt)
+    got = {}
+    if first == "decode":
+        got["decode"] = decode.post("/generate", body)
+        got["prefill"] = prefill.post("/generate", body)
+    else:
+        half = threading.Thread(target=lambda: got.update(prefill=prefill.post("/generate", body)))
+        half.start()
+        stats = lambda: prefill.get("/get_server_info").json()["disaggregation"]  # noqa: E731
+        wait_for(lambda: stats()["bootstrap_queue"] == 1)
+        got["decode"] = decode.post("/generate", body)
+        half.join(60)
+    assert got["decode"].status_code == 200, got["decode"].text
+    out = got["decode"].json()
+    assert out["meta_info"]["pd_local_prefill"] is True
+    assert len(out["output_ids"]) == MAX_NEW
+    assert_same_greedy(out, null.generate(prompt), f"local prefill ({first} first)")
+    assert_prefill_dropped_it(prefill, got["prefill"])
+    assert_idle(decode)
+
+
+def test_long_prompt_still_goes_through_pd(servers):
+    null, prefill, decode, _, _ = servers
+    prompt = ids(LONG, 3000)
+    p_status, d_status, out = through_pd(servers, prompt)
+    assert (p_status, d_status) == (200, 200), out
+    assert "pd_local_prefill" not in out["meta_info"]
+    assert_same_greedy(out, null.generate(prompt), "PD")
+    assert_idle(prefill, decode)
+
+
+def test_decodes_prefix_cache_counts_as_prefilled(servers):
+    """A follow-up turn: the first turn's pages stay in decode's prefix cache, so only
+    the new tokens are left to prefill and decode serves the longer prompt itself."""
+    null, prefill, decode, _, _ = servers
+    first = ids(LONG, 4000)
+    assert "pd_local_prefill" not in through_pd(servers, first)[2]["meta_info"]
+    follow_up = first + ids(12, 4500)  # 132 tokens, 112 of them (7 pages) cached on decode
+    p_status, d_status, out = through_pd(servers, follow_up)
+    assert (p_status, d_status) == (200, 200) and out["meta_info"]["pd_local_prefill"] is True
+    assert_same_greedy(out, null.generate(follow_up), "cached prefix + local prefill")
+    assert_idle(prefill, decode)
+
+
+def test_router_answers_a_short_request_with_decodes_logprobs(servers):
+    """Prefill's 200 must not make the router abort decode, and the router keeps
+    decode's answer whole: prefill computed nothing for this prompt."""
+    null, prefill, decode, router, _ = servers
+    prompt = ids(SHORT, 5000)
+    got = router.post("/generate", {**gen_body(prompt), "logprob_start_len": 0})
+    assert got.status_code == 200, got.text
+    want = null.generate(prompt)
+    meta = got.json()["meta_info"]
+    assert meta["pd_local_prefill"] is True and meta["finish_reason"]["type"] == "length"
+    assert_same_greedy(got.json(), want, "through the router")
+    # pdcore servers report no input logprobs (null mode neither): none may come from prefill.
+    assert "input_token_logprobs" not in meta
+    lp, ref = meta["output_token_logprobs"], want["meta_info"]["output_token_logprobs"]
+    assert [t for _, t, _ in lp] == [t for _, t, _ in ref]
+    assert max(abs(a[0] - b[0]) for a, b in zip(lp, ref, strict=True)) < 1e-4
+    assert_idle(prefill, decode)
+
+
+def test_local_prefill_is_counted(servers):
+    _, prefill, decode, _, _ = servers
+    through_pd(servers, ids(SHORT, 6000))
+    info = decode.get("/get_server_info").json()["disaggregation"]
+    assert info["local_prefill_reqs"] >= 1, info
+    assert counter(decode, "sglang:num_decode_local_prefill_reqs_total") >= 1
+    assert counter(prefill, "sglang:num_prefill_served_by_decode_reqs_total") >= 1
+    rooms = prefill.get("/get_server_info").json()["disaggregation"]
+    assert rooms["rooms_served_by_decode"] >= 1 and rooms["rooms_failed"] == 0, (
+        f"a room decode served itself is not a failed transfer: {rooms}"
+    )
+
+
+def counter(server, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", server.get("/metrics").text, re.M)
+    assert m, f"{server.url} /metrics lacks {name}"
+    return float(m[1])
