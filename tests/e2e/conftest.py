@@ -30,7 +30,7 @@ def smollm2_tokenizer(smollm2_path):
     return Tokenizer.from_pretrained(smollm2_path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def qwen3_path(tmp_path_factory, smollm2_tokenizer) -> str:
     """A tiny random Qwen3 checkpoint (seed 5) for PD tests."""
     from e2e.e2e_helpers import tiny_checkpoint
@@ -40,7 +40,7 @@ def qwen3_path(tmp_path_factory, smollm2_tokenizer) -> str:
     return str(folder)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prompts(smollm2_tokenizer) -> list[list[int]]:
     """16 prompts: long ones (over the chunked-prefill size), shared prefixes, short ones."""
     from e2e.test_greedy_vs_hf import make_prompts

@@ -45,12 +45,13 @@ def room() -> int:
     return random.getrandbits(63) or 1
 
 
-def start_decode(model: str, backend: str, *args: str, env=None) -> ServerProcess:
+def start_decode(model: str, backend: str, *args: str, env=None, wait=True) -> ServerProcess:
     pd = ("--disaggregation-mode", "decode", "--disaggregation-transfer-backend", backend)
-    return ServerProcess("--model-path", model, *pd, *COMMON, *args, env=env)
+    return ServerProcess("--model-path", model, *pd, *COMMON, *args, env=env, wait=wait)
 
 
 def pd_servers(model: str, backend: str, *, prefill_args=(), decode_args=(), env=None):
+    """A prefill and a decode server, started together (their start-ups overlap)."""
     port = free_port()
     pd = ("--disaggregation-transfer-backend", backend)
     prefill = ServerProcess(
@@ -64,13 +65,24 @@ def pd_servers(model: str, backend: str, *, prefill_args=(), decode_args=(), env
         *COMMON,
         *prefill_args,
         env=env,
+        wait=False,
     )
+    decode = None
     try:
-        decode = start_decode(model, backend, *decode_args, env=env)
+        decode = start_decode(model, backend, *decode_args, env=env, wait=False)
+        prefill.wait_healthy()
+        decode.wait_healthy()
     except BaseException:
-        prefill.stop()
+        for server in (decode, prefill):
+            if server is not None:
+                server.stop()
         raise
     return prefill, decode, port
+
+
+def logs(*servers: ServerProcess) -> str:
+    """Every server's stderr tail, for a failure message."""
+    return "\n".join(f"--- {s.url} stderr ---\n{s.log_tail(2000)}" for s in servers)
 
 
 async def pd_generate(prefill, decode, bodies) -> list[tuple[int, int, dict]]:

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -18,11 +19,25 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, timeout: float = 240.0, env: dict | None = None):
-        self.port = free_port()
+    """One server. Its stderr goes to a temporary file, never an unread pipe (a chatty
+    server would block on a full pipe), so a failing test can show ``log_tail()``.
+    ``wait=False`` returns at once: start several, then ``wait_healthy()`` each, so
+    their start-ups overlap."""
+
+    def __init__(
+        self,
+        *args: str,
+        timeout: float = 240.0,
+        env: dict | None = None,
+        wait: bool = True,
+        port: int | None = None,
+    ):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.timeout = timeout
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
         self.log = open(os.devnull, "w")
+        self.stderr = tempfile.TemporaryFile("w+", prefix="pdcore-server-")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -37,19 +52,26 @@ class ServerProcess:
                 *args,
             ],
             stdout=self.log,
-            stderr=subprocess.PIPE,
+            stderr=self.stderr,
             text=True,
             env=env,
         )
-        self._wait_healthy(timeout)
+        if wait:
+            self.wait_healthy()
 
-    def _wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the server's stderr so far."""
+        self.stderr.flush()
+        self.stderr.seek(0, os.SEEK_END)
+        size = self.stderr.tell()
+        self.stderr.seek(max(0, size - chars))
+        return self.stderr.read()
+
+    def wait_healthy(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.timeout)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited {self.proc.returncode}: {self.proc.stderr.read()[-3000:]}"
-                )
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
@@ -57,7 +79,8 @@ class ServerProcess:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"server not healthy after {timeout}s")
+        waited = timeout or self.timeout
+        raise RuntimeError(f"server not healthy after {waited}s: {self.log_tail()}")
 
     def get(self, path: str, **kw):
         return httpx.get(self.url + path, timeout=60, **kw)

@@ -38,10 +38,13 @@ def test_lone_prefill_and_decode_servers_generate_on_the_fake_path(qwen3_path):
         "--disaggregation-bootstrap-port",
         str(free_port()),
         *COMMON,
+        wait=False,
     )
     try:
-        decode = start_decode(qwen3_path, "nixl")
+        decode = start_decode(qwen3_path, "nixl", wait=False)
         try:
+            prefill.wait_healthy()
+            decode.wait_healthy()
             for server in (prefill, decode):
                 r = server.get("/health_generate")
                 assert r.status_code == 200, (server.url, r.text)

@@ -11,10 +11,10 @@ __all__ = ["_one_torch_thread", "prompts", "qwen3_path", "smollm2_path", "smollm
 NULL_PROMPTS = 8
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def null_outputs(qwen3_path, prompts) -> list[dict]:
     """A null-mode TP=1 server's greedy answers to the first prompts: the reference
-    every PD shape of a module is compared with."""
+    every PD shape is compared with (computed once per session)."""
     server = ServerProcess("--model-path", qwen3_path, *COMMON)
     try:
         with httpx.Client(timeout=120) as client:

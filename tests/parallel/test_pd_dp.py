@@ -1,12 +1,13 @@
 """PD with DP attention on one side (real servers over Mooncake, gloo ranks).
 
-Prefill DP=2 -> decode DP=1: both prefill DP leaders accept decode's one
-handshake at the single bootstrap port, and each room's transfer request
-reaches the DP rank that prefilled it (``room % 2``). Prefill DP=1 -> decode
-DP=2: each decode DP leader handshakes on its own. Prefill TP=4 in two DP
-groups -> decode TP=2: each prefill group gathers its two ranks' KV heads and
-stages one head per decode rank. All must equal null mode token for token,
-spread the rooms over both DP ranks and hold no page after.
+Prefill TP=4 in two DP groups -> decode TP=2: both prefill DP leaders accept
+decode's one handshake at the single bootstrap port, each room's transfer
+request reaches the DP rank that prefilled it (``room % 2``), and each prefill
+group gathers its two ranks' KV heads and stages one head per decode rank.
+Prefill DP=1 -> decode DP=2: each decode DP leader handshakes on its own. Both
+must equal null mode token for token, spread the rooms over both DP ranks and
+hold no page after. (Prefill DP=2 with one rank per group -> decode DP=1 takes
+the same bootstrap path as the first shape; it is left out to keep CI short.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ pytestmark = pytest.mark.timeout(300)
 DP = ("--tp-size", "2", "--dp-size", "2", "--enable-dp-attention")
 DP_A2 = ("--tp-size", "4", "--dp-size", "2", "--enable-dp-attention")  # 2 ranks per group
 SHAPES = {
-    "P dp2 -> D dp1": (DP, ()),
     "P dp1 -> D dp2": ((), DP),
     "P tp4 dp2 -> D tp2": (DP_A2, ("--tp-size", "2")),
 }

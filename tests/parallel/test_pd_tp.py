@@ -17,6 +17,7 @@ from e2e.pd_helpers import (
     assert_idle,
     assert_same_greedy,
     gen_body,
+    logs,
     pd_generate,
     pd_servers,
     room,
@@ -49,7 +50,7 @@ def test_heterogeneous_tp_equals_null_mode(qwen3_path, prompts, null_outputs, sh
         for i, ((p_status, d_status, out), ref) in enumerate(
             zip(results, null_outputs[:N], strict=True)
         ):
-            assert (p_status, d_status) == (200, 200), f"prompt {i}: {out}"
+            assert (p_status, d_status) == (200, 200), f"prompt {i}: {out}\n{logs(prefill, decode)}"
             assert_same_greedy(out, ref, f"{shape} over {backend}, prompt {i}")
         assert_idle(prefill, decode)
         stats = prefill.get("/get_server_info").json()["disaggregation"]

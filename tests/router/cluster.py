@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,16 +16,7 @@ class FixedPortServer(ServerProcess):
     """``ServerProcess`` on a given HTTP port (to restart a killed server at its address)."""
 
     def __init__(self, *args: str, port: int, timeout: float = 240.0, env: dict | None = None):
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
-        self.log = open(os.devnull, "w")
-        cmd = [sys.executable, "-m", "pdcore.launch_server", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--log-level", "warning", *args]
-        self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.PIPE, text=True, env=env
-        )
-        self._wait_healthy(timeout)
+        super().__init__(*args, timeout=timeout, env=env, port=port)
 
 
 def prefill_args(model: str, bootstrap_port: int) -> tuple[str, ...]:

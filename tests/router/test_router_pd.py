@@ -24,10 +24,15 @@ GREEDY = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def cluster(qwen3_path):
-    prefill, decode, port = pd_servers(qwen3_path, "mooncake")
-    null = router = None
+    null = ServerProcess("--model-path", qwen3_path, *COMMON, wait=False)  # starts meanwhile
+    router = None
     try:
-        null = ServerProcess("--model-path", qwen3_path, *COMMON)
+        prefill, decode, port = pd_servers(qwen3_path, "mooncake")
+    except BaseException:
+        null.stop()
+        raise
+    try:
+        null.wait_healthy()
         # No bootstrap port given: the router reads it from prefill's /get_server_info.
         router = RouterProcess(
             "--pd-disaggregation",
