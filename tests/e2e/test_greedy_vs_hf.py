@@ -106,8 +106,7 @@ def divergences():
 def run_case(model_path, hf_model, tokenizer, divergences, *server_args):
     prompts = make_prompts(tokenizer)
     assert sum(len(p) > CHUNK for p in prompts) >= 2, "need prompts longer than the chunk"
-    references = [hf_greedy_with_logits(hf_model, p, MAX_NEW) for p in prompts]
-    server = ServerProcess(
+    server = ServerProcess(  # loads on the other core while HF computes the references
         "--model-path",
         model_path,
         "--chunked-prefill-size",
@@ -115,8 +114,11 @@ def run_case(model_path, hf_model, tokenizer, divergences, *server_args):
         "--page-size",
         "16",
         *server_args,
+        wait=False,
     )
     try:
+        references = [hf_greedy_with_logits(hf_model, p, MAX_NEW) for p in prompts]
+        server.wait_healthy()
         results = asyncio.run(generate_all(server.url, prompts))
         compare(results, references, prompts, divergences)
         pages = server.kv_pages()

@@ -35,10 +35,13 @@ def references(prompts) -> dict:
     return {}
 
 
-def null_mode_outputs(references: dict, model: str, prompts) -> list[dict]:
+def null_mode_outputs(references: dict, model: str, prompts, server=None) -> list[dict]:
+    """``server``: a null-mode server already starting (used, then stopped, only if the
+    model's outputs are not known yet)."""
     if model not in references:
-        server = ServerProcess("--model-path", model, *COMMON)
+        server = server or ServerProcess("--model-path", model, *COMMON, wait=False)
         try:
+            server.wait_healthy()
             references[model] = asyncio.run(_post_all(server.url, [gen_body(p) for p in prompts]))
         finally:
             server.stop()
@@ -66,8 +69,21 @@ async def _post_all(url: str, bodies: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("backend", ["mooncake", "nixl"])
 def test_pd_matches_null_mode(backend, model, prompts, references):
     """16 concurrent requests through prefill + decode equal null mode's greedy output."""
-    reference = null_mode_outputs(references, model, prompts)
-    prefill, decode, port = pd_servers(model, backend)
+    null = None
+    if model not in references:  # its start-up overlaps the PD pair's
+        null = ServerProcess("--model-path", model, *COMMON, wait=False)
+    try:
+        prefill, decode, port = pd_servers(model, backend)
+    except BaseException:
+        if null is not None:
+            null.stop()
+        raise
+    try:
+        reference = null_mode_outputs(references, model, prompts, null)
+    except BaseException:
+        decode.stop()
+        prefill.stop()
+        raise
     pd = dict(bootstrap_host="127.0.0.1", bootstrap_port=port)
     try:
         bodies = [gen_body(p, bootstrap_room=room(), **pd) for p in prompts]
