@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import logging
 from dataclasses import dataclass, field
 
 from pdcore.envs import local_prefill_threshold
@@ -321,6 +322,11 @@ class ServerArgs:
                 "--moe-a2a-backend",
                 "deepep needs the DeepEP library (import deep_ep), which is not "
                 "installed; use --moe-a2a-backend none",
+            )
+        if self.moe_a2a_backend == "deepep":
+            logging.getLogger(__name__).warning(
+                "--moe-a2a-backend deepep: DeepEP dispatch/combine is not implemented; "
+                "MoE layers use the all-reduce path"
             )
         if self.disaggregation_mode == "null" and (
             self.disaggregation_decode_tp or self.disaggregation_decode_dp

@@ -18,14 +18,33 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 INIT_TIMEOUT_S = 120
+_NODE_IP = "127.0.0.1"  # where other nodes reach this process (see node_ip)
+
+
+def node_ip() -> str:
+    """The address other nodes of this server reach this process at: the local
+    address of the route to the rendezvous host (loopback on a single node)."""
+    return _NODE_IP
+
+
+def ip_towards(host: str) -> str:
+    """This machine's address on the route to ``host`` (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,8 @@ def init_tp(backend: str, init_method: str, rank: int, size: int, dp_size: int =
         return _TP
     if size % dp_size:
         raise ValueError(f"--dp-size {dp_size} must divide --tp-size {size}")
+    global _NODE_IP
+    _NODE_IP = ip_towards(urlsplit(init_method).hostname or "127.0.0.1")
     timeout = timedelta(seconds=INIT_TIMEOUT_S)
     dist.init_process_group(
         backend, init_method=init_method, rank=rank, world_size=size, timeout=timeout

@@ -23,7 +23,7 @@ import os
 import socket
 import traceback
 
-from pdcore.distributed.state import leaders_gather, leaders_gather_objects, tp
+from pdcore.distributed.state import leaders_gather, leaders_gather_objects, node_ip, tp
 from pdcore.engine.io_struct import encode
 
 logger = logging.getLogger(__name__)
@@ -35,12 +35,13 @@ IDLE_POLL_MS = 250
 
 
 class LeaderWake:
-    """A loopback datagram socket per DP leader (they share a host); ``fileno()`` goes
-    into the leader's poller. Every leader creates one at the same point (collective)."""
+    """A datagram socket per DP leader, on the address other nodes reach it at
+    (loopback on one node); ``fileno()`` goes into the leader's poller. Every leader
+    creates one at the same point (collective)."""
 
     def __init__(self):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((node_ip(), 0))
         self.sock.setblocking(False)
         addrs = leaders_gather_objects(self.sock.getsockname())
         self.peers = [a for rank, a in enumerate(addrs) if rank != tp().dp_rank]

@@ -17,7 +17,7 @@ from pdcore.disaggregation.bootstrap import BootstrapServer
 from pdcore.disaggregation.fake import FAKE_BACKEND
 from pdcore.disaggregation.kv_args import KVArgs
 from pdcore.disaggregation.kv_manager import KVManager
-from pdcore.distributed.state import kv_head_range, leaders_gather_objects, tp
+from pdcore.distributed.state import kv_head_range, leaders_gather_objects, node_ip, tp
 from pdcore.engine.pd_tp import KVStage, RankReceiver, exchange_rank_endpoints
 from pdcore.envs import disaggregation_secret
 from pdcore.model.config import ModelConfig
@@ -26,6 +26,7 @@ from pdcore.scheduler.decode import DecodeQueues
 from pdcore.scheduler.prefill import PrefillQueues
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def model_identity(cfg: ModelConfig) -> str:
@@ -40,7 +41,10 @@ def model_identity(cfg: ModelConfig) -> str:
 
 
 def advertised_host(host: str) -> str:
-    """The address a peer can reach this process at (a wildcard bind is not one)."""
+    """The address a peer can reach this process at (a wildcard bind is not one; nor
+    is loopback on a node of a multi-node server, whose other nodes must reach it)."""
+    if host in LOOPBACK_HOSTS and node_ip() not in LOOPBACK_HOSTS:
+        return node_ip()
     if host not in WILDCARD_HOSTS:
         return host
     try:
@@ -109,15 +113,15 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
 
 def _bootstrap_server(args: ServerArgs, secret) -> BootstrapServer:
     """The public bootstrap server, or (DP ranks > 0) a private one that DP rank 0's
-    forwards to: all DP leaders run on this host."""
+    forwards to, on the address DP rank 0's node reaches this one at."""
     if tp().dp_rank == 0:
         return BootstrapServer(args.host, args.disaggregation_bootstrap_port, secret)
-    return BootstrapServer("127.0.0.1", 0, secret)
+    return BootstrapServer(node_ip(), 0, secret)
 
 
 def _link_dp_bootstrap(server: BootstrapServer) -> None:
     """Every prefill DP leader calls this once: rank 0 learns the others' servers."""
-    mine = None if tp().dp_rank == 0 else f"127.0.0.1:{server.port}"
+    mine = None if tp().dp_rank == 0 else f"{node_ip()}:{server.port}"
     addrs = leaders_gather_objects(mine)
     if tp().dp_rank == 0:
         server.forward_to(addrs[1:])

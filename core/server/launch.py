@@ -79,14 +79,14 @@ def serve(
         level=server_args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
     try:
-        check_dp_attention_nodes(server_args)
+        in_addr, out_addr = engine_addrs(server_args, ipc_dir)
         http_socket = _bind_http(server_args)
     except ConfigError as e:
+        shutil.rmtree(ipc_dir, ignore_errors=True)
         print(f"pdcore: error: {e}", file=sys.stderr, flush=True)
         return 1
-    ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
-    in_addr, out_addr = engine_addrs(ipc_dir, server_args.dp_attention_groups)
     group = EngineGroup(server_args, engine_target or _default_engine_target(), in_addr, out_addr)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
@@ -149,13 +149,14 @@ def serve_follower_node(server_args: ServerArgs, engine_target: Callable | None 
     def request_stop(signum, frame):
         stop["flag"] = True
 
-    try:
-        check_dp_attention_nodes(server_args)
+    try:  # DP leaders here talk to node 0's front end over TCP; other ranks need none
+        in_addr, out_addr = engine_addrs(server_args, "")
     except ConfigError as e:
         print(f"pdcore: error: {e}", file=sys.stderr, flush=True)
         return 1
     previous = signal.signal(signal.SIGTERM, request_stop)
-    group = EngineGroup(server_args, engine_target or _default_engine_target(), "", "")
+    target = engine_target or _default_engine_target()
+    group = EngineGroup(server_args, target, in_addr, out_addr)
     try:
         _say(
             f"node {server_args.node_rank}: starting TP ranks "
@@ -175,23 +176,28 @@ def serve_follower_node(server_args: ServerArgs, engine_target: Callable | None 
         signal.signal(signal.SIGTERM, previous)
 
 
-def engine_addrs(ipc_dir: str, dp_groups: int) -> tuple[str | list[str], str]:
-    """``(input(s), output)``: one input per DP leader under DP attention."""
+def engine_addrs(server_args: ServerArgs, ipc_dir: str) -> tuple[str | list[str], str]:
+    """``(input(s), output)`` of the front end's engine sockets: one input per DP
+    leader under DP attention. Local ipc sockets, unless DP leaders run on other
+    nodes: then TCP on node 0's ``--dist-init-addr`` host, ports PORT+1 .. PORT+N
+    (inputs) and PORT+N+1 (output), which every node computes alike."""
+    groups = server_args.dp_attention_groups
+    if groups > 1 and server_args.nnodes > 1:
+        host, port = server_args.dist_init_addr.rsplit(":", 1)
+        ip = _resolve(host.strip("[]"))
+        ins = [f"tcp://{ip}:{int(port) + 1 + d}" for d in range(groups)]
+        return ins, f"tcp://{ip}:{int(port) + 1 + groups}"
     out_addr = f"ipc://{ipc_dir}/engine-out"
-    if dp_groups == 1:
+    if groups == 1:
         return f"ipc://{ipc_dir}/engine-in", out_addr
-    return [f"ipc://{ipc_dir}/engine-in-{d}" for d in range(dp_groups)], out_addr
+    return [f"ipc://{ipc_dir}/engine-in-{d}" for d in range(groups)], out_addr
 
 
-def check_dp_attention_nodes(server_args: ServerArgs) -> None:
-    """DP leaders talk to the front end over local ipc sockets: all on node 0."""
-    if server_args.dp_attention_groups > 1 and server_args.nnodes > 1:
-        raise ConfigError(
-            "--enable-dp-attention",
-            f"--dp-size {server_args.dp_size} over --nnodes {server_args.nnodes} is not "
-            "supported yet (DP leaders on other nodes cannot reach this front end); "
-            "run DP attention on one node",
-        )
+def _resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError as e:
+        raise ConfigError("--dist-init-addr", f"cannot resolve {host!r}: {e}") from None
 
 
 def _resolved(server_args: ServerArgs) -> dict:

@@ -18,6 +18,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(n: int) -> int:
+    """A port P with P .. P+n-1 all free on 127.0.0.1 (a multi-node server's
+    rendezvous port and the front end's engine sockets after it)."""
+    for _ in range(50):
+        base = free_port()
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 class ServerProcess:
     """One server. Its stderr goes to a temporary file, never an unread pipe (a chatty
     server would block on a full pipe), so a failing test can show ``log_tail()``.

@@ -16,7 +16,7 @@ import sys
 import httpx
 import pytest
 from e2e.pd_helpers import COMMON, assert_same_greedy, gen_body
-from e2e.server_process import ServerProcess, free_port
+from e2e.server_process import ServerProcess, free_port_run
 
 pytestmark = pytest.mark.timeout(300)
 N = 8
@@ -111,13 +111,33 @@ def test_out_of_range_rank_is_a_400_naming_the_field(dp_server, prompts, path):
     assert r.status_code == 400 and "data_parallel_rank" in r.text, r.text
 
 
-@pytest.mark.parametrize("node_rank", ["0", "1"])
-def test_dp_attention_over_nodes_fails_at_startup_naming_the_flag(node_rank):
-    """DP leaders reach the front end over local sockets: one node only, for now."""
-    nodes = ("--nnodes", "2", "--node-rank", node_rank, "--dist-init-addr", "127.0.0.1:1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pdcore.launch_server", *DP, *nodes, "--port", str(free_port())],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+def test_dp_attention_over_two_nodes_equals_tp1(qwen3_path, prompts, tp1_outputs):
+    """DP rank 1's leader runs on "node 1" (no HTTP): it reaches node 0's front end
+    over TCP at --dist-init-addr's PORT+2 / PORT+3, and both ranks serve requests."""
+    addr = f"127.0.0.1:{free_port_run(4)}"
+    dist = (*DP, "--nnodes", "2", "--dist-init-addr", addr)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "pdcore.launch_server", "--model-path", qwen3_path,
+         *dist, "--node-rank", "1", *COMMON, "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "--enable-dp-attention: --dp-size 2 over --nnodes 2 is not supported" in proc.stderr
+    try:
+        server = ServerProcess("--model-path", qwen3_path, *dist, "--node-rank", "0", *COMMON)
+        try:
+            outs = asyncio.run(_post_all(server.url, [gen_body(p) for p in prompts[:N]]))
+            ranks = _ranks(server)
+            pinned = server.post("/generate", gen_body(prompts[0], data_parallel_rank=1))
+        finally:
+            server.stop()
+        # Node 0 stopping tells node 1's ranks to stop: node 1 exits by itself.
+        assert node1.wait(timeout=60) == 0, node1.stderr.read()[-2000:]
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+    for i, (out, ref) in enumerate(zip(outs, tp1_outputs, strict=True)):
+        _assert_matches(out, ref, f"prompt {i} with DP rank 1 on node 1")
+    assert [r["dp_rank"] for r in ranks] == [0, 1]
+    assert all(r["kv_cache"]["cached_pages"] > 0 for r in ranks), f"one rank idle: {ranks}"
+    assert pinned.status_code == 200, pinned.text
+    _assert_matches(pinned.json(), tp1_outputs[0], "prompt 0 pinned to node 1's DP rank")

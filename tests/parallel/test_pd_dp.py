@@ -13,15 +13,22 @@ the same bootstrap path as the first shape; it is left out to keep CI short.)
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 from e2e.pd_helpers import (
+    COMMON,
     assert_idle,
     assert_same_greedy,
     gen_body,
+    logs,
     pd_generate,
     pd_servers,
+    start_decode,
 )
+from e2e.server_process import ServerProcess, free_port, free_port_run
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,22 +47,60 @@ def test_dp_attention_pd_equals_null_mode(qwen3_path, prompts, null_outputs, sha
     prefill, decode, port = pd_servers(
         qwen3_path, "mooncake", prefill_args=prefill_args, decode_args=decode_args
     )
-    pd = {"bootstrap_host": "127.0.0.1", "bootstrap_port": port}
-    dp_side = prefill if prefill_args else decode
     try:
-        assert dp_side.post("/flush_cache").status_code == 200  # drop the warm-up's pages
-        # Consecutive rooms alternate DP ranks (room % 2) on the DP side.
-        bodies = [gen_body(p, bootstrap_room=1000 + i, **pd) for i, p in enumerate(prompts[:N])]
-        results = asyncio.run(pd_generate(prefill, decode, bodies))
-        for i, ((p_status, d_status, out), ref) in enumerate(
-            zip(results, null_outputs[:N], strict=True)
-        ):
-            assert (p_status, d_status) == (200, 200), f"prompt {i}: {out}"
-            assert_same_greedy(out, ref, f"{shape}, prompt {i}")
-        assert_idle(prefill, decode)
-        ranks = dp_side.get("/get_server_info").json()["data_parallel"]
-        cached = [r["kv_cache"]["cached_pages"] for r in ranks]
-        assert all(c > 0 for c in cached), f"rooms must reach both DP ranks: {cached}"
+        _check_pd(prefill, decode, port, prefill if prefill_args else decode, prompts, null_outputs)
     finally:
         prefill.stop()
         decode.stop()
+
+
+def test_prefill_dp_over_two_nodes_equals_null_mode(qwen3_path, prompts, null_outputs):
+    """The seed's multi-node PD shape in small: prefill DP=2 over two "nodes" (DP rank
+    1's leader on node 1, reached by decode through node 0's bootstrap port, writing
+    KV from node 1) -> decode DP=1."""
+    nodes = (*DP, "--nnodes", "2", "--dist-init-addr", f"127.0.0.1:{free_port_run(4)}")
+    port = free_port()
+    args = (
+        "--model-path", qwen3_path, "--disaggregation-mode", "prefill",
+        "--disaggregation-bootstrap-port", str(port),
+        "--disaggregation-transfer-backend", "mooncake", *COMMON, *nodes,
+    )  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "pdcore.launch_server", *args, "--node-rank", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    prefill = decode = None
+    try:
+        prefill = ServerProcess(*args, "--node-rank", "0", wait=False)
+        decode = start_decode(qwen3_path, "mooncake", wait=False)
+        prefill.wait_healthy()
+        decode.wait_healthy()
+        _check_pd(prefill, decode, port, prefill, prompts, null_outputs)
+    finally:
+        for server in (decode, prefill):
+            if server is not None:
+                server.stop()
+        try:
+            assert node1.wait(timeout=60) == 0, node1.stderr.read()[-2000:]
+        finally:
+            if node1.poll() is None:
+                node1.kill()
+
+
+def _check_pd(prefill, decode, port, dp_side, prompts, null_outputs) -> None:
+    """N rooms through the pair equal null mode, reach both DP ranks, hold no page."""
+    pd = {"bootstrap_host": "127.0.0.1", "bootstrap_port": port}
+    assert dp_side.post("/flush_cache").status_code == 200  # drop the warm-up's pages
+    # Consecutive rooms alternate DP ranks (room % 2) on the DP side.
+    bodies = [gen_body(p, bootstrap_room=1000 + i, **pd) for i, p in enumerate(prompts[:N])]
+    results = asyncio.run(pd_generate(prefill, decode, bodies))
+    for i, ((p_status, d_status, out), ref) in enumerate(
+        zip(results, null_outputs[:N], strict=True)
+    ):
+        assert (p_status, d_status) == (200, 200), f"prompt {i}: {out}\n{logs(prefill, decode)}"
+        assert_same_greedy(out, ref, f"prompt {i}")
+    assert_idle(prefill, decode)
+    ranks = dp_side.get("/get_server_info").json()["data_parallel"]
+    cached = [r["kv_cache"]["cached_pages"] for r in ranks]
+    assert all(c > 0 for c in cached), f"rooms must reach both DP ranks: {cached}"
