@@ -99,6 +99,18 @@ async def pd_generate(prefill, decode, bodies) -> list[tuple[int, int, dict]]:
         return await asyncio.gather(*(one(b) for b in bodies))
 
 
+def assert_pd_equals(prefill, decode, bodies, refs, what: str) -> list[dict]:
+    """Send ``bodies`` through the pair at once: every one a 200 on both sides and
+    greedy-equal to its reference (null mode); decode's answers."""
+    results = asyncio.run(pd_generate(prefill, decode, bodies))
+    for i, ((p_status, d_status, out), ref) in enumerate(zip(results, refs, strict=True)):
+        assert (p_status, d_status) == (200, 200), f"{what}, prompt {i}: {out}\n" + logs(
+            prefill, decode
+        )
+        assert_same_greedy(out, ref, f"{what}, prompt {i}")
+    return [out for _, _, out in results]
+
+
 def sse_events(lines) -> list[dict]:
     return [json.loads(x[6:]) for x in lines if x.startswith("data: ") and x != "data: [DONE]"]
 

@@ -83,3 +83,16 @@ def assert_idle(engine: Engine) -> None:
     assert usage.free + usage.evictable == usage.total, usage
     assert engine.cache.audit() == (usage.cached, 0)
     assert not engine.scheduler.running and not engine.scheduler.waiting
+
+
+def pd_queue_step(sched, queues):
+    """One engine step of PD queues over a bare scheduler (every sampled token 7):
+    poll the queues, schedule, commit; returns what the poll reported."""
+    from pdcore.scheduler.scheduler import Sampled
+
+    reports = queues.poll()
+    batch = sched.schedule()
+    if batch is not None:
+        sampled = [Sampled(7) for s in batch.sample if s]
+        queues.after_commit(batch, sched.commit(batch, sampled))
+    return reports

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import msgspec
 from engine.harness import assert_idle, drain, greedy_req, make_engine
+from engine.harness import pd_queue_step as step
 
 from pdcore.disaggregation.fake import FakeKVReceiver
 from pdcore.disaggregation.kv_args import FINAL, KVPoll
@@ -15,7 +16,7 @@ from pdcore.kvcache.radix_cache import RadixCache
 from pdcore.sampling_params import SamplingParams
 from pdcore.scheduler.prefill import PrefillQueues
 from pdcore.scheduler.request import Req
-from pdcore.scheduler.scheduler import Sampled, Scheduler, SchedulerConfig
+from pdcore.scheduler.scheduler import Scheduler, SchedulerConfig
 
 THRESHOLD = 24  # decode's chunk is 16 tokens: a local prompt of 20 takes two chunks
 ADDR = "10.0.0.1:8998"
@@ -149,15 +150,6 @@ def prefill_queues():
     sched = Scheduler(config, alloc, RadixCache(4, alloc))
     mgr = SenderManager()
     return sched, PrefillQueues(sched, mgr), mgr
-
-
-def step(sched, queues):
-    reports = queues.poll()
-    batch = sched.schedule()
-    if batch is not None:
-        sampled = [Sampled(7) for s in batch.sample if s]
-        queues.after_commit(batch, sched.commit(batch, sampled))
-    return reports
 
 
 def assert_served_report(reports, req, queues, sched):

@@ -3,13 +3,15 @@ and that no page is released while its sender may still read it."""
 
 from __future__ import annotations
 
+from engine.harness import pd_queue_step as step
+
 from pdcore.disaggregation.kv_args import FINAL, KVPoll
 from pdcore.kvcache.allocator import PageAllocator
 from pdcore.kvcache.radix_cache import RadixCache
 from pdcore.sampling_params import SamplingParams
 from pdcore.scheduler.prefill import PrefillQueues
 from pdcore.scheduler.request import Req
-from pdcore.scheduler.scheduler import Sampled, Scheduler, SchedulerConfig
+from pdcore.scheduler.scheduler import Scheduler, SchedulerConfig
 
 PS = 4
 
@@ -62,15 +64,6 @@ def setup(chunk: int = 6):
     )
     mgr = ScriptedManager()
     return sched, PrefillQueues(sched, mgr), mgr
-
-
-def step(sched, queues):
-    reports = queues.poll()
-    batch = sched.schedule()
-    if batch is not None:
-        sampled = [Sampled(7) for s in batch.sample if s]
-        queues.after_commit(batch, sched.commit(batch, sampled))
-    return reports
 
 
 def test_chunks_send_completed_pages_and_hold_until_success():
