@@ -23,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,10 +79,12 @@ async def post_all(urls_bodies):
         return await asyncio.gather(*(one(u, b) for u, b in urls_bodies))
 
 
-def correctness(model: str, backend: str) -> dict:
+def correctness(model: str, backend: str, dummy: bool = False) -> dict:
     rng = random.Random(0)
     prompts = [[rng.randrange(5, 2000) for _ in range(n)] for n in (5, 40, 300, 700, 9, 64, 65, 1)]
     common = ["--model-path", model, "--device", "cuda", "--page-size", "16"]
+    if dummy:  # the same seeded random weights in every server
+        common += ["--load-format", "dummy", "--dtype", "bfloat16"]
     common += ["--chunked-prefill-size", "256", "--max-total-tokens", "16384"]
     null = Server(*common, "--base-gpu-id", "0")
     try:
@@ -296,7 +299,13 @@ def rate_two_processes(backend: str, nregions: int = 1, options: dict | None = N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model-path", required=True)
+    ap.add_argument("--model-path", default=None)
+    ap.add_argument(
+        "--dummy-config",
+        default=None,
+        help="instead of --model-path: an HF config.json served with random bf16 weights "
+        "(e.g. llama-3.1-8b-instruct.config.json next to this file)",
+    )
     ap.add_argument("--backend", default="nixl")
     ap.add_argument("--out", default=None)
     ap.add_argument("--rate-only", action="store_true")
@@ -306,6 +315,8 @@ def main() -> None:
     )
     ap.add_argument("--skip-one-process", action="store_true")
     args = ap.parse_args()
+    if not args.rate_only and not (args.model_path or args.dummy_config):
+        ap.error("--model-path or --dummy-config is required (unless --rate-only)")
     import torch
 
     result = {
@@ -322,7 +333,12 @@ def main() -> None:
         result["rate_16k_tokens_llama8b_kv_one_process"] = rate(args.backend)
     print(json.dumps(result, indent=2), flush=True)
     if not args.rate_only:
-        result["pd_correctness"] = correctness(args.model_path, args.backend)
+        model = args.model_path
+        if args.dummy_config:
+            from pd_vs_colocated import make_model_dir
+
+            model = str(make_model_dir(args.dummy_config, Path(tempfile.mkdtemp()) / "model"))
+        result["pd_correctness"] = correctness(model, args.backend, bool(args.dummy_config))
     text = json.dumps(result, indent=2)
     print(text)
     out = Path(args.out) if args.out else HERE / "results" / f"pd_two_gpus_{args.backend}.json"
