@@ -198,16 +198,23 @@ class Proxy:
                     if failed is not None:
                         await self._abort([(p, p_task)], sent)
                         return failed
-                    return await self._answer(d, d_task.result(), p_task, sent)
+                    answer = await self._answer(d, d_task.result(), p_task, sent)
+                    if isinstance(answer, Retry):
+                        await self._abort([(p, p_task)], sent)
+                    return answer
         finally:
             gone.cancel()
 
-    async def _answer(self, w: Worker, up: Upstream, p_task, sent) -> Response:
-        """A 2xx answer: streamed through as it comes, or whole (+ input logprobs)."""
+    async def _answer(self, w: Worker, up: Upstream, p_task, sent) -> Response | Retry:
+        """A 2xx answer: streamed through as it comes, or whole (+ input logprobs); a
+        retry if the connection broke before the whole body came (the client saw nothing)."""
         if (up.content_type or "").startswith("text/event-stream"):
             return self._relay(w, up, p_task, sent)
         try:
             content = await up.resp.read()
+        except UPSTREAM_ERRORS as e:
+            self._failed(w, "connection", e)
+            return Retry(w, f"{w.role} {w.url}: answer cut short: {type(e).__name__}: {e}")
         finally:
             self._release(w, up)
         self._judge(w, up.status)
@@ -216,13 +223,24 @@ class Proxy:
         return Response(content, up.status, media_type=up.content_type)
 
     def _relay(self, d: Worker, up: Upstream, p_task, sent) -> StreamingResponse:
-        """Pass SSE bytes through as they arrive; abort both sides if it did not complete."""
+        """Pass SSE events through as they arrive; abort both sides if it did not complete.
+
+        Only whole events go out (up to the last blank line), so a connection lost in
+        the middle of one ends the stream with the error event, not a half event.
+        """
 
         async def chunks():
             completed = False
+            partial = b""  # the start of an event whose end has not come yet
             try:
                 async for chunk in up.resp.content.iter_any():
-                    yield chunk
+                    partial += chunk
+                    end = _events_end(partial)
+                    if end:
+                        yield partial[:end]
+                        partial = partial[end:]
+                if partial:
+                    yield partial
                 completed = True
             except UPSTREAM_ERRORS as e:
                 self._failed(d, "stream", e)
@@ -363,6 +381,12 @@ class _Relay(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()
+
+
+def _events_end(buf: bytes) -> int:
+    """Length of the whole SSE events at the start of ``buf`` (0 if none ended yet)."""
+    ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n") if (i := buf.rfind(sep)) >= 0]
+    return max(ends, default=0)
 
 
 def _task(worker: Worker, coro) -> asyncio.Task:

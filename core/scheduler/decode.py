@@ -124,6 +124,8 @@ class DecodeQueues:
     def _preallocate(self, req: Req, receiver: KVReceiver | FakeKVReceiver) -> bool:
         """Pages for the whole prompt plus an aux slot, if the KV budget allows; in order."""
         sched = self.scheduler
+        if sched.waiting:  # retracted requests first: new pages would starve them
+            return False
         busy = len(sched.running) + len(self.transfers)
         if busy >= sched.config.max_running_requests:
             return False

@@ -177,7 +177,7 @@ class Scheduler:
             self.waiting.popleft()
             self.running.append(req)
             take(req)
-        if not reqs and not self.running and self.waiting:
+        if not reqs and not self.running and self.waiting and self._all_pages_reclaimable():
             # Nothing holds pages, yet the head does not fit: it never will.
             req = self.waiting.popleft()
             del self.reqs[req.rid]
@@ -187,6 +187,18 @@ class Scheduler:
             return None
         sample = [p + e == r.seq_len for r, p, e in zip(reqs, prefix, extend, strict=True)]
         return ScheduledBatch(False, reqs, prefix, extend, sample)
+
+    def _all_pages_reclaimable(self) -> bool:
+        """Every page is free or only in the prefix cache: no request holds one, here
+        or in a PD queue (decode's requests waiting for their KV, prefill's finished
+        requests whose KV is still being sent), which will give theirs back."""
+        return self.allocator.num_free + self.cache.evictable_pages == self.allocator.capacity
+
+    def _pages_held_elsewhere(self) -> int:
+        """Pages neither free, nor in the prefix cache, nor a running request's own:
+        a PD queue holds them until its transfers end."""
+        own = sum(len(r.pages) - r.num_cached_pages for r in self.running)
+        return self.allocator.num_used - self.cache.cached_pages - own
 
     def _admit(self, req: Req) -> bool:
         """Give ``req`` its cached prefix and pages for its whole sequence, if they fit."""
@@ -226,7 +238,10 @@ class Scheduler:
             if len(needy) <= self.allocator.num_free + self.cache.evictable_pages:
                 break
             victim = max(self.running, key=lambda r: r.admit_order)
-            if len(self.running) == 1:  # cannot happen by the size checks; never spin
+            if len(self.running) == 1:
+                if self._pages_held_elsewhere():
+                    return None  # a PD queue's pages come back when its transfers end
+                # cannot happen by the size checks; never spin
                 self._finish(victim, finish_reason("length", message="KV cache is full"))
                 self.finished_unreported.append(victim)
                 return None
