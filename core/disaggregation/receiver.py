@@ -147,8 +147,9 @@ class KVReceiver:
                 self._fail_locked(self.abort_reason)
             return
         if self._request is not None and self._request.done() and self._request.exception():
-            err = self._request.exception()
-            self._fail_locked(f"transfer request to {self.addr} failed: {err}")
+            # Prefill may have the pages although its reply was lost, and would write
+            # them: free them (FAILED) only once prefill answered an abort.
+            self.abort(f"transfer request to {self.addr} failed: {self._request.exception()}")
             return
         if self.last_chunk is not None and self.chunks == set(range(self.last_chunk + 1)):
             got = self.mgr.aux.room(self.aux_slot)
