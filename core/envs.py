@@ -86,6 +86,13 @@ DISAGGREGATION_KNOBS: dict[str, EnvKnob] = {
             0,
             "seconds decode waits for the KV cache after bootstrap",
         ),
+        EnvKnob(
+            "DISAGGREGATION_QUARANTINE_TIMEOUT",
+            float,
+            300.0,
+            0,
+            "seconds decode keeps a failed room's pages while prefill may still write them",
+        ),
     )
 }
 
@@ -98,6 +105,7 @@ class DisaggregationEnv:
     heartbeat_interval: float
     heartbeat_max_failure: int
     waiting_timeout: float
+    quarantine_timeout: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DisaggregationEnv:

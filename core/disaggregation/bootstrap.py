@@ -154,16 +154,18 @@ class _Peer:
 class BootstrapClient:
     """Decode's view of its prefill peers: cached handshakes and heartbeats.
 
-    ``on_peer_lost(addr, reason)`` is called from the heartbeat thread when a
-    peer misses ``heartbeat_max_failure`` heartbeats in a row or restarted; the
-    cached handshake is dropped so the next room handshakes afresh.
+    ``on_peer_lost(addr, reason, may_write)`` is called from the heartbeat thread
+    when a peer misses ``heartbeat_max_failure`` heartbeats in a row
+    (``may_write``: it may only be frozen or cut off, and still write) or restarted
+    (the old process is gone); the cached handshake is dropped so the next room
+    handshakes afresh.
     """
 
     def __init__(
         self,
         local: EndpointInfo,
         env: DisaggregationEnv,
-        on_peer_lost: Callable[[str, str], None],
+        on_peer_lost: Callable[[str, str, bool], None],
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         secret: str | bytes | None = None,
     ):
@@ -233,7 +235,7 @@ class BootstrapClient:
 
     def _beat(self, addr: str, timeout: float) -> None:
         peer = self._peer(addr)
-        lost = ""
+        lost, may_write = "", False
         try:
             reply = request(addr, Heartbeat(self.local.instance_id), timeout, self._key)
         except ControlError as e:
@@ -242,6 +244,7 @@ class BootstrapClient:
                 if peer.info is not None and peer.failures >= self.env.heartbeat_max_failure:
                     lost = f"prefill {addr} offline: {peer.failures} heartbeats failed ({e})"
                     peer.info, peer.failures = None, 0
+                    may_write = not isinstance(e.__cause__, ConnectionRefusedError)
         else:
             with peer.lock:
                 peer.failures = 0
@@ -250,4 +253,4 @@ class BootstrapClient:
                     peer.info = None
         if lost:
             log.warning("%s", lost)
-            self._on_peer_lost(addr, lost)
+            self._on_peer_lost(addr, lost, may_write)

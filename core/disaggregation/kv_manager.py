@@ -71,6 +71,9 @@ NOTICE_TIMEOUT_S = 5.0
 # for seconds; polling at 1 ms then cost 2% of a core that prefill needed).
 NOTIFY_POLL_MIN_S = 0.001
 NOTIFY_POLL_MAX_S = 0.008
+# Decode re-sends aborts of unsettled rooms (pages prefill may still write) this often.
+UNSETTLED_PROBE_S = 1.0
+UNSETTLED = "decode gave up on this room earlier; confirm no write into its pages runs"
 TRANSFER_LOG_LEN = 4096  # per-room records kept until take_transfers() reads them
 
 
@@ -196,6 +199,11 @@ class KVManager:
         self.rooms_succeeded = 0
         self.rooms_failed = 0
         self.rooms_served_by_decode = 0
+        # Decode: FAILED rooms whose prefill may still write their pages (``settled``).
+        self._unsettled: dict[int, tuple[str, float]] = {}
+        self._probing: set[str] = set()
+        self._probe_after: dict[str, float] = {}
+        self.rooms_quarantine_expired = 0
         # Metrics hook: per-room write timing, moved to transfer_log when the room succeeds.
         self._room_io: dict[int, list] = {}
         self.transfer_log: deque[TransferRecord] = deque(maxlen=TRANSFER_LOG_LEN)
@@ -363,6 +371,8 @@ class KVManager:
                 "pending_requests": len(getattr(self, "_pending", {})),
                 "chunk_notices": "in-band" if self.in_band_notices else "control",
                 "notices_in_band": self.notices_in_band,
+                "rooms_unsettled": len(self._unsettled),
+                "rooms_quarantine_expired": self.rooms_quarantine_expired,
             }
 
     def take_transfers(self) -> list[TransferRecord]:
@@ -798,12 +808,69 @@ class KVManager:
                         self.notices_in_band += 1
                     self._on_notice(msg)
 
-    def _on_peer_lost(self, addr: str, reason: str) -> None:
+    def _on_peer_lost(self, addr: str, reason: str, may_write: bool = False) -> None:
+        """Fail every room of prefill ``addr``. ``may_write``: it only went silent (not
+        known dead or restarted), so the pages of rooms it had wait to be settled."""
         with self._lock:
             for room in list(self._rooms.values()):
                 if room.addr == addr:
-                    room._fail_locked(reason)
+                    room._fail_locked(reason, unsettled=may_write)
         self._changed()
+
+    # ---- decode: pages a failed room's prefill may still write -------------------
+
+    def _hold_locked(self, room: int, addr: str) -> None:
+        deadline = time.monotonic() + self.env.quarantine_timeout
+        self._unsettled[room] = (addr, deadline)
+
+    def settled(self, room: int) -> bool:
+        """Decode: may the pages of this FAILED room be reused? True at once for a room
+        prefill cannot write any more; for an unsettled one once prefill confirmed an
+        abort (it resumed, or a restarted instance never knew the room), its bootstrap
+        address refuses connections (the process is gone), or ``quarantine_timeout``
+        passed. Asking again retries the confirmation (one probe per prefill at a time)."""
+        with self._lock:
+            entry = self._unsettled.get(room)
+            if entry is None:
+                return True
+            addr, deadline = entry
+            if time.monotonic() >= deadline:
+                del self._unsettled[room]
+                self.rooms_quarantine_expired += 1
+                log.warning(
+                    "room %d: prefill %s never confirmed it stopped writing; reusing its "
+                    "pages after %gs (SGLANG_DISAGGREGATION_QUARANTINE_TIMEOUT)",
+                    room, addr, self.env.quarantine_timeout,
+                )  # fmt: skip
+                return True
+            if addr not in self._probing and time.monotonic() >= self._probe_after.get(addr, 0):
+                rooms = [r for r, (a, _) in self._unsettled.items() if a == addr]
+                self._probing.add(addr)
+                self.submit(self._probe_unsettled, addr, rooms)
+            return False
+
+    def _probe_unsettled(self, addr: str, rooms: list[int]) -> None:
+        """Abort each room again at ``addr``; a confirmed one is settled."""
+        try:
+            for room in rooms:
+                try:
+                    reply = self.client.send(addr, Abort(room, UNSETTLED, self.instance_id))
+                except ControlError as e:
+                    if isinstance(e.__cause__, ConnectionRefusedError):  # nobody listens
+                        with self._lock:
+                            for r in rooms:
+                                self._unsettled.pop(r, None)
+                        return
+                    raise
+                if getattr(reply, "ok", False):
+                    with self._lock:
+                        self._unsettled.pop(room, None)
+        except (ControlError, PdcoreError) as e:
+            log.debug("prefill %s not answering aborts of unsettled rooms yet: %s", addr, e)
+        finally:
+            with self._lock:
+                self._probing.discard(addr)
+                self._probe_after[addr] = time.monotonic() + UNSETTLED_PROBE_S
 
 
 def _heads_fit(first: int, count: int, total: int) -> bool:

@@ -40,6 +40,9 @@ class KVReceiver:
         self.chunks: set[int] = set()
         self.last_chunk: int | None = None
         self.pages_received = 0
+        # FAILED while prefill may still write our pages (it went silent, or did not
+        # confirm an abort): the pages wait for ``KVManager.settled`` before reuse.
+        self.unsettled = False
 
     def poll(self) -> KVPoll:
         """Current state; on a final state decode may reuse (FAILED) or decode (SUCCESS)."""
@@ -126,8 +129,12 @@ class KVReceiver:
             )
         self._advance_locked()
 
-    def _fail_locked(self, reason: str) -> None:
+    def _fail_locked(self, reason: str, unsettled: bool = False) -> None:
+        """FAILED; ``unsettled``: prefill had our pages and may still write them."""
         if self.state not in FINAL:
+            if unsettled and self.state is KVPoll.TRANSFERRING:
+                self.unsettled = True
+                self.mgr._hold_locked(self.room, self.addr)
             self.mgr._finalize(self, KVPoll.FAILED, reason)
 
     def _advance_locked(self) -> None:
@@ -144,7 +151,9 @@ class KVReceiver:
             self.state, self.ready_at = KVPoll.WAITING_FOR_INPUT, now
         if self._abort is not None:
             if self._abort.done():
-                self._fail_locked(self.abort_reason)
+                err = self._abort.exception()
+                confirmed = err is None and getattr(self._abort.result(), "ok", False)
+                self._fail_locked(self.abort_reason, unsettled=not confirmed)
             return
         if self._request is not None and self._request.done() and self._request.exception():
             # Prefill may have the pages although its reply was lost, and would write

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from pdcore.distributed.state import kv_head_range
+from pdcore.kvcache import host_memory
 
 
 class StagingFull(Exception):
@@ -29,7 +30,10 @@ class StagingArea:
     """A registered byte buffer handed out in extents; ``alloc`` waits for frees."""
 
     def __init__(self, nbytes: int, device: torch.device):
-        self.buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        if torch.device(device).type == "cpu":  # copied between processes: huge pages
+            self.buf = host_memory.zeros((nbytes,), torch.uint8)
+        else:
+            self.buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
         self.nbytes = nbytes
         self._free = [(0, nbytes)]  # (offset, size), sorted by offset
         self._used: dict[int, int] = {}

@@ -11,6 +11,7 @@ runs ``idle()``, a pass with no tokens of its own.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pdcore.attention.base import AttentionImpl, AttentionMetadata
@@ -53,33 +54,47 @@ class ModelRunner:
         return self.graphs.sizes
 
     def build_inputs(self, plan: StepPlan):
-        """``(input_ids, positions, AttentionMetadata)`` on the device for ``plan``."""
+        """``(input_ids, positions, AttentionMetadata)`` on the device for ``plan``.
+
+        Built in numpy and packed into one int64 buffer (tokens, positions, cache
+        slots, sequence and extend lengths, page table) that crosses to the device
+        in one copy: on a GPU a decode step's host work sits between two forwards,
+        and six small copies plus per-row torch ops cost ~0.4 ms of an ~7 ms step."""
         ps = self.pool.page_size
-        seq_lens = plan.seq_lens
-        width = max(-(-s // ps) for s in seq_lens)
-        table = torch.full((len(seq_lens), width), PAD_PAGE, dtype=torch.int64)
+        n = len(plan.extend_lens)
+        prefix = np.asarray(plan.prefix_lens, dtype=np.int64)
+        extend = np.asarray(plan.extend_lens, dtype=np.int64)
+        seq = prefix + extend
+        width = int(((seq + ps - 1) // ps).max())
+        total = len(plan.tokens)
+        host = np.empty(3 * total + 2 * n + n * width, dtype=np.int64)
+        tokens, positions, slots = (host[i * total : (i + 1) * total] for i in range(3))
+        lens = host[3 * total : 3 * total + 2 * n]
+        table = host[3 * total + 2 * n :].reshape(n, width)
+        tokens[:] = plan.tokens
+        if total == n:  # one token per row (decode): its position is the prefix length
+            positions[:] = prefix
+        else:
+            starts = np.cumsum(extend) - extend  # each row's first index in the flat tokens
+            positions[:] = np.arange(total) - np.repeat(starts - prefix, extend)
+        table.fill(PAD_PAGE)
         for row, pages in enumerate(plan.pages):
-            table[row, : len(pages)] = torch.tensor(pages, dtype=torch.int64)
-        positions = torch.cat(
-            [
-                torch.arange(start, start + ext)
-                for start, ext in zip(plan.prefix_lens, plan.extend_lens, strict=True)
-            ]
-        )
-        rows = torch.repeat_interleave(torch.arange(len(seq_lens)), torch.tensor(plan.extend_lens))
-        slots = table[rows, positions // ps] * ps + positions % ps
-        dev = self.device
+            table[row, : len(pages)] = pages
+        rows = np.repeat(np.arange(n), extend)
+        slots[:] = table[rows, positions // ps] * ps + positions % ps
+        lens[:n], lens[n:] = seq, extend
+        flat = torch.from_numpy(host).to(self.device)  # CPU: the same memory, no copy
+        at = 3 * total
         meta = AttentionMetadata(
             is_decode=plan.is_decode,
-            page_table=table.to(dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=dev),
-            extend_lens=torch.tensor(plan.extend_lens, dtype=torch.int64, device=dev),
-            cache_slots=slots.to(dev),
-            seq_lens_cpu=seq_lens,
+            page_table=flat[at + 2 * n :].view(n, width),
+            seq_lens=flat[at : at + n],
+            extend_lens=flat[at + n : at + 2 * n],
+            cache_slots=flat[2 * total : at],
+            seq_lens_cpu=seq.tolist(),
             extend_lens_cpu=list(plan.extend_lens),
         )
-        input_ids = torch.tensor(plan.tokens, dtype=torch.int64, device=dev)
-        return input_ids, positions.to(dev), meta
+        return flat[:total], flat[total : 2 * total], meta
 
     def forward(
         self, batch: ScheduledBatch, dp_tokens: list[int] | None = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pdcore.kvcache import host_memory
 from pdcore.kvcache.allocator import PageAllocator
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,10 @@ def allocate_layer_caches(
     its one tensor, views that write through to it)."""
     dims = (num_pages, shape.page_size, shape.num_kv_heads, shape.head_dim)
     count = shape.buffers_per_layer * shape.num_layers
-    buffers = [torch.zeros(dims, dtype=shape.dtype, device=device) for _ in range(count)]
+    if torch.device(device).type == "cpu":  # transfer engines copy host pages: huge pages
+        buffers = [host_memory.zeros(dims, shape.dtype) for _ in range(count)]
+    else:
+        buffers = [torch.zeros(dims, dtype=shape.dtype, device=device) for _ in range(count)]
     if shape.is_mla:
         rank = shape.latent_rank
         if not 0 < rank < shape.head_dim or shape.num_kv_heads != 1:

@@ -5,7 +5,10 @@ gets pages for its whole prompt when the KV budget allows (else it waits, in
 order), hands them to prefill, and waits, polled once per step and never
 blocking the engine, until the KV and the first token arrived. It then joins
 the running decode batch as if it had been prefilled here. A failed transfer
-frees its pages and aux slot and reports the reason.
+frees its pages and aux slot and reports the reason, unless prefill may still
+write them (it went silent, or did not confirm an abort): then the request fails
+at once but its pages and aux slot stay in quarantine until the KV manager says
+the room is settled (see ``KVManager.settled``).
 
 Conditional disaggregation (``--disaggregation-local-prefill-threshold N``): a
 request with at most N tokens left to prefill here (its prompt minus decode's own
@@ -42,6 +45,8 @@ class DecodeQueues:
         self.receivers: dict[str, KVReceiver | FakeKVReceiver] = {}
         self.slots: dict[str, int] = {}
         self.aborted: set[str] = set()
+        # room -> (pages, aux slot) of failed rooms prefill may still write into.
+        self.quarantine: dict[int, tuple[list[int], int | None]] = {}
         self.metrics = PDMetrics("decode")
 
     def knows(self, rid: str) -> bool:
@@ -92,6 +97,7 @@ class DecodeQueues:
         ``(rid, reason)`` pairs for failed ones."""
         out: list = []
         blocked = False
+        self._release_settled()
         for rid, req in list(self.prealloc.items()):
             receiver = self.receivers[rid]
             state = receiver.poll()
@@ -111,7 +117,11 @@ class DecodeQueues:
                 self._start_decode(req)
                 out.append(req)
                 continue
-            self.scheduler.allocator.free(req.pages)
+            receiver = self.receivers[rid]
+            if getattr(receiver, "unsettled", False):  # prefill may still write them
+                self.quarantine[receiver.room] = (req.pages, self.slots.pop(rid, None))
+            else:
+                self.scheduler.allocator.free(req.pages)
             req.pages = []
             reason = self._forget(rid)
             if rid in self.aborted:  # reported when aborted (even if the KV arrived)
@@ -194,15 +204,25 @@ class DecodeQueues:
         receiver = self.receivers.pop(rid)
         return receiver.failure_reason or "KV transfer failed"
 
+    def _release_settled(self) -> None:
+        """Quarantined pages and aux slots whose room is settled go back to the pool."""
+        for room, (pages, slot) in list(self.quarantine.items()):
+            if self.manager.settled(room):
+                del self.quarantine[room]
+                self.scheduler.allocator.free(pages)
+                if slot is not None:
+                    self.manager.aux.free(slot)
+
     def has_work(self) -> bool:
-        return bool(self.prealloc or self.transfers)
+        return bool(self.prealloc or self.transfers or self.quarantine)
 
     def num_waiting(self) -> int:
         """Requests waiting for pages (prealloc queue) or for their KV (transfer queue)."""
         return len(self.prealloc) + len(self.transfers)
 
     def held_pages(self) -> int:
-        return sum(len(r.pages) for r in self.transfers.values())
+        held = sum(len(r.pages) for r in self.transfers.values())
+        return held + sum(len(pages) for pages, _ in self.quarantine.values())
 
     def stats(self) -> dict:
         return {
@@ -210,6 +230,7 @@ class DecodeQueues:
             "prealloc_queue": len(self.prealloc),
             "transfer_queue": len(self.transfers),
             "held_pages": self.held_pages(),
+            "quarantined_pages": sum(len(pages) for pages, _ in self.quarantine.values()),
             **self.metrics.summary(),
             **(self.manager.stats() if self.manager else {"transfer_backend": "fake"}),
         }

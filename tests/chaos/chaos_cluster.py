@@ -31,6 +31,9 @@ PD_ENV = {
     "PDCORE_DISAGGREGATION_WAITING_TIMEOUT": "8",
     "PDCORE_DISAGGREGATION_HEARTBEAT_INTERVAL": "1",
     "PDCORE_DISAGGREGATION_HEARTBEAT_MAX_FAILURE": "2",
+    # Pages of rooms a silent prefill may still write: held until it answers again
+    # (a pause ends, a restart is up) or this long, well above any injected outage.
+    "PDCORE_DISAGGREGATION_QUARANTINE_TIMEOUT": "30",
 }
 # Decode's KV pool: 48 pages of 16 tokens. A few long prompts with their outputs do
 # not fit at once, so decode waits for pages and retracts running requests.

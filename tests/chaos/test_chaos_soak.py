@@ -120,7 +120,8 @@ def _idle_state(info: dict) -> dict:
     }
     for key in (
         "active_rooms", "held_pages", "pending_requests", "inflight_transfers",
-        "bootstrap_queue", "prealloc_queue", "transfer_queue",
+        "bootstrap_queue", "prealloc_queue", "transfer_queue", "quarantined_pages",
+        "rooms_unsettled",
     ):  # fmt: skip
         if key in pd:
             state[key] = pd[key]

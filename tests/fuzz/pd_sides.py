@@ -41,7 +41,7 @@ class HandlerErrors(logging.Handler):
 
 
 class PDSides:
-    def __init__(self, secret: str | None = None):
+    def __init__(self, secret: str | None = None, env: DisaggregationEnv = FUZZ_ENV):
         self.secret = secret
         self.key = to_key(secret)
         self.errors = HandlerErrors()
@@ -53,7 +53,7 @@ class PDSides:
             "prefill",
             KVArgs.from_pool(self.prefill_pool, MODEL),
             "mooncake",
-            env=FUZZ_ENV,
+            env=env,
             bootstrap=self.bootstrap,
             secret=secret,
         )
@@ -61,7 +61,7 @@ class PDSides:
             "decode",
             KVArgs.from_pool(self.decode_pool, MODEL),
             "mooncake",
-            env=FUZZ_ENV,
+            env=env,
             secret=secret,
         )
         self.notice_addr = self.decode.info.notify_addr

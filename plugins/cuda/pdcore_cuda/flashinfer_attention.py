@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from pdcore.attention.base import AttentionConfig, AttentionImpl, store_kv
+from pdcore.attention.base import AttentionConfig, AttentionImpl
+from pdcore_cuda.triton_attention import store_kv_fused
 
 WORKSPACE_BYTES = 128 << 20
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -73,5 +74,5 @@ class FlashInferAttention(AttentionImpl):
     def forward(self, q, k, v, k_cache, v_cache):
         if self.meta is None:
             raise RuntimeError("plan() must be called before forward()")
-        store_kv(k, v, k_cache, v_cache, self.meta.cache_slots)
+        store_kv_fused(k, v, k_cache, v_cache, self.meta.cache_slots)
         return self._wrapper.run(q.contiguous(), (k_cache, v_cache))

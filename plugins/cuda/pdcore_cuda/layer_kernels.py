@@ -1,7 +1,7 @@
 """Fused Triton versions of the decoder's element-wise ops (``pdcore.model.kernels``).
 
 Each replaces several torch launches with one: RMS norm, residual add + RMS
-norm, rotary of q and k, SiLU-and-mul. They round where torch rounds (a
+norm, rotary of q and k (one launch for both), SiLU-and-mul. They round where torch rounds (a
 bfloat16 product is rounded before the next op uses it), so outputs match the
 torch reference up to float32 summation order inside the norm.
 """
@@ -39,12 +39,10 @@ def _rms_norm_kernel(
 
 
 @triton.jit
-def _rotary_kernel(
-    X, Out, Cos, Sin, stride_xt, stride_xh, stride_ot, stride_oh, stride_ct,
+def _rotate_row(
+    X, Out, Cos, Sin, t, h, stride_xt, stride_xh, stride_ot, stride_oh, stride_ct,
     HALF: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
     mask = offs < HALF
     base = X + t * stride_xt + h * stride_xh
@@ -62,6 +60,27 @@ def _rotary_kernel(
     out = Out + t * stride_ot + h * stride_oh
     tl.store(out + offs, o1.to(dt), mask=mask)
     tl.store(out + HALF + offs, o2.to(dt), mask=mask)
+
+
+@triton.jit
+def _rotary_qk_kernel(
+    Q, K, QOut, KOut, Cos, Sin, stride_qt, stride_qh, stride_kt, stride_kh,
+    stride_qot, stride_qoh, stride_kot, stride_koh, stride_ct, q_heads,
+    HALF: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One launch for q and k: programs ``h < q_heads`` rotate q's heads, the rest k's."""
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    if h < q_heads:
+        _rotate_row(
+            Q, QOut, Cos, Sin, t, h, stride_qt, stride_qh, stride_qot, stride_qoh, stride_ct,
+            HALF, BLOCK,
+        )  # fmt: skip
+    else:
+        _rotate_row(
+            K, KOut, Cos, Sin, t, h - q_heads, stride_kt, stride_kh, stride_kot, stride_koh,
+            stride_ct, HALF, BLOCK,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -107,20 +126,19 @@ class TritonLayerKernels(LayerKernels):
             return super().add_rms_norm(x, residual, weight, eps)
         return self._norm(x, weight, eps, residual)
 
-    def _rotate(self, x, cos, sin):
-        tokens, heads, dim = x.shape
-        out = torch.empty((tokens, heads, dim), dtype=x.dtype, device=x.device)
-        half = dim // 2
-        _rotary_kernel[(tokens, heads)](
-            x, out, cos, sin, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-            cos.stride(0), HALF=half, BLOCK=triton.next_power_of_2(half),
-        )  # fmt: skip
-        return out
-
     def rotary(self, q, k, cos, sin):
         if q.stride(-1) != 1 or k.stride(-1) != 1 or cos.stride(-1) != 1:
             return super().rotary(q, k, cos, sin)
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        tokens, q_heads, dim = q.shape
+        q_out = torch.empty((tokens, q_heads, dim), dtype=q.dtype, device=q.device)
+        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        half = dim // 2
+        _rotary_qk_kernel[(tokens, q_heads + k.shape[1])](
+            q, k, q_out, k_out, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1), cos.stride(0),
+            q_heads, HALF=half, BLOCK=triton.next_power_of_2(half),
+        )  # fmt: skip
+        return q_out, k_out
 
     def silu_and_mul(self, gate_up):
         if gate_up.dim() != 2 or gate_up.stride(-1) != 1:

@@ -9,9 +9,45 @@ from __future__ import annotations
 
 import torch
 import triton
+import triton.language as tl
 
 from pdcore.attention.base import AttentionConfig, AttentionImpl, store_kv
 from pdcore_cuda.triton_kernels import _merge_kernel, _paged_attention_kernel
+
+
+@triton.jit
+def _store_kv_kernel(
+    K, V, KC, VC, Slots, stride_kt, stride_kh, stride_vt, stride_vh, heads,
+    D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Token ``t``'s K and V rows into cache slot ``Slots[t]`` (contiguous caches)."""
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(Slots + t).to(tl.int64)
+    h = tl.arange(0, BLOCK_H)[:, None]
+    d = tl.arange(0, BLOCK_D)[None, :]
+    mask = (h < heads) & (d < D)
+    row = slot * heads * D + h * D + d
+    tl.store(KC + row, tl.load(K + t * stride_kt + h * stride_kh + d, mask=mask), mask=mask)
+    tl.store(VC + row, tl.load(V + t * stride_vt + h * stride_vh + d, mask=mask), mask=mask)
+
+
+def store_kv_fused(k, v, k_cache, v_cache, cache_slots) -> None:
+    """``store_kv`` in one launch for K and V (two index_put kernels otherwise)."""
+    if (
+        not (k_cache.is_contiguous() and v_cache.is_contiguous())
+        or k.stride(-1) != 1
+        or (v.stride(-1) != 1)
+    ):
+        return store_kv(k, v, k_cache, v_cache, cache_slots)
+    tokens, heads, dim = k.shape
+    if tokens == 0:
+        return None
+    _store_kv_kernel[(tokens,)](
+        k, v, k_cache, v_cache, cache_slots, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        heads, D=dim, BLOCK_H=triton.next_power_of_2(heads), BLOCK_D=triton.next_power_of_2(dim),
+    )  # fmt: skip
+    return None
+
 
 MAX_SPLITS = 16
 KEYS_PER_SPLIT = 256  # below this many keys per program, splitting does not pay
@@ -55,7 +91,7 @@ class TritonAttention(AttentionImpl):
         meta = self.meta
         if meta is None:
             raise RuntimeError("plan() must be called before forward()")
-        store_kv(k, v, k_cache, v_cache, meta.cache_slots)
+        store_kv_fused(k, v, k_cache, v_cache, meta.cache_slots)
         cfg = self.config
         out = torch.empty_like(q)
         kf = k_cache.view(-1, *k_cache.shape[2:])  # [slots, KVH, D]

@@ -62,3 +62,24 @@ def test_mixed_short_decode_batch_matches():
     seq = [1, 2, 15, 16, 17, 63, 64, 65, 300]
     _, err = run((32, 8, 128), seq, [1] * len(seq), page_size=16)
     assert err <= 1e-2, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kv_heads,dim", [(8, 128), (1, 64), (3, 96)])
+def test_fused_kv_store_writes_exactly_what_store_kv_writes(dtype, kv_heads, dim):
+    from pdcore_cuda.triton_attention import store_kv_fused
+
+    from pdcore.attention.base import store_kv
+
+    tokens, pages, page_size = 37, 20, 16
+    qkv = torch.randn(tokens, (4 + 2 * kv_heads) * dim, device="cuda").to(dtype)
+    k = qkv[:, 4 * dim : (4 + kv_heads) * dim].view(tokens, kv_heads, dim)  # strided views
+    v = qkv[:, (4 + kv_heads) * dim :].view(tokens, kv_heads, dim)
+    slots = torch.randperm(pages * page_size, device="cuda")[:tokens]
+    caches = [
+        torch.zeros(pages, page_size, kv_heads, dim, device="cuda", dtype=dtype) for _ in range(4)
+    ]
+    store_kv(k, v, caches[0], caches[1], slots)
+    store_kv_fused(k, v, caches[2], caches[3], slots)
+    assert torch.equal(caches[2], caches[0]), "K cache differs from store_kv's"
+    assert torch.equal(caches[3], caches[1]), "V cache differs from store_kv's"
