@@ -156,3 +156,51 @@ def test_metadata_without_agent_is_a_transfer_error():
     engine = LoopbackEngine(TransferConfig())
     with pytest.raises(TransferError, match="malformed peer metadata"):
         engine.connect({"engine": "loopback", "regions": []})
+
+
+def _random_runs(rng, n: int, page: int, pages: int, base_l: int, base_r: int):
+    """Page-sized runs over ``pages`` pages, in random order, mostly contiguous pairs."""
+    src = rng.permutation(pages)[:n] if rng.random() < 0.5 else np.arange(n)
+    dst = src if rng.random() < 0.5 else rng.permutation(pages)[:n]
+    runs = [
+        (base_l + int(s) * page, base_r + int(d) * page, page)
+        for s, d in zip(src, dst, strict=True)
+    ]
+    rng.shuffle(runs)
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_numpy_coalescing_equals_the_python_definition(seed):
+    from pdcore.disaggregation import runs as run_table
+
+    rng = np.random.default_rng(seed)
+    page, pages = 4096, 64
+    local = [MemoryRegion(1 << 20, 32 * page), MemoryRegion((1 << 20) + 32 * page, 32 * page)]
+    remote = [MemoryRegion(1 << 30, 16 * page), MemoryRegion((1 << 30) + 16 * page, 48 * page)]
+    runs = _random_runs(rng, int(rng.integers(1, pages)), page, pages, 1 << 20, 1 << 30)
+    runs.append((1 << 20, 1 << 30, 0))  # an empty run is dropped by both
+    fast = run_table.coalesce(
+        run_table.as_table(runs), [r.addr for r in local], [r.addr for r in remote]
+    )
+    assert [tuple(r) for r in fast.tolist()] == coalesce_runs(runs, local, remote)
+
+
+def test_numpy_bounds_check_flags_exactly_the_runs_outside():
+    from pdcore.disaggregation import runs as run_table
+
+    regions = [MemoryRegion(1000, 100), MemoryRegion(5000, 50)]
+    addrs = np.array([1000, 1050, 1099, 999, 5000, 5040, 4000], dtype=np.int64)
+    lengths = np.array([100, 50, 2, 1, 50, 11, 10], dtype=np.int64)
+    got = run_table.inside(addrs, lengths, regions).tolist()
+    want = [
+        any(r.contains(int(a), int(n)) for r in regions)
+        for a, n in zip(addrs, lengths, strict=True)
+    ]
+    assert got == want == [True, True, False, False, True, False, False]
+
+
+def test_runs_beyond_int64_take_the_exact_path_and_are_refused(engine_and_bufs):
+    eng, src, _dst, peer = engine_and_bufs
+    with pytest.raises(TransferError, match="outside the memory"):
+        eng.write(peer, [(src.ctypes.data, (1 << 64) - 16, 8)])

@@ -234,8 +234,11 @@ def rate_two_processes(backend: str, nregions: int = 1, options: dict | None = N
 
     Both buffers are registered as ``nregions`` equal regions, and runs never
     merge across a region boundary: 1 region = one 2 GiB run; 64 = pdcore's pool
-    for this model (one region per layer's K or V buffer, 32 MiB runs). Timed
-    by spinning on the handle's status (no back-off sleeps in the measurement).
+    for this model (one region per layer's K or V buffer, 32 MiB runs). The runs
+    are what pdcore's KV manager hands the engine for this prompt in a fresh pool
+    (one per buffer; before session 6 this passed one run per page, 65,536, and
+    the Python merging of those dominated the time). Timed by spinning on the
+    handle's status (no back-off sleeps in the measurement).
     """
     import multiprocessing as mp
 
@@ -263,8 +266,16 @@ def rate_two_processes(backend: str, nregions: int = 1, options: dict | None = N
     meta = parent.recv()
     peer = engine.connect(meta)
     remote = min(r["addr"] for r in meta["regions"])
-    runs = [(src.data_ptr() + i * page_bytes, remote + i * page_bytes, page_bytes)
-            for i in range(layers * 2 * pages)]  # fmt: skip
+    # Runs as pdcore's KV manager builds them (``KVManager._direct_writes``): page ids
+    # grouped into spans consecutive on both sides, then one run per K/V buffer and
+    # span (a fresh pool: one span, so one run per buffer).
+    from pdcore.disaggregation.kv_manager import page_spans
+
+    ids = list(range(pages))
+    per_buffer = pages * page_bytes
+    runs = [(src.data_ptr() + b * per_buffer + s * page_bytes,
+             remote + b * per_buffer + d * page_bytes, n * page_bytes)
+            for b in range(layers * 2) for s, d, n in page_spans(ids, ids)]  # fmt: skip
 
     def copy():
         h = engine.write(peer, runs)

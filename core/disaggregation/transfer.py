@@ -23,6 +23,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from pdcore.disaggregation import runs as run_table
 from pdcore.errors import PdcoreError
 from pdcore.hookspecs import Availability
 from pdcore.platform import MemoryKind
@@ -302,24 +305,37 @@ class TransferEngine(ABC):
             raise TransferError(f"unknown peer {peer_id!r}; connect() first")
         if notify is not None and not self.supports_notifications:
             raise TransferError(f"{self.name} does not support notifications")
-        runs = coalesce_runs(runs, self._regions, peer.regions)
+        runs = runs if isinstance(runs, list) else list(runs)
+        table = run_table.as_table(runs)
+        if table is None:  # values beyond int64: the exact (slow) path, same errors
+            runs = coalesce_runs(runs, self._regions, peer.regions)
+            suspects = range(len(runs))
+        else:
+            merged = run_table.coalesce(
+                table, [r.addr for r in self._regions], [r.addr for r in peer.regions]
+            )
+            ok = run_table.inside(merged[:, 0], merged[:, 2], self._regions)
+            ok &= run_table.inside(merged[:, 1], merged[:, 2], peer.regions)
+            runs = [tuple(r) for r in merged.tolist()]
+            suspects = np.flatnonzero(~ok).tolist()
         if not runs:
             raise TransferError("empty transfer: no byte runs given")
-        for local, remote, length in runs:
-            if not any(r.contains(local, length) for r in self._regions):
-                raise TransferError(
-                    f"local range [{local:#x}, +{length}) is outside registered memory"
-                )
-            if not any(r.contains(remote, length) for r in peer.regions):
-                raise TransferError(
-                    f"remote range [{remote:#x}, +{length}) is outside the memory "
-                    f"peer {peer_id} registered"
-                )
+        for i in suspects:
+            self._check_run(peer, *runs[i])
         token = self._write(peer, runs, notify)
         handle = TransferHandle(self, token, peer_id, sum(r[2] for r in runs))
         with self._lock:
             self._inflight[id(handle)] = handle
         return handle
+
+    def _check_run(self, peer: PeerInfo, local: int, remote: int, length: int) -> None:
+        if not any(r.contains(local, length) for r in self._regions):
+            raise TransferError(f"local range [{local:#x}, +{length}) is outside registered memory")
+        if not any(r.contains(remote, length) for r in peer.regions):
+            raise TransferError(
+                f"remote range [{remote:#x}, +{length}) is outside the memory "
+                f"peer {peer.peer_id} registered"
+            )
 
     def notifications(self) -> list[tuple[str, bytes]]:
         """Notifications received since the last call: ``(peer agent, payload)``."""
