@@ -146,6 +146,12 @@ class NixlTransferEngine(TransferEngine):
                 f"(plugins found: {', '.join(self._agent.get_plugin_list()) or 'none'})"
             )
         self._registered: dict[MemoryRegion, Any] = {}
+        # Writes are posted one at a time. Several transfer threads post to the same
+        # agent; twice in CI a write to one of two decode ranks never completed (its
+        # staging space was never freed), and concurrent first use of a peer's
+        # endpoint (UCX wires it up lazily) from two threads is the suspect. Posting
+        # is short on GPUs (the copy runs after it); on CPUs the copy is CPU-bound.
+        self._post_lock = threading.Lock()
 
     # ---- memory ----------------------------------------------------------------
 
@@ -202,6 +208,11 @@ class NixlTransferEngine(TransferEngine):
         local, remote, lengths = (list(col) for col in zip(*runs, strict=True))
         local_descs, local_kind = _descs(self._regions, local, lengths, "local")
         remote_descs, remote_kind = _descs(peer.regions, remote, lengths, "remote")
+        with self._post_lock:  # one poster at a time: see ``_post_lock``
+            return self._post(peer, notify, (local_descs, local_kind), (remote_descs, remote_kind))
+
+    def _post(self, peer: PeerInfo, notify: bytes | None, local, remote) -> _Xfer:
+        (local_descs, local_kind), (remote_descs, remote_kind) = local, remote
         try:
             handle = self._agent.initialize_xfer(
                 "WRITE",
