@@ -19,6 +19,8 @@ import io
 import json
 import pstats
 import statistics
+import time
+from pathlib import Path
 
 import torch
 from run_all import HERE, copy_bandwidth, decode_steps, engine_for, models, sync_time
@@ -89,9 +91,34 @@ def host_profile(engine, steps: int = 200) -> str:
     return buf.getvalue()
 
 
+def launch_probe(engine, repeats: int = 30) -> dict:
+    """How long ``replay()`` holds the CPU, and the GPU time from an event recorded
+    just before it to one just after: if the second exceeds the kernels' sum by about
+    the first, the GPU waits for the launch itself."""
+    graphs = engine.runner.graphs
+    graph = graphs.graphs[graphs.sizes[0]]
+    cpu, gpu = [], []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        before = torch.cuda.Event(enable_timing=True)
+        after = torch.cuda.Event(enable_timing=True)
+        before.record()
+        t0 = time.perf_counter()
+        graph.replay()
+        cpu.append(time.perf_counter() - t0)
+        after.record()
+        after.synchronize()
+        gpu.append(before.elapsed_time(after) / 1e3)
+    return {
+        "replay_call_cpu_ms": 1e3 * statistics.median(cpu),
+        "event_to_event_gpu_ms": 1e3 * statistics.median(gpu),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--attention", default="triton")
+    ap.add_argument("--out", default=None, help="result file (default: results/...)")
     args = ap.parse_args()
     card = torch.cuda.get_device_name()
     result: dict = {"card": card, "torch": torch.__version__, "copy_GBps": copy_bandwidth() / 1e9}
@@ -125,10 +152,21 @@ def main() -> None:
     print(f"kernels in one replay: {total:.0f} us")
     for r in result["graph_kernels"][:25]:
         print(f"{r['us_per_step']:9.1f} us  x{r['calls_per_step']:5.0f}  {r['kernel']}")
+    result["launch"] = launch_probe(engine)
+    print(result["launch"])
     result["host_profile"] = host_profile(engine)
     print(result["host_profile"])
+    chooser = getattr(engine.runner.ctx.kernels, "_small_linear", None)
+    if chooser is not None:  # which linear shapes run the Triton small-batch kernel
+        result["small_linear"] = [
+            {"rows_n_k": list(key[:3]), "cublas_us": c * 1e6, "triton_us": t * 1e6}
+            for key, (c, t) in chooser.timings.items()
+        ]
+        for r in result["small_linear"]:
+            c, t = r["cublas_us"], r["triton_us"]
+            print(f"linear {r['rows_n_k']}: cuBLAS {c:.1f} us, Triton {t:.1f} us")
     slug = card.lower().replace("nvidia ", "").replace(" ", "-")
-    out = HERE / "results" / f"profile_decode_{slug}.json"
+    out = Path(args.out) if args.out else HERE / "results" / f"profile_decode_{slug}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -6,6 +6,12 @@ batch size gets its own attention instance, planned once at capture time with
 static metadata (one new token per row, a page table as wide as the context),
 so a replay only copies the step's inputs into the static buffers. Rows past
 the real batch point at the padding page and are ignored.
+
+A step's inputs go in with as little host work as possible, since the GPU waits
+for it between two replays: tokens, positions, cache slots and sequence lengths
+are written by numpy into one pinned buffer per graph and cross in one
+asynchronous copy; the page table, which changes only when a row gains a page or
+the batch changes, is copied only for the rows that changed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from pdcore.attention.base import AttentionImpl, AttentionMetadata
@@ -47,15 +54,20 @@ class DecodeGraphs:
         self.max_pages = -(-context_len // ps)
         n = self.sizes[-1]
 
-        def full(shape, value):
-            return torch.full(shape, value, dtype=torch.int64, device=device)
-
-        self.input_ids = full((n,), 0)
-        self.positions = full((n,), 0)
-        self.page_table = full((n, self.max_pages), PAD_PAGE)
-        self.seq_lens = full((n,), 1)
-        self.extend_lens = full((n,), 1)
-        self.cache_slots = full((n,), PAD_PAGE * ps)
+        self.page_table = torch.full(
+            (n, self.max_pages), PAD_PAGE, dtype=torch.int64, device=device
+        )
+        self.extend_lens = torch.ones(n, dtype=torch.int64, device=device)
+        # Per graph: [tokens | positions | cache slots | seq lens], bs each, on the
+        # device and in pinned host memory (numpy views of it fill each step).
+        self.packed: dict[int, torch.Tensor] = {}
+        self.staging: dict[int, torch.Tensor] = {}
+        self._staging_np: dict[int, np.ndarray] = {}
+        # The page table's rows as on the device (padding beyond each list).
+        self._rows: list[list[int]] = [[] for _ in range(n)]
+        self._table_staging = torch.empty(n * self.max_pages, dtype=torch.int64, pin_memory=True)
+        self._table_np = self._table_staging.numpy()
+        self._copied = torch.cuda.Event()  # the staging buffers may be rewritten after it
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self._keep: dict[int, tuple] = {}  # each graph's planned attention and metadata
@@ -71,12 +83,19 @@ class DecodeGraphs:
         )
 
     def _capture(self, bs, model, pool, attn, context_len, mempool, kernels) -> None:
+        packed = torch.zeros(4 * bs, dtype=torch.int64, device=self.page_table.device)
+        input_ids, positions, cache_slots, seq_lens = packed.view(4, bs)
+        cache_slots.fill_(PAD_PAGE * self.page_size)
+        seq_lens.fill_(1)
+        self.packed[bs] = packed
+        self.staging[bs] = torch.empty(4 * bs, dtype=torch.int64, pin_memory=True)
+        self._staging_np[bs] = self.staging[bs].numpy().reshape(4, bs)
         meta = AttentionMetadata(
             is_decode=True,
             page_table=self.page_table[:bs],
-            seq_lens=self.seq_lens[:bs],
+            seq_lens=seq_lens,
             extend_lens=self.extend_lens[:bs],
-            cache_slots=self.cache_slots[:bs],
+            cache_slots=cache_slots,
             seq_lens_cpu=[context_len] * bs,  # plan for the longest context it may see
             extend_lens_cpu=[1] * bs,
         )
@@ -84,8 +103,8 @@ class DecodeGraphs:
         ctx = ForwardContext(attn, pool.layer_caches, kernels)
 
         def step():
-            hidden = model(self.input_ids[:bs], self.positions[:bs], ctx)
-            return model.compute_logits(hidden)
+            hidden = model(input_ids, positions, ctx)
+            return model.compute_logits(hidden).float()  # the sampler's dtype, in the graph
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -102,19 +121,44 @@ class DecodeGraphs:
     def can_run(self, batch_size: int, max_seq_len: int) -> bool:
         return batch_size <= self.sizes[-1] and max_seq_len <= self.max_pages * self.page_size
 
-    def run(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
-        """Float32 logits ``[batch, vocab]`` of this decode step (a view: use before the next)."""
-        n = meta.batch_size
+    def run(self, plan) -> torch.Tensor:
+        """Float32 logits ``[batch, vocab]`` of the decode step ``plan`` (a ``StepPlan``
+        of one token per row); a view: use it before the next replay."""
+        n = len(plan.extend_lens)
         bs = next(b for b in self.sizes if b >= n)
-        width = meta.page_table.shape[1]
-        self.input_ids[:n].copy_(input_ids)
-        self.positions[:n].copy_(positions)
-        self.page_table[:bs].fill_(PAD_PAGE)
-        self.page_table[:n, :width].copy_(meta.page_table)
-        self.seq_lens[n:bs].fill_(1)
-        self.seq_lens[:n].copy_(meta.seq_lens)
-        self.cache_slots[n:bs].fill_(PAD_PAGE * self.page_size)
-        self.cache_slots[:n].copy_(meta.cache_slots)
+        ps = self.page_size
+        self._copied.synchronize()  # the last step's copies have left the staging buffers
+        tokens, positions, slots, seq_lens = self._staging_np[bs]
+        prefix = np.asarray(plan.prefix_lens, dtype=np.int64)
+        tokens[:n] = plan.tokens
+        positions[:n] = prefix
+        seq_lens[:n] = prefix + 1
+        last = [pages[p // ps] for pages, p in zip(plan.pages, plan.prefix_lens, strict=True)]
+        slots[:n] = np.asarray(last, dtype=np.int64) * ps + prefix % ps
+        tokens[n:], positions[n:], seq_lens[n:] = 0, 0, 1
+        slots[n:] = PAD_PAGE * ps
+        self._copy_changed_rows(plan.pages, bs)
+        self.packed[bs].copy_(self.staging[bs], non_blocking=True)
+        self._copied.record()
         self.graphs[bs].replay()
         self.replays += 1
         return self.logits[bs][:n]
+
+    def _copy_changed_rows(self, pages: list[list[int]], bs: int) -> None:
+        """Bring the page table's rows ``[:bs]`` to ``pages`` (rows past it: padding),
+        copying only the span of rows that differ from what the device holds."""
+        rows = self._rows
+        n = len(pages)
+        changed = [r for r in range(bs) if (pages[r] if r < n else []) != rows[r]]
+        if not changed:
+            return
+        lo, hi = changed[0], changed[-1] + 1
+        new = [list(pages[r]) if r < n else [] for r in range(lo, hi)]
+        width = max(1, *(len(p) for p in new), *(len(rows[r]) for r in range(lo, hi)))
+        block = self._table_np[: (hi - lo) * width].reshape(hi - lo, width)
+        block.fill(PAD_PAGE)
+        for i, p in enumerate(new):
+            block[i, : len(p)] = p
+        src = self._table_staging[: (hi - lo) * width].view(hi - lo, width)
+        self.page_table[lo:hi, :width].copy_(src, non_blocking=True)
+        rows[lo:hi] = new

@@ -134,11 +134,10 @@ class ModelRunner:
                 self._idle_pass(self.ctx.dp.total)
                 return None
         with torch.inference_mode():
-            input_ids, positions, meta = self.build_inputs(plan)
             graphs = self.graphs
-            rows, longest = len(plan.extend_lens), max(meta.seq_lens_cpu)
-            if plan.is_decode and graphs and graphs.can_run(rows, longest):
-                return graphs.run(input_ids, positions, meta).float()  # every decode row samples
+            if plan.is_decode and graphs and graphs.can_run(len(plan.tokens), max(plan.seq_lens)):
+                return graphs.run(plan)  # every decode row samples
+            input_ids, positions, meta = self.build_inputs(plan)
             self.attn.plan(meta)
             hidden = self.model(input_ids, positions, self.ctx)
             ends = torch.tensor(plan.extend_lens).cumsum(0) - 1

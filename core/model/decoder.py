@@ -44,9 +44,13 @@ class DecoderModel(nn.Module):
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary.cos_sin(positions)
+        pending = None
         for layer in self.layers:
-            x = layer(x, cos, sin, ctx)
-        return self.norm(x, ctx.kernels)
+            pending, x = layer(x, pending, cos, sin, ctx)
+        if pending is None:  # no layers
+            return self.norm(x, ctx.kernels)
+        norm = self.norm
+        return ctx.kernels.add_rms_norm(pending, x, norm.weight, norm.eps)[0]
 
 
 class DecoderLM(CausalLM):

@@ -21,6 +21,12 @@ class LayerKernels:
 
     name = "torch"
 
+    def linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x @ weight.T + bias``: a platform may pick its own kernel per shape."""
+        return F.linear(x, weight, bias)
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """RMS norm over the last dim in float32, scaled after casting back (HF's order)."""
         x32 = x.float()

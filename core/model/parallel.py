@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdcore.distributed.state import Group, all_gather_last, all_reduce, shard_range, tp
+from pdcore.model.kernels import TORCH_KERNELS, LayerKernels
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,8 @@ class RowLinear(nn.Linear):
         super().__init__(self.part[1], out_features, bias=bias)
         self.group = group  # None: the TP group
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = all_reduce(F.linear(x, self.weight), self.group)
+    def forward(self, x: torch.Tensor, kernels: LayerKernels = TORCH_KERNELS) -> torch.Tensor:
+        out = all_reduce(kernels.linear(x, self.weight), self.group)
         return out if self.bias is None else out + self.bias
 
     def hf_slices(self, param_name: str) -> list[HFSlice]:

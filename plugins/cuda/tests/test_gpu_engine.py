@@ -93,3 +93,47 @@ def test_triton_engine_matches_hf_on_gpu(checkpoint, graphs):
     assert engine.kv_usage().used == 0
     if graphs:
         assert engine.runner.graphs.replays > 0, "no decode step used a graph"
+
+
+def test_graph_steps_equal_eager_steps_while_the_batch_changes(checkpoint):
+    """Requests join and finish between decode steps, so graph replays see rows
+    replaced, added and dropped: the page table rows copied per step must follow
+    (only changed rows are sent) and every token must equal the eager engine's."""
+    from engine.harness import collect, greedy_req
+    from pdcore_cuda.triton_attention import TritonAttention
+
+    from pdcore.config import ServerArgs
+    from pdcore.engine.engine import Engine
+    from pdcore.model.loader import load_model
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    loaded = load_model(str(checkpoint), torch.float32, "cuda", load_tokenizer=False)
+    rng = random.Random(5)
+    waves = [
+        [[rng.randrange(1, 512) for _ in range(rng.randrange(5, 90))] for _ in range(k)]
+        for k in (3, 4, 2)
+    ]
+    tokens = {}
+    for graphs in (False, True):
+        args = ServerArgs(
+            max_total_tokens=8192,
+            page_size=16,
+            chunked_prefill_size=256,
+            cuda_graph_max_bs=8,
+            disable_cuda_graph=not graphs,
+        )
+        engine = Engine(loaded.model, loaded.config, args, TritonAttention, "cuda")
+        results = {}
+        for w, wave in enumerate(waves):
+            for i, p in enumerate(wave):
+                engine.add_request(greedy_req(f"w{w}-{i}", p, 10 + 7 * i, ignore_eos=True))
+            for _ in range(6):  # a few steps, then the next wave joins mid-decode
+                collect(engine.step(), results)
+        while engine.has_work():
+            collect(engine.step(), results)
+        tokens[graphs] = {rid: r.tokens for rid, r in results.items()}
+        assert engine.kv_usage().used == 0
+        if graphs:
+            assert engine.runner.graphs.replays > 10, "decode steps did not use graphs"
+    for rid, want in tokens[False].items():
+        assert tokens[True][rid] == want, f"{rid}: graph {tokens[True][rid]} vs eager {want}"
