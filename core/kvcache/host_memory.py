@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import mmap
 
 import torch
@@ -28,10 +29,7 @@ def zeros(dims: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
     Falls back to ``torch.zeros`` for small tensors (under one huge page) and
     where ``madvise`` is unavailable; the memory is the same either way."""
-    numel = 1
-    for d in dims:
-        numel *= d
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(dims) * torch.empty((), dtype=dtype).element_size()
     if nbytes < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.zeros(dims, dtype=dtype)
     # Private: a shared anonymous mapping is shmem, which THP leaves alone.

@@ -182,6 +182,11 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
         self._reset_all()
+        # Handlers still inside a fault (a blackhole's hold) end now, not at interpreter exit.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def _reset_all(self) -> None:
         for conn in list(self._conns):

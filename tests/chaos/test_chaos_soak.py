@@ -177,6 +177,21 @@ def assert_cluster_healthy_and_idle(cluster) -> dict:
 # ---- the tests ----------------------------------------------------------------------
 
 
+def assert_greedy_answers_after(client: Client, pool, n: int, seed: int) -> None:
+    """After a disturbance, n fault-free requests must all come back ok and equal
+    to their greedy reference (Client.run checks the tokens)."""
+    check = plans(n, len(pool), 0.0, [], random.Random(seed))
+
+    async def run():
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(*(client.run(c, p) for p in check))
+
+    outcomes = asyncio.run(run())
+    assert all(o.kind == "ok" for o in outcomes), (
+        f"requests after the disturbance failed: {outcomes}"
+    )
+
+
 def test_client_abort_storm_leaves_no_page_behind(cluster, pool, refs):
     """``ABORT_STORM`` streamed requests at once, each cancelled at a random point
     (before the first byte or after some tokens); then both pools idle, no page leaked,
@@ -232,15 +247,9 @@ def test_client_abort_storm_leaves_no_page_behind(cluster, pool, refs):
     assert "hang" not in results and "bad" not in results, results
     assert results["aborted after tokens"] + results["aborted after time"] >= n // 2, results
     leaked = assert_cluster_healthy_and_idle(cluster)
-    client = Client(url, pool, refs, _model(cluster), [], lambda plan: None)
-    check = plans(8, len(pool), 0.0, [], random.Random(1))
-
-    async def after():
-        async with httpx.AsyncClient(timeout=60) as c:
-            return await asyncio.gather(*(client.run(c, p) for p in check))
-
-    after_outcomes = asyncio.run(after())
-    assert all(o.kind == "ok" for o in after_outcomes), after_outcomes
+    assert_greedy_answers_after(
+        Client(url, pool, refs, _model(cluster), [], lambda plan: None), pool, 8, seed=1
+    )
     profile.FIGURES["abort storm"] = {
         "requests": n,
         **dict(results),
@@ -488,12 +497,5 @@ def test_soak_with_injected_faults(cluster, pool, refs):
 
     # Afterwards: healthy, idle, nothing leaked, and correct answers again.
     figures["leaked_pages"] = assert_cluster_healthy_and_idle(cluster)
-    check = plans(16, len(pool), 0.0, [], random.Random(2))
-
-    async def after():
-        async with httpx.AsyncClient(timeout=60) as c:
-            return await asyncio.gather(*(client.run(c, p) for p in check))
-
-    after_outcomes = asyncio.run(after())
-    assert all(o.kind == "ok" for o in after_outcomes), after_outcomes
+    assert_greedy_answers_after(client, pool, 16, seed=2)
     assert_cluster_healthy_and_idle(cluster)

@@ -57,69 +57,67 @@ def settled_within(sides: PDSides, timeout: float) -> float | None:
     return None
 
 
-def test_pages_wait_for_a_silent_prefill_to_confirm_the_abort():
-    sides = PDSides()
-    proxy = FaultProxy(sides.bootstrap.port, "bootstrap")
-    try:
-        sender, receiver = open_transferring_room(sides, proxy)
-        # Prefill stays silent to the first two aborts (frozen), then answers.
-        proxy.arm(*[Fault("blackhole", hold_s=1.0)] * 2, match=b"Abort")
-        lose_prefill(sides, proxy, receiver)
-        assert not sides.decode.settled(ROOM), "pages released while prefill is silent"
-        assert settled_within(sides, 0.8) is None, "settled although no abort got through"
-        took = settled_within(sides, 15)
-        assert took is not None, "never settled after prefill answered again"
-        assert proxy.snapshot()["injected"] == {"blackhole": 2}
-        state = sender.poll()
-        assert state is KVPoll.FAILED, f"prefill's room is {state.name}: it could still write"
-        stats = sides.decode.stats()
-        assert stats["rooms_unsettled"] == 0 and stats["rooms_quarantine_expired"] == 0
-    finally:
-        proxy.close()
-        sides.close()
+@pytest.fixture
+def pd_through_proxy():
+    """``open(env=None) -> (sides, proxy)``: a PD pair whose decode reaches prefill's
+    bootstrap server only through a fault proxy; both are closed after the test."""
+    opened = []
+
+    def open_pair(env=None):
+        sides = PDSides(env=env) if env is not None else PDSides()
+        opened.append(sides)
+        proxy = FaultProxy(sides.bootstrap.port, "bootstrap")
+        opened.append(proxy)
+        return sides, proxy
+
+    yield open_pair
+    for thing in reversed(opened):
+        thing.close()
 
 
-def test_a_refused_connection_settles_at_once():
-    sides = PDSides()
-    proxy = FaultProxy(sides.bootstrap.port, "bootstrap")
-    try:
-        _, receiver = open_transferring_room(sides, proxy)
-        proxy.close()  # nothing listens at the address decode knows: the process is gone
-        lose_prefill(sides, proxy, receiver)
-        took = settled_within(sides, 5)
-        assert took is not None, "a refused connection must settle the room"
-        assert sides.decode.stats()["rooms_quarantine_expired"] == 0
-    finally:
-        proxy.close()
-        sides.close()
+def test_pages_wait_for_a_silent_prefill_to_confirm_the_abort(pd_through_proxy):
+    sides, proxy = pd_through_proxy()
+    sender, receiver = open_transferring_room(sides, proxy)
+    # Prefill stays silent to the first two aborts (frozen), then answers.
+    proxy.arm(*[Fault("blackhole", hold_s=1.0)] * 2, match=b"Abort")
+    lose_prefill(sides, proxy, receiver)
+    assert not sides.decode.settled(ROOM), "pages released while prefill is silent"
+    assert settled_within(sides, 0.8) is None, "settled although no abort got through"
+    took = settled_within(sides, 15)
+    assert took is not None, "never settled after prefill answered again"
+    assert proxy.snapshot()["injected"] == {"blackhole": 2}
+    state = sender.poll()
+    assert state is KVPoll.FAILED, f"prefill's room is {state.name}: it could still write"
+    stats = sides.decode.stats()
+    assert stats["rooms_unsettled"] == 0 and stats["rooms_quarantine_expired"] == 0
 
 
-def test_quarantine_timeout_bounds_the_hold():
+def test_a_refused_connection_settles_at_once(pd_through_proxy):
+    sides, proxy = pd_through_proxy()
+    _, receiver = open_transferring_room(sides, proxy)
+    proxy.close()  # nothing listens at the address decode knows: the process is gone
+    lose_prefill(sides, proxy, receiver)
+    took = settled_within(sides, 5)
+    assert took is not None, "a refused connection must settle the room"
+    assert sides.decode.stats()["rooms_quarantine_expired"] == 0
+
+
+def test_quarantine_timeout_bounds_the_hold(pd_through_proxy):
     env = FUZZ_ENV.__class__(**{**FUZZ_ENV.__dict__, "quarantine_timeout": 1.5})
-    sides = PDSides(env=env)
-    proxy = FaultProxy(sides.bootstrap.port, "bootstrap")
-    try:
-        _, receiver = open_transferring_room(sides, proxy)
-        proxy.arm(*[Fault("blackhole", hold_s=10.0)] * 5, match=b"Abort")  # never answers
-        lose_prefill(sides, proxy, receiver)
-        took = settled_within(sides, 10)
-        assert took is not None and took >= 1.0, f"settled after {took}s, expected ~1.5s"
-        stats = sides.decode.stats()
-        assert stats["rooms_quarantine_expired"] == 1 and stats["rooms_unsettled"] == 0
-    finally:
-        proxy.close()
-        sides.close()
+    sides, proxy = pd_through_proxy(env)
+    _, receiver = open_transferring_room(sides, proxy)
+    proxy.arm(*[Fault("blackhole", hold_s=10.0)] * 5, match=b"Abort")  # never answers
+    lose_prefill(sides, proxy, receiver)
+    took = settled_within(sides, 10)
+    assert took is not None and took >= 1.0, f"settled after {took}s, expected ~1.5s"
+    stats = sides.decode.stats()
+    assert stats["rooms_quarantine_expired"] == 1 and stats["rooms_unsettled"] == 0
 
 
-def test_a_room_lost_before_prefill_had_pages_is_not_held():
-    sides = PDSides()
-    proxy = FaultProxy(sides.bootstrap.port, "bootstrap")
-    try:
-        receiver = sides.decode.receiver(ROOM, f"127.0.0.1:{proxy.port}")
-        assert wait_state(receiver, 10, {KVPoll.WAITING_FOR_INPUT}) is KVPoll.WAITING_FOR_INPUT
-        sides.decode._on_peer_lost(f"127.0.0.1:{proxy.port}", "heartbeats failed", True)
-        assert receiver.poll() is KVPoll.FAILED and not receiver.unsettled
-        assert sides.decode.settled(ROOM)
-    finally:
-        proxy.close()
-        sides.close()
+def test_a_room_lost_before_prefill_had_pages_is_not_held(pd_through_proxy):
+    sides, proxy = pd_through_proxy()
+    receiver = sides.decode.receiver(ROOM, f"127.0.0.1:{proxy.port}")
+    assert wait_state(receiver, 10, {KVPoll.WAITING_FOR_INPUT}) is KVPoll.WAITING_FOR_INPUT
+    sides.decode._on_peer_lost(f"127.0.0.1:{proxy.port}", "heartbeats failed", True)
+    assert receiver.poll() is KVPoll.FAILED and not receiver.unsettled
+    assert sides.decode.settled(ROOM)
