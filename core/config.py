@@ -153,7 +153,7 @@ class ServerArgs:
             "--disable-fused-kernels",
             dest="enable_fused_kernels",
             action="store_false",
-            help="use the torch versions of norms, rotary and SiLU-and-mul everywhere",
+            help="use the torch versions of norms, rotary, SiLU-and-mul and linears everywhere",
         )
         g = parser.add_argument_group("parallelism")
         g.add_argument("--tp-size", "--tp", dest="tp_size", type=int, default=d.tp_size)
