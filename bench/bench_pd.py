@@ -14,13 +14,15 @@ servers not serving the current request idle, and their CPU during it is recorde
    ``transfer_seconds`` (time inside ``engine.write`` + ``handle.wait`` of every chunk,
    summed; the chunk notice to decode is not in it). Right after each PD request the
    raw pair moves the same bytes with the same writes (one per prefill chunk holding
-   every layer's K and V page runs, the aux row with the last chunk) on idle cores and
-   again under a prefill-like torch load (pdcore's first chunk is written while the
-   next chunk computes): the raw pair idled exactly as long as the servers, so both see
-   the machine in the same state (on this VM an idle process's memory can be slow to
-   copy from for the first time after a while; see BENCHMARKS.md). Ratios: aggregate
-   bytes/s and the median of per-request ratios. A second raw pair, fresh, adds the
-   structure-only variants (scattered pages: nothing coalesces; one contiguous write).
+   every layer's K and V page runs, the aux row with the last chunk) on idle cores,
+   under a torch matmul loop, and while the model's own chunked prefill runs in
+   another process (pdcore's first chunk is written while the next chunk computes; a
+   real forward also streams activations and KV, a cache-resident matmul does not):
+   the raw pair idled exactly as long as the servers, so both see the machine in the
+   same state (on this VM an idle process's memory can be slow to copy from for the
+   first time after a while; see BENCHMARKS.md). Ratios: aggregate bytes/s and the
+   median of per-request ratios. A second raw pair, fresh, adds the structure-only
+   variants (scattered pages: nothing coalesces; one contiguous write).
 2. **TTFT, PD vs null.** PD: the body goes to prefill (non-streaming) and decode
    (streaming) at once, as the router sends it; TTFT is the time to decode's first
    streamed token. Overhead = median PD TTFT - median null TTFT (the paired
@@ -187,7 +189,7 @@ class RawPair:
     registers its pool (one region per K or V buffer, plus the aux row), with writes
     shaped as prefill's: one per chunk holding every buffer's page runs."""
 
-    def __init__(self, backend: str, geom: dict):
+    def __init__(self, backend: str, geom: dict, forward_load: bool = False):
         from pdcore.disaggregation.transfer import MemoryRegion
         from pdcore.testing.transfer_peer import PeerProcess, build_engine
 
@@ -195,7 +197,7 @@ class RawPair:
         nbuf, self.per_buf = geom["num_buffers"], geom["pages"] * geom["page_bytes"]
         self.kv_bytes = nbuf * self.per_buf
         self.total = self.kv_bytes + geom["aux_bytes"]
-        self.load = self.load_ps = None
+        self.loads: dict[str, tuple] = {}  # kind -> (process, psutil handle), paused
         self.peer = PeerProcess(backend, {}, self.total, timeout=120)
         self.engine = build_engine(backend, None, {}, "prefill")
         try:
@@ -210,7 +212,9 @@ class RawPair:
             self.peer_id = self.engine.connect(self.peer.metadata)
             self.peer.call("connect", self.engine.metadata())
             self.rb = self.peer.base
-            self.load, self.load_ps = _compute_load()
+            self.loads["matmul"] = _compute_load(PREFILL_LIKE_LOAD)
+            if forward_load:
+                self.loads["forward"] = _compute_load(FORWARD_LOAD)
         except BaseException:
             self.close()
             raise
@@ -243,12 +247,14 @@ class RawPair:
         remote = [MemoryRegion(self.rb, self.total)]
         return sum(len(coalesce_runs(w, self.engine.regions, remote)) for w in ws)
 
-    def timed(self, ws, loaded: bool = False) -> tuple[float, int]:
+    def timed(self, ws, load: str | None = None) -> tuple[float, int]:
         """Seconds and bytes of ``ws``, written and waited one by one as pdcore's worker
-        does; ``loaded``: while a prefill-like compute load runs (as a chunk's write
-        overlaps the next chunk's compute in pdcore)."""
-        if loaded:
-            self.load_ps.resume()
+        does; ``load``: while that compute load runs ("matmul": a torch matmul loop,
+        "forward": the model's own 2 x 2048-token chunked prefill), as a chunk's write
+        overlaps the next chunk's compute in pdcore."""
+        ps = self.loads[load][1] if load else None
+        if ps is not None:
+            ps.resume()
             time.sleep(0.2)
         try:
             seconds, nbytes = 0.0, 0
@@ -263,8 +269,8 @@ class RawPair:
                 nbytes += h.nbytes
             return seconds, nbytes
         finally:
-            if loaded:
-                self.load_ps.suspend()
+            if ps is not None:
+                ps.suspend()
 
     def check_landed(self) -> None:
         probe = self.peer.read(self.kv_bytes // 2, 64)
@@ -272,9 +278,9 @@ class RawPair:
             raise RuntimeError(f"raw {self.backend}: bytes did not land ({probe[:8]!r})")
 
     def close(self) -> None:
-        if self.load is not None:
-            self.load.kill()
-            self.load.wait()
+        for proc, _ in self.loads.values():
+            proc.kill()
+            proc.wait()
         self.peer.close()
         self.engine.close()
 
@@ -321,7 +327,7 @@ def _raw_variants(backend: str, geom: dict, repeats: int, variants: dict) -> dic
             }
         for _ in range(repeats):
             for name, ws in writes.items():
-                s, n = pair.timed(ws, loaded=name.endswith("_under_load"))
+                s, n = pair.timed(ws, "matmul" if name.endswith("_under_load") else None)
                 out[name]["seconds"].append(s)
                 out[name]["bytes"] = n
         pair.check_landed()
@@ -342,17 +348,38 @@ while True:
 """
 
 
-def _compute_load():
-    """A process that keeps the cores busy as a prefill does (torch matmuls, as many
-    threads as the servers use), started paused: SIGCONT it around a timed write."""
+FORWARD_LOAD = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from pdcore.model.embedded import embedded_model_path
+from pdcore.model.loader import load_model
+from pdcore.model.reference_runner import prompt_logits
+model = load_model(embedded_model_path(), torch.float32, "cpu", load_tokenizer=False).model
+ids = list(range(100, 100 + 4096))
+print("ready", flush=True)
+with torch.inference_mode():
+    while True:
+        prompt_logits(model, ids, page_size=16, prefill_chunk=2048)
+"""
+
+
+def _compute_load(script: str):
+    """A process running ``script`` (a compute loop on as many threads as the servers
+    use), paused once it prints a line or after 2 s: SIGCONT it around a timed write."""
     import psutil
     import torch
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", PREFILL_LIKE_LOAD, str(torch.get_num_threads())],
-        stdout=subprocess.DEVNULL,
+        [sys.executable, "-c", script, str(torch.get_num_threads())],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    time.sleep(2)  # past import
+    if "print(" in script:
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise RuntimeError("the compute load process did not start")
+    else:
+        time.sleep(2)  # past import
     ps = psutil.Process(proc.pid)
     ps.suspend()
     return proc, ps
@@ -419,11 +446,11 @@ async def ttft_phase(args, backend, prompts, warm, geom) -> dict:
             if not 0 <= aux < 1 << 20:
                 raise RuntimeError(f"prefill moved {warm_pd[-1]['bytes']} bytes: not KV + aux")
             out["geometry"] = geom = dict(geom, aux_bytes=aux)
-            raw = RawPair(backend, geom)
+            raw = RawPair(backend, geom, forward_load=True)
             raw_writes = {n: raw.chunked(pages_of(n, geom)) for n in prompts}
             for ws in raw_writes.values():
                 raw.timed(ws)  # warm-up, as the servers had theirs
-                raw.timed(ws, loaded=True)
+                raw.timed(ws, "matmul")
             for length, ps in prompts.items():
                 out["pd"][length], out["null"][length] = [], []
                 for ids in ps:
@@ -434,7 +461,8 @@ async def ttft_phase(args, backend, prompts, warm, geom) -> dict:
                     r = await pd_request(client, prefill, decode, bport, ids, args.max_new_tokens)
                     r["idle_null_cpu_s"] = cpu_seconds(null) - c0
                     r["raw_idle_s"], r["raw_bytes"] = raw.timed(raw_writes[length])
-                    r["raw_loaded_s"], _ = raw.timed(raw_writes[length], loaded=True)
+                    r["raw_loaded_s"], _ = raw.timed(raw_writes[length], "matmul")
+                    r["raw_forward_s"], _ = raw.timed(raw_writes[length], "forward")
                     if r["raw_bytes"] != r["bytes"]:
                         raise RuntimeError(f"raw moved {r['raw_bytes']} bytes, pdcore {r['bytes']}")
                     out["null"][length].append(n)
@@ -443,7 +471,8 @@ async def ttft_phase(args, backend, prompts, warm, geom) -> dict:
                         f"  {backend} {length:5d} tok: null ttft {n['ttft_s']:.3f}s  PD ttft "
                         f"{r['ttft_s']:.3f}s  transfer {r['transfer_s'] * 1e3:.0f} ms, raw "
                         f"{r['raw_idle_s'] * 1e3:.0f} ms idle / {r['raw_loaded_s'] * 1e3:.0f} ms "
-                        f"under load ({r['bytes'] / 2**20:.1f} MiB); idle servers' CPU "
+                        f"under matmul / {r['raw_forward_s'] * 1e3:.0f} ms under a forward "
+                        f"({r['bytes'] / 2**20:.1f} MiB); idle servers' CPU "
                         f"{n['idle_pd_pair_cpu_s']:.2f} / {r['idle_null_cpu_s']:.2f} s",
                         flush=True,
                     )
@@ -494,6 +523,13 @@ def summarize(backend, runs, raw, geom, args) -> dict:
     now_loaded = pd_bytes / sum(r["raw_loaded_s"] for r in pds)
     paired_idle = statistics.median(r["raw_idle_s"] / r["transfer_s"] for r in pds)
     paired_loaded = statistics.median(r["raw_loaded_s"] / r["transfer_s"] for r in pds)
+    forward = [r["raw_forward_s"] for r in pds if "raw_forward_s" in r]
+    now_forward = pd_bytes / sum(forward) if len(forward) == len(pds) else None
+    paired_forward = (
+        statistics.median(f / r["transfer_s"] for f, r in zip(forward, pds, strict=True))
+        if now_forward
+        else None
+    )
     raw_same = raw["same_structure"]["bytes_per_s"]
     raw_loaded = raw["same_structure_under_load"]["bytes_per_s"]
     return {
@@ -524,6 +560,12 @@ def summarize(backend, runs, raw, geom, args) -> dict:
             # Robust to one slow copy on either side: the median of paired ratios.
             "median_paired_ratio_idle": paired_idle,
             "median_paired_ratio_under_load": paired_loaded,
+            # The load a prefill chunk really is: the model's chunked prefill running.
+            "raw_under_forward_bytes_per_s": now_forward,
+            "ratio_vs_raw_after_each_request_under_forward": (
+                pd_rate / now_forward if now_forward else None
+            ),
+            "median_paired_ratio_under_forward": paired_forward,
             "raw_fresh_processes": raw,
             "ratio_vs_raw_fresh_same_structure": pd_rate / raw_same,
             "ratio_vs_raw_fresh_same_structure_under_load": pd_rate / raw_loaded,
@@ -575,6 +617,13 @@ def print_summary(res: dict) -> None:
         f"paired ratios {t['median_paired_ratio_idle']:.0%} idle, "
         f"{t['median_paired_ratio_under_load']:.0%} under load"
     )
+    if t.get("raw_under_forward_bytes_per_s"):
+        print(
+            f"raw right after each request under the model's own prefill: "
+            f"{t['raw_under_forward_bytes_per_s'] / mib:.0f} MiB/s "
+            f"({t['ratio_vs_raw_after_each_request_under_forward']:.0%}; median of pairs "
+            f"{t['median_paired_ratio_under_forward']:.0%})"
+        )
     print(
         f"raw between fresh processes: same structure {_rate(fresh['same_structure'])} idle, "
         f"{_rate(fresh['same_structure_under_load'])} under load; scattered "
