@@ -77,3 +77,16 @@ def test_an_untimed_shape_under_graph_capture_uses_cublas():
     torch.cuda.synchronize()
     torch.testing.assert_close(out, torch.nn.functional.linear(x, w))
     assert not linear.choice, "no timing may happen inside a capture"
+
+
+def test_a_failed_timing_keeps_cublas(monkeypatch):
+    import pdcore_cuda.small_linear as small
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("no room for the weight copies")
+
+    monkeypatch.setattr(small, "graph_time", out_of_memory)
+    linear = small.SmallLinear()
+    x, w = rand(1, 256), rand(256, 256)
+    torch.testing.assert_close(linear(x, w), torch.nn.functional.linear(x, w))
+    assert linear.choice[(1, 256, 256, torch.bfloat16)] is False, "cuBLAS must stay"
