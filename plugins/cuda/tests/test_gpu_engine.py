@@ -48,27 +48,38 @@ def hf_greedy_logits(model, ids, n):
     return tokens, logits
 
 
-@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graph"])
-def test_triton_engine_matches_hf_on_gpu(checkpoint, graphs):
-    from engine.harness import drain, greedy_req
-    from model.model_helpers import load_hf
-    from pdcore_cuda.triton_attention import TritonAttention
-
-    from pdcore.config import ServerArgs
-    from pdcore.engine.engine import Engine
+def load_fp32(checkpoint):
+    """The checkpoint on the GPU in float32 with TF32 off, so sums round as on HF's side."""
     from pdcore.model.loader import load_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    loaded = load_model(str(checkpoint), torch.float32, "cuda", load_tokenizer=False)
+    return load_model(str(checkpoint), torch.float32, "cuda", load_tokenizer=False)
+
+
+def triton_engine(loaded, graphs: bool, max_bs: int):
+    """A Triton-attention engine over ``loaded``; decode graphs up to ``max_bs`` rows."""
+    from pdcore_cuda.triton_attention import TritonAttention
+
+    from pdcore.config import ServerArgs
+    from pdcore.engine.engine import Engine
+
     args = ServerArgs(
         max_total_tokens=8192,
         page_size=16,
         chunked_prefill_size=256,
-        cuda_graph_max_bs=12,
+        cuda_graph_max_bs=max_bs,
         disable_cuda_graph=not graphs,
     )
-    engine = Engine(loaded.model, loaded.config, args, TritonAttention, "cuda")
+    return Engine(loaded.model, loaded.config, args, TritonAttention, "cuda")
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graph"])
+def test_triton_engine_matches_hf_on_gpu(checkpoint, graphs):
+    from engine.harness import drain, greedy_req
+    from model.model_helpers import load_hf
+
+    engine = triton_engine(load_fp32(checkpoint), graphs, max_bs=12)
     assert engine.cuda_graph_sizes == ([1, 2, 4, 8, 12] if graphs else [])
     ps = prompts()
     for i, p in enumerate(ps):
@@ -100,14 +111,8 @@ def test_graph_steps_equal_eager_steps_while_the_batch_changes(checkpoint):
     replaced, added and dropped: the page table rows copied per step must follow
     (only changed rows are sent) and every token must equal the eager engine's."""
     from engine.harness import collect, greedy_req
-    from pdcore_cuda.triton_attention import TritonAttention
 
-    from pdcore.config import ServerArgs
-    from pdcore.engine.engine import Engine
-    from pdcore.model.loader import load_model
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    loaded = load_model(str(checkpoint), torch.float32, "cuda", load_tokenizer=False)
+    loaded = load_fp32(checkpoint)
     rng = random.Random(5)
     waves = [
         [[rng.randrange(1, 512) for _ in range(rng.randrange(5, 90))] for _ in range(k)]
@@ -115,14 +120,7 @@ def test_graph_steps_equal_eager_steps_while_the_batch_changes(checkpoint):
     ]
     tokens = {}
     for graphs in (False, True):
-        args = ServerArgs(
-            max_total_tokens=8192,
-            page_size=16,
-            chunked_prefill_size=256,
-            cuda_graph_max_bs=8,
-            disable_cuda_graph=not graphs,
-        )
-        engine = Engine(loaded.model, loaded.config, args, TritonAttention, "cuda")
+        engine = triton_engine(loaded, graphs, max_bs=8)
         results = {}
         for w, wave in enumerate(waves):
             for i, p in enumerate(wave):
