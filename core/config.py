@@ -54,6 +54,7 @@ class ServerArgs:
     max_running_requests: int | None = None
     cuda_graph_max_bs: int | None = None
     disable_cuda_graph: bool = False
+    disable_overlap_schedule: bool = False
     enable_fused_kernels: bool = True
     max_prefill_tokens: int = 16384
     random_seed: int = 0
@@ -148,6 +149,13 @@ class ServerArgs:
         )
         g.add_argument(
             "--disable-cuda-graph", action="store_true", help="run decode eagerly on GPUs"
+        )
+        g.add_argument(
+            "--disable-overlap-schedule",
+            action="store_true",
+            help="wait for each decode step's tokens before launching the next (by default "
+            "a GPU decode step from CUDA graphs is launched while the host reads the last "
+            "step's tokens)",
         )
         g.add_argument(
             "--disable-fused-kernels",

@@ -93,25 +93,47 @@ def engine_for(model, config, attention: str, max_bs: int, graphs: bool):
     return Engine(model, config, args, spec.factory, "cuda")
 
 
-def decode_steps(engine, batch: int, prompt_len: int, steps: int, tag: str, parts=None) -> float:
-    """Median seconds of one engine decode step with ``batch`` running requests.
+def decode_steps(
+    engine, batch: int, prompt_len: int, steps: int, tag: str, parts=None, overlap: bool = True
+) -> float:
+    """Seconds per engine decode step with ``batch`` running requests, steps run back
+    to back as a server runs them (no sync between them: with overlap scheduling a step
+    is launched before the last one's tokens are read, which a per-step sync would
+    hide); the median of three windows of ``steps // 3`` steps.
 
-    ``parts``: a dict to receive the step's breakdown (graph replay alone, forward
-    with input preparation) so host overhead is visible."""
+    ``overlap``: overlap scheduling on or off for this measurement. ``parts``: a dict
+    to receive the step's breakdown (graph replay alone, forward with input
+    preparation, step with a sync after each) so host overhead is visible."""
     from pdcore.engine.io_struct import GenerateReq
 
+    engine.overlap, was = overlap, engine.overlap
     gen = torch.Generator().manual_seed(batch)
     for i in range(batch):
         ids = torch.randint(10, 100000, (prompt_len,), generator=gen).tolist()
-        sampling = {"temperature": 0.0, "max_new_tokens": steps + 50, "ignore_eos": True}
+        sampling = {"temperature": 0.0, "max_new_tokens": 2 * steps + 50, "ignore_eos": True}
         engine.add_request(GenerateReq(f"{tag}-{i}", ids, sampling))
     while engine.scheduler.waiting or any(
         r.computed_len < len(r.input_ids) for r in engine.scheduler.running
     ):
         engine.step()
-    times = sync_time(engine.step, steps)
+    for _ in range(5):
+        engine.step()
+    windows = []
+    overlapped = engine.overlapped_steps
+    for _ in range(3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps // 3):
+            engine.step()
+        torch.cuda.synchronize()
+        windows.append((time.perf_counter() - start) / (steps // 3))
+    if parts is not None:
+        parts["overlapped_steps"] = engine.overlapped_steps - overlapped
     graphs = engine.runner.graphs
     if parts is not None and graphs is not None:
+        engine.overlap = False
+        engine.step()  # commits the step in flight; none follows
+        parts["synced_step_ms"] = 1e3 * statistics.median(sync_time(engine.step, 15))
         bs = next(b for b in graphs.sizes if b >= batch)
         replays = graphs.replays
         parts["graph_replay_ms"] = 1e3 * statistics.median(sync_time(graphs.graphs[bs].replay, 30))
@@ -125,7 +147,8 @@ def decode_steps(engine, batch: int, prompt_len: int, steps: int, tag: str, part
         engine.abort(f"{tag}-{i}")
     while engine.has_work():
         engine.step()
-    return statistics.median(times[5:])
+    engine.overlap = was
+    return statistics.median(windows)
 
 
 def prefill_time(engine, tokens: int) -> float:
@@ -190,12 +213,16 @@ def main() -> None:
     decode = {}
     for batch in (1, 64):
         parts: dict = {}
-        step = decode_steps(engine, batch, 1024, 40, f"d{batch}", parts)
+        # Both scheduling modes on the same engine and requests, one after the other.
+        plain = decode_steps(engine, batch, 1024, 60, f"p{batch}", overlap=False)
+        step = decode_steps(engine, batch, 1024, 60, f"d{batch}", parts)
         floor = (weight_bytes + batch * 1024 * kv_token_bytes) / bandwidth
         decode[f"batch_{batch}"] = {
             "step_ms": step * 1e3,
             "hbm_floor_ms": floor * 1e3,
             "ratio_to_floor": step / floor,
+            "no_overlap_step_ms": plain * 1e3,
+            "no_overlap_ratio_to_floor": plain / floor,
             **parts,
         }
     result["decode_1k_context"] = decode

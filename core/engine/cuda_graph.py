@@ -121,25 +121,29 @@ class DecodeGraphs:
     def can_run(self, batch_size: int, max_seq_len: int) -> bool:
         return batch_size <= self.sizes[-1] and max_seq_len <= self.max_pages * self.page_size
 
-    def run(self, plan) -> torch.Tensor:
+    def run(self, plan, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 logits ``[batch, vocab]`` of the decode step ``plan`` (a ``StepPlan``
-        of one token per row); a view: use it before the next replay."""
+        of one token per row); a view: use it before the next replay. ``tokens``: the
+        rows' input tokens on the device (the last step's samples, not yet on the
+        host: overlap scheduling) instead of ``plan.tokens``."""
         n = len(plan.extend_lens)
         bs = next(b for b in self.sizes if b >= n)
         ps = self.page_size
         self._copied.synchronize()  # the last step's copies have left the staging buffers
-        tokens, positions, slots, seq_lens = self._staging_np[bs]
+        host_tokens, positions, slots, seq_lens = self._staging_np[bs]
         prefix = np.asarray(plan.prefix_lens, dtype=np.int64)
-        tokens[:n] = plan.tokens
+        host_tokens[:n] = 0 if tokens is not None else plan.tokens
         positions[:n] = prefix
         seq_lens[:n] = prefix + 1
         last = [pages[p // ps] for pages, p in zip(plan.pages, plan.prefix_lens, strict=True)]
         slots[:n] = np.asarray(last, dtype=np.int64) * ps + prefix % ps
-        tokens[n:], positions[n:], seq_lens[n:] = 0, 0, 1
+        host_tokens[n:], positions[n:], seq_lens[n:] = 0, 0, 1
         slots[n:] = PAD_PAGE * ps
         self._copy_changed_rows(plan.pages, bs)
         self.packed[bs].copy_(self.staging[bs], non_blocking=True)
         self._copied.record()
+        if tokens is not None:  # stream-ordered after the step that sampled them
+            self.packed[bs][:n].copy_(tokens)
         self.graphs[bs].replay()
         self.replays += 1
         return self.logits[bs][:n]

@@ -30,8 +30,10 @@ from pdcore.disaggregation.fake import FAKE_BOOTSTRAP_HOST
 from pdcore.distributed.state import kv_head_range, min_over_ranks, shard_range, tp
 from pdcore.engine.io_struct import EngineError, EngineStats, GenerateReq, TokenOut
 from pdcore.engine.model_runner import ModelRunner
+from pdcore.engine.overlap import LaunchedStep, TokenReadback
 from pdcore.engine.pd import build_pd_queues
 from pdcore.engine.sampler import Sampler
+from pdcore.engine.step_plan import StepPlan
 from pdcore.errors import PdcoreError
 from pdcore.kvcache.pool import KVPool, KVShape, pages_for_budget
 from pdcore.kvcache.radix_cache import RadixCache
@@ -151,6 +153,15 @@ class Engine:
         self.cuda_graph_sizes = self._capture_graphs(server_args, factory, attn_config, context)
         self.sampler = Sampler(self.device, server_args.random_seed)
         self._pending: list[TokenOut | EngineError] = []
+        # Overlap scheduling (``overlap``): the decode step launched, its tokens not read.
+        self._launched: LaunchedStep | None = None
+        self.overlapped_steps = 0  # decode steps launched before the last one's tokens were read
+        self._readback = None
+        if self.cuda_graph_sizes:
+            self._readback = TokenReadback(max(self.cuda_graph_sizes), self.device)
+        # Benchmarks flip it at run time to compare; off: the step in flight is
+        # committed by the next ``step`` and none follows.
+        self.overlap = self._readback is not None and not server_args.disable_overlap_schedule
         # PD prefill/decode queues around the scheduler (None in null mode).
         self.pd = build_pd_queues(server_args, self.pool, self.scheduler, cfg)
         self.pd_follower = None  # a non-leader rank's PD part (see pdcore.engine.pd)
@@ -259,6 +270,8 @@ class Engine:
 
         An aborted request gets a last ``TokenOut`` with finish_reason abort.
         """
+        if self._launched is not None:  # the GPU may still write the pages freed here
+            self._launched.wait()
         req = self.scheduler.abort(rid)
         if req is None and self.pd is not None:
             req = self.pd.abort(rid)
@@ -276,7 +289,7 @@ class Engine:
 
     def has_compute(self) -> bool:
         """Work for the model; False while only PD transfers or handshakes are awaited."""
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self._launched is not None
 
     def _pd_waiting(self) -> bool:
         return self.pd is not None and self.pd.has_work()
@@ -289,6 +302,10 @@ class Engine:
         Outputs stay queued until the step succeeds, so ``fail_all`` after an
         exception still delivers them.
         """
+        if self._launched is not None:
+            self._overlapped_step()
+            outs, self._pending = self._pending, []
+            return outs
         if self._poll_pd():
             # First tokens from prefill go out now, not after the next decode
             # forward (which would add one step to every PD request's TTFT).
@@ -296,9 +313,64 @@ class Engine:
             return outs
         batch = self._schedule()
         if batch is not None:
-            self._forward(batch)
+            if self._overlappable(batch, [p + 1 for p in batch.prefix_lens]):
+                self._launch(batch, self.runner.forward(batch))
+            else:
+                self._forward(batch)
         outs, self._pending = self._pending, []
         return outs
+
+    # Overlap scheduling (see ``pdcore.engine.overlap``).
+
+    def _overlappable(self, batch, next_positions: list[int]) -> bool:
+        """``batch`` may run with its tokens read back later, and a step after it could
+        be launched from the device (rows at ``next_positions``)."""
+        return (
+            self.overlap
+            and self._readback is not None
+            and batch.is_decode
+            and self.runner.can_overlap(len(batch.reqs), max(next_positions) + 1)
+            and all(self.sampler.overlappable(r) for r in batch.reqs)
+        )
+
+    def _launch(self, batch, logits) -> None:
+        tokens = self.sampler.tokens(logits, batch.reqs, self.model_config.eos_token_ids)
+        self._launched = self._readback.start(batch, tokens)
+
+    def _overlapped_step(self) -> None:
+        """Launch the step after the one in flight if nothing else can come next,
+        then commit the one in flight."""
+        cur, self._launched = self._launched, None
+        nxt = None
+        if not self._poll_pd() and self._may_follow(cur.batch):
+            nxt = self.scheduler.schedule_after(cur.batch)
+        if nxt is not None:
+            plan = StepPlan(
+                is_decode=True,
+                tokens=[0] * len(nxt.reqs),  # fed from ``cur.tokens`` on the device
+                prefix_lens=nxt.prefix_lens,
+                extend_lens=nxt.extend_lens,
+                pages=[
+                    r.pages[: p // self.pool.page_size + 1]
+                    for r, p in zip(nxt.reqs, nxt.prefix_lens, strict=True)
+                ],
+                sample=nxt.sample,
+            )
+            self._launch(nxt, self.runner.forward_after(plan, cur.tokens))
+            self.overlapped_steps += 1
+        cur.wait()
+        self._commit(*cur.live())
+        if self._launched is not None and any(r.finished for r in nxt.reqs):
+            self._launched.wait()  # its rows of finished requests wrote their freed pages
+
+    def _may_follow(self, batch) -> bool:
+        """No request of ``batch`` can finish by length with its token in flight, so a
+        step after it is needed, and it may be overlapped too."""
+        limit = self.scheduler.max_seq_len
+        return all(
+            len(r.output_ids) + 2 <= r.params.max_new_tokens and r.seq_len + 2 <= limit
+            for r in batch.reqs
+        ) and self._overlappable(batch, [p + 1 for p in batch.prefix_lens])
 
     # DP attention: a DP leader's step, in lockstep with the others (``dp_lockstep``).
 
@@ -349,24 +421,33 @@ class Engine:
             staged = self.runner.stage_after  # followers now wait for the KV gather
             rows = [r for r, s in zip(batch.reqs, batch.sample, strict=True) if s]
             sampled = self.sampler(logits, rows, self.model_config.eos_token_ids) if rows else []
-            produced = self.scheduler.commit(batch, sampled)
-            if self.pd is not None:
-                if self.device.type != "cpu" and self.pd.sends_kv:
-                    # Transfer engines read the chunk's pages from their own streams
-                    # (UCX, CUDA IPC copies): the KV writes of this forward must have
-                    # landed first. A batch of non-final chunks samples nothing, so
-                    # nothing else has synchronized with the device yet.
-                    torch.accelerator.synchronize(self.device)
-                produced = self.pd.after_commit(batch, produced)
-            self._pending.extend(self._token_out(r) for r in produced)
+            self._commit(batch, sampled)
         finally:
             # Even after an error: TP followers wait for this gather's page list.
             if self.kv_stage is not None and (staged or self.tp.attn_size == 1):
                 self.kv_stage.lead(self.pd.manager)
 
+    def _commit(self, batch, sampled) -> None:
+        produced = self.scheduler.commit(batch, sampled)
+        if self.pd is not None:
+            if self.device.type != "cpu" and self.pd.sends_kv:
+                # Transfer engines read the chunk's pages from their own streams
+                # (UCX, CUDA IPC copies): the KV writes of this forward must have
+                # landed first. A batch of non-final chunks samples nothing, so
+                # nothing else has synchronized with the device yet.
+                torch.accelerator.synchronize(self.device)
+            produced = self.pd.after_commit(batch, produced)
+        self._pending.extend(self._token_out(r) for r in produced)
+
     def fail_all(self, message: str) -> list[TokenOut | EngineError]:
         """After an unrecoverable step error: queued outputs, then an error for every
         live request, whose pages are released."""
+        if self._launched is not None:
+            launched, self._launched = self._launched, None
+            try:  # its pages are about to be freed
+                launched.wait()
+            except Exception as e:  # the device itself failed: nothing more to wait for
+                logger.warning("waiting for the launched decode step failed: %s", e)
         errors = [EngineError(r.rid, message, 500) for r in self.scheduler.fail_all()]
         outs, self._pending = [*self._pending, *errors], []
         return outs

@@ -16,7 +16,7 @@ import torch
 
 from pdcore.attention.base import AttentionImpl, AttentionMetadata
 from pdcore.distributed.dp_attention import DPTokens
-from pdcore.distributed.state import broadcast_object
+from pdcore.distributed.state import broadcast_object, tp
 from pdcore.engine.step_plan import StepPlan
 from pdcore.kvcache.pool import PADDING_PAGES, KVPool
 from pdcore.model.base import CausalLM, ForwardContext
@@ -106,6 +106,21 @@ class ModelRunner:
         counts of every DP group in this pass.
         """
         return self._lead(StepPlan.from_batch(batch, self.pool.page_size), dp_tokens)
+
+    def can_overlap(self, batch_size: int, max_seq_len: int) -> bool:
+        """A decode step of this size can be launched from device tokens: captured
+        graphs take it and no TP follower needs the plan's tokens."""
+        return (
+            self.graphs is not None
+            and tp().size == 1
+            and self.graphs.can_run(batch_size, max_seq_len)
+        )
+
+    def forward_after(self, plan: StepPlan, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits of decode step ``plan`` whose input tokens are still on the device
+        (``tokens``: the previous step's samples, row for row); see ``can_overlap``."""
+        with torch.inference_mode():
+            return self.graphs.run(plan, tokens)
 
     def idle(self, dp_tokens: list[int]) -> None:
         """DP attention: take part in a forward that only other DP groups feed."""

@@ -70,6 +70,14 @@ def allowed_mask(
     return torch.zeros_like(keep).scatter(-1, order, keep)
 
 
+def _on(device: torch.device, values, dtype) -> torch.Tensor:
+    """``values`` as a tensor on ``device``, without making the host wait for the GPU
+    (a plain host-to-device copy would wait for the step in flight: overlap
+    scheduling samples a step before the previous one finished)."""
+    t = torch.tensor(values, dtype=dtype)
+    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
+
+
 class Sampler:
     def __init__(self, device: torch.device | str = "cpu", seed: int = 0):
         self.device = torch.device(device)
@@ -80,6 +88,26 @@ class Sampler:
         self, logits: torch.Tensor, reqs: Sequence[Req], eos_token_ids=()
     ) -> list[Sampled]:
         raw = logits.float()
+        return self._results(raw, self.tokens(raw, reqs, eos_token_ids), reqs)
+
+    @staticmethod
+    def overlappable(req: Req) -> bool:
+        """Its next token can be drawn before its last one reaches the host: nothing
+        about it depends on the output so far (penalties, ``min_new_tokens``) and only
+        the token itself is read back (no logprobs)."""
+        p = req.params
+        return (
+            not req.return_logprob
+            and not req.top_logprobs_num
+            and p.repetition_penalty == 1.0
+            and not p.frequency_penalty
+            and not p.presence_penalty
+            and len(req.output_ids) >= p.min_new_tokens
+        )
+
+    def tokens(self, logits: torch.Tensor, reqs: Sequence[Req], eos_token_ids=()) -> torch.Tensor:
+        """The next token of every row, on the logits' device (no host sync)."""
+        raw = logits.float()
         x = apply_penalties(raw, reqs, eos_token_ids)
         greedy = [i for i, r in enumerate(reqs) if r.params.greedy]
         if len(greedy) == len(reqs):
@@ -87,16 +115,16 @@ class Sampler:
         else:
             tokens = torch.empty(len(reqs), dtype=torch.int64, device=x.device)
             if greedy:
-                rows = torch.tensor(greedy, device=x.device)
+                rows = _on(x.device, greedy, torch.int64)
                 tokens[rows] = x[rows].argmax(-1)
             rand = [i for i, r in enumerate(reqs) if not r.params.greedy]
-            rows = torch.tensor(rand, device=x.device)
+            rows = _on(x.device, rand, torch.int64)
             tokens[rows] = self._sample(x[rows], [reqs[i] for i in rand])
-        return self._results(raw, tokens, reqs)
+        return tokens
 
     def _sample(self, x: torch.Tensor, reqs: Sequence[Req]) -> torch.Tensor:
         def col(values, dtype):
-            return torch.tensor(values, dtype=dtype, device=x.device)
+            return _on(x.device, values, dtype)
 
         temps = col([r.params.temperature for r in reqs], x.dtype)
         probs = torch.softmax(x / temps[:, None], dim=-1)
@@ -114,7 +142,7 @@ class Sampler:
         shared = [i for i, r in enumerate(reqs) if r.params.seed is None]
         if shared:
             draw = torch.empty(len(shared), vocab, device=self.device)
-            noise[torch.tensor(shared, device=self.device)] = draw.exponential_(
+            noise[_on(self.device, shared, torch.int64)] = draw.exponential_(
                 generator=self.generator
             )
         for i, req in enumerate(reqs):

@@ -253,6 +253,32 @@ class Scheduler:
         n = len(reqs)
         return ScheduledBatch(True, reqs, [r.computed_len for r in reqs], [1] * n, [True] * n)
 
+    def schedule_after(self, batch: ScheduledBatch) -> ScheduledBatch | None:
+        """The decode step after ``batch`` while ``batch``'s tokens are still being
+        computed (overlap scheduling): the same requests in the same order, each one
+        position further, with a page for it. None when that is not the next step:
+        requests are waiting, joined or left, or a new page would need a retraction.
+        The caller feeds each row the token ``batch`` produces for it."""
+        reqs = batch.reqs
+        if (
+            not batch.is_decode
+            or self.waiting
+            or len(self.running) != len(reqs)
+            or any(a is not b for a, b in zip(self.running, reqs, strict=True))
+            or any(r.computed_len != p for r, p in zip(reqs, batch.prefix_lens, strict=True))
+        ):
+            return None
+        ps = self.page_size
+        nxt = [p + 1 for p in batch.prefix_lens]
+        needy = [r for r, p in zip(reqs, nxt, strict=True) if p // ps >= len(r.pages)]
+        if len(needy) > self.allocator.num_free + self.cache.evictable_pages:
+            return None
+        new = iter(self._alloc(len(needy)))
+        for req in needy:
+            req.pages.append(next(new))
+        n = len(reqs)
+        return ScheduledBatch(True, list(reqs), nxt, [1] * n, [True] * n)
+
     def _retract(self, req: Req) -> None:
         self.running.remove(req)
         self._release(req)

@@ -25,6 +25,9 @@ def _rms_norm_kernel(
     h = row % heads
     offs = tl.arange(0, BLOCK)
     mask = offs < n
+    # Every load first: at batch 1 the kernel is a chain of memory latencies, and the
+    # weight load would otherwise wait for the reduction.
+    w = tl.load(W + offs, mask=mask, other=0.0)
     x = tl.load(X + t.to(tl.int64) * stride_xt + h * stride_xh + offs, mask=mask, other=0.0)
     if HAS_RES:
         r = tl.load(R + t.to(tl.int64) * stride_rt + offs, mask=mask, other=0.0)
@@ -33,7 +36,6 @@ def _rms_norm_kernel(
     x32 = x.to(tl.float32)
     var = tl.sum(x32 * x32, axis=0) / n
     y = (x32 * tl.rsqrt(var + eps)).to(X.dtype.element_ty)
-    w = tl.load(W + offs, mask=mask, other=0.0)
     out = (w.to(tl.float32) * y.to(tl.float32)).to(Out.dtype.element_ty)
     tl.store(Out + row.to(tl.int64) * stride_ot + offs, out, mask=mask)
 

@@ -95,6 +95,13 @@ def _paged_attention_kernel(
             mask=kv_mask,
             other=0.0,
         )
+        # V's load goes out with K's: a decode program often runs one block, and
+        # loading V after the softmax would add a second memory round trip.
+        v = tl.load(
+            V + slot[:, None] * stride_vslot + kvh * stride_vh + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
+        )
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -107,11 +114,6 @@ def _paged_attention_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            V + slot[:, None] * stride_vslot + kvh * stride_vh + offs_d[None, :],
-            mask=kv_mask,
-            other=0.0,
-        )
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
