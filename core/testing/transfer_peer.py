@@ -28,9 +28,16 @@ def build_engine(backend_name: str, factory_path: str | None, options: dict, rol
     return Registry.discover().get("transfer", backend_name).factory(config)
 
 
-def peer_main(conn, backend_name, factory_path, options, region_bytes):
+def peer_main(conn, backend_name, factory_path, options, region_bytes, pool_like=False):
     engine: TransferEngine = build_engine(backend_name, factory_path, options, "decode")
-    buf = np.zeros(region_bytes, dtype=np.uint8)
+    if pool_like:  # as pdcore's CPU KV pool: huge pages where allowed, faulted in now
+        import torch
+
+        from pdcore.kvcache import host_memory
+
+        buf = host_memory.zeros((region_bytes,), torch.uint8).numpy()
+    else:
+        buf = np.zeros(region_bytes, dtype=np.uint8)
     engine.register([MemoryRegion(buf.ctypes.data, buf.nbytes)])
     conn.send(engine.metadata())
     while True:
@@ -63,11 +70,12 @@ class PeerProcess:
         region_bytes: int = 1 << 20,
         factory_path: str | None = None,
         timeout: float = 60.0,
+        pool_like: bool = False,
     ):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.timeout = timeout
-        args = (child, backend_name, factory_path, dict(options or {}), region_bytes)
+        args = (child, backend_name, factory_path, dict(options or {}), region_bytes, pool_like)
         self.proc = ctx.Process(target=peer_main, args=args, daemon=True)
         self.proc.start()
         self.metadata = self._recv()
