@@ -156,12 +156,12 @@ class Engine:
         # Overlap scheduling (``overlap``): the decode step launched, its tokens not read.
         self._launched: LaunchedStep | None = None
         self.overlapped_steps = 0  # decode steps launched before the last one's tokens were read
-        self._readback = None
-        if self.cuda_graph_sizes:
-            self._readback = TokenReadback(max(self.cuda_graph_sizes), self.device)
-        # Benchmarks flip it at run time to compare; off: the step in flight is
-        # committed by the next ``step`` and none follows.
-        self.overlap = self._readback is not None and not server_args.disable_overlap_schedule
+        self.overlap_dropped_rows = 0  # their rows of requests that finished meanwhile
+        # Steps overlap only where the runner can launch one from device tokens
+        # (``ModelRunner.can_overlap``: CUDA graphs). Benchmarks flip ``overlap`` at run
+        # time to compare; off: the step in flight is committed by the next ``step``.
+        self._readback = TokenReadback(self.scheduler.config.max_running_requests, self.device)
+        self.overlap = not server_args.disable_overlap_schedule
         # PD prefill/decode queues around the scheduler (None in null mode).
         self.pd = build_pd_queues(server_args, self.pool, self.scheduler, cfg)
         self.pd_follower = None  # a non-leader rank's PD part (see pdcore.engine.pd)
@@ -327,7 +327,6 @@ class Engine:
         be launched from the device (rows at ``next_positions``)."""
         return (
             self.overlap
-            and self._readback is not None
             and batch.is_decode
             and self.runner.can_overlap(len(batch.reqs), max(next_positions) + 1)
             and all(self.sampler.overlappable(r) for r in batch.reqs)
@@ -359,7 +358,9 @@ class Engine:
             self._launch(nxt, self.runner.forward_after(plan, cur.tokens))
             self.overlapped_steps += 1
         cur.wait()
-        self._commit(*cur.live())
+        live, sampled = cur.live()
+        self.overlap_dropped_rows += len(cur.batch.reqs) - len(live.reqs)
+        self._commit(live, sampled)
         if self._launched is not None and any(r.finished for r in nxt.reqs):
             self._launched.wait()  # its rows of finished requests wrote their freed pages
 

@@ -34,12 +34,13 @@ class LaunchedStep:
 
     batch: ScheduledBatch
     tokens: torch.Tensor  # [rows], int64, on the device
-    host: torch.Tensor  # pinned; the copy's destination
-    copied: torch.cuda.Event
+    host: torch.Tensor  # pinned; the copy's destination (``tokens`` itself on a CPU)
+    copied: torch.cuda.Event | None  # None on a CPU: nothing runs asynchronously
 
     def wait(self) -> None:
-        """Block until the step (and the copy of its tokens) finished on the GPU."""
-        self.copied.synchronize()
+        """Block until the step (and the copy of its tokens) finished on the device."""
+        if self.copied is not None:
+            self.copied.synchronize()
 
     def live(self) -> tuple[ScheduledBatch, list[Sampled]]:
         """The rows of requests still running and their tokens (after ``wait``)."""
@@ -62,11 +63,17 @@ class TokenReadback:
     before the step after next is launched."""
 
     def __init__(self, max_rows: int, device: torch.device):
-        self._bufs = [torch.empty(max_rows, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self.device = torch.device(device)
         self._turn = 0
-        self.device = device
+        self._bufs = []
+        if self.device.type == "cuda":
+            self._bufs = [
+                torch.empty(max_rows, dtype=torch.int64, pin_memory=True) for _ in range(2)
+            ]
 
     def start(self, batch: ScheduledBatch, tokens: torch.Tensor) -> LaunchedStep:
+        if not self._bufs:  # CPU: the tokens are on the host already
+            return LaunchedStep(batch, tokens, tokens, None)
         host = self._bufs[self._turn]
         self._turn ^= 1
         host[: tokens.numel()].copy_(tokens, non_blocking=True)

@@ -155,3 +155,74 @@ def test_logprob_requests_are_not_overlappable():
     assert not Sampler.overlappable(req)
     req = Req("r", [1, 2, 3], SamplingParams(), top_logprobs_num=2)
     assert not Sampler.overlappable(req)
+
+
+def test_overlapped_engine_equals_plain_engine_on_cpu():
+    """The engine's overlap bookkeeping on the CPU: a runner that launches a step from
+    the last step's (host) tokens stands in for CUDA graphs. Requests join mid-decode,
+    stop on a token already followed by a launched step, are aborted, sample with
+    seeds, ask for logprobs: the same outputs as without overlap, and no page leaked."""
+    from engine.harness import check_overlap_equals_plain, tiny
+
+    def make(overlap: bool):
+        return _overlapping_engine(disable_overlap_schedule=not overlap)
+
+    check_overlap_equals_plain(make, vocab=tiny().config.vocab_size)
+
+
+def _overlapping_engine(**server_args):
+    """A tiny-model CPU engine whose runner launches a step from the last step's tokens,
+    standing in for CUDA graphs (``ModelRunner.can_overlap`` is False on a CPU)."""
+    import dataclasses
+
+    from engine.harness import make_engine
+
+    engine = make_engine(max_total_tokens=4096, **server_args)
+    runner = engine.runner
+    runner.can_overlap = lambda batch_size, max_seq_len: True
+    runner.forward_after = lambda plan, tokens: runner.execute(
+        dataclasses.replace(plan, tokens=tokens.tolist())
+    )
+    return engine
+
+
+def _run(engine, reqs, abort_after: int | None = None):
+    from engine.harness import collect
+
+    results = {}
+    for r in reqs:
+        engine.add_request(r)
+    steps = 0
+    while engine.has_work():
+        collect(engine.step(), results)
+        engine.kv_usage().check()
+        steps += 1
+        if steps == abort_after:
+            engine.abort(reqs[0].rid)
+    return results
+
+
+def test_a_stop_token_drops_the_row_already_launched_after_it():
+    from engine.harness import assert_idle, greedy_req
+
+    prompt = list(range(30, 47))
+    plain = _run(_overlapping_engine(disable_overlap_schedule=True), [greedy_req("r", prompt, 20)])
+    stop = plain["r"].tokens[9]
+    first = plain["r"].tokens.index(stop)
+    engine = _overlapping_engine()
+    got = _run(engine, [greedy_req("r", prompt, 20, stop_token_ids=[stop])])
+    assert got["r"].tokens == plain["r"].tokens[: first + 1]
+    assert got["r"].final.finish_reason["type"] == "stop"
+    assert engine.overlap_dropped_rows == 1, "the step after the stop token ran and was dropped"
+    assert_idle(engine)
+
+
+def test_an_abort_with_a_step_in_flight_frees_every_page():
+    from engine.harness import assert_idle, greedy_req
+
+    engine = _overlapping_engine()
+    got = _run(engine, [greedy_req("r", list(range(30, 47)), 40)], abort_after=8)
+    assert engine.overlapped_steps > 0, "setup: the abort must come during overlapped steps"
+    assert got["r"].final.finish_reason["type"] == "abort"
+    assert engine.overlap_dropped_rows == 1, "the launched step's row of the aborted request"
+    assert_idle(engine)

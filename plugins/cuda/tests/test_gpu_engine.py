@@ -139,74 +139,15 @@ def test_graph_steps_equal_eager_steps_while_the_batch_changes(checkpoint):
         assert tokens[True][rid] == want, f"{rid}: graph {tokens[True][rid]} vs eager {want}"
 
 
-def _overlap_workload(engine, waves, stops, abort_at):
-    """Waves of requests joining mid-decode (greedy, seeded sampling, one logprob
-    request that cannot overlap), one abort; every request's outputs."""
-    from engine.harness import collect
-
-    from pdcore.engine.io_struct import GenerateReq
-
-    results = {}
-    steps = 0
-    for w, wave in enumerate(waves):
-        for i, p in enumerate(wave):
-            rid = f"w{w}-{i}"
-            params = {"max_new_tokens": 12 + 5 * i, "stop_token_ids": stops.get(rid, [])}
-            params |= (
-                {"temperature": 0.8, "top_p": 0.9, "seed": 40 + i}
-                if i % 2
-                else {"temperature": 0.0}
-            )
-            engine.add_request(GenerateReq(rid, p, params, return_logprob=(w, i) == (1, 2)))
-        for _ in range(7):
-            collect(engine.step(), results)
-            engine.kv_usage().check()
-            steps += 1
-            if steps == abort_at:
-                engine.abort("w0-1")
-    while engine.has_work():
-        collect(engine.step(), results)
-        engine.kv_usage().check()
-    return results
-
-
 def test_overlapped_decode_equals_plain_decode(checkpoint):
     """With overlap scheduling each decode step is launched before the last one's
     tokens reach the host. Requests join, stop on a stop token (their token already
     in flight is dropped), reach their length, are aborted, sample with seeds or ask
     for logprobs (those cannot overlap): every token and finish reason must equal the
     engine without overlap, and every page must come back."""
+    from engine.harness import check_overlap_equals_plain
+
     loaded = load_fp32(checkpoint)
-    rng = random.Random(9)
-    waves = [
-        [[rng.randrange(1, 512) for _ in range(rng.randrange(5, 90))] for _ in range(k)]
-        for k in (3, 4, 2)
-    ]
-    # Stop tokens that really come up: each greedy request's 4th token from a first run.
-    first = _overlap_workload(triton_engine(loaded, True, 8, overlap=False), waves, {}, 0)
-    stops = {
-        rid: [r.tokens[3]]
-        for rid, r in first.items()
-        if int(rid[-1]) % 2 == 0 and len(r.tokens) > 3
-    }
-    out = {}
-    for overlap in (False, True):
-        engine = triton_engine(loaded, True, max_bs=8, overlap=overlap)
-        out[overlap] = _overlap_workload(engine, waves, stops, abort_at=9)
-        assert engine.kv_usage().used == 0, "pages leaked"
-        if overlap:
-            assert engine.overlapped_steps > 10, "no decode step was overlapped"
-        else:
-            assert engine.overlapped_steps == 0
-    plain, over = out[False], out[True]
-    assert plain.keys() == over.keys()
-    for rid, want in plain.items():
-        got = over[rid]
-        if rid == "w0-1":  # aborted: overlap had one token less on the host at the abort
-            assert got.final.finish_reason["type"] == "abort"
-            assert want.tokens[: len(got.tokens)] == got.tokens, rid
-            continue
-        assert got.tokens == want.tokens, f"{rid}: overlap {got.tokens} vs plain {want.tokens}"
-        assert got.final.finish_reason == want.final.finish_reason, rid
-        assert len(got.logprobs) == len(want.logprobs), rid
-    assert any(r.final.finish_reason["type"] == "stop" for r in over.values()), "no stop hit"
+    check_overlap_equals_plain(
+        lambda overlap: triton_engine(loaded, True, max_bs=8, overlap=overlap), vocab=512
+    )
