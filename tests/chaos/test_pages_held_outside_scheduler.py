@@ -16,27 +16,19 @@ wait, or those starve (requests hung for a minute under the soak's load).
 
 from __future__ import annotations
 
+from engine.harness import bare_scheduler
+
 from pdcore.disaggregation.kv_args import KVPoll
-from pdcore.kvcache.allocator import PageAllocator
-from pdcore.kvcache.radix_cache import RadixCache
 from pdcore.sampling_params import SamplingParams
 from pdcore.scheduler.decode import DecodeQueues
 from pdcore.scheduler.request import Req, ReqStatus
-from pdcore.scheduler.scheduler import Sampled, Scheduler, SchedulerConfig
+from pdcore.scheduler.scheduler import Sampled, Scheduler
 
 PAGE = 4
 
 
 def _scheduler(pages: int) -> Scheduler:
-    allocator = PageAllocator(pages + 1)  # + the reserved padding page
-    config = SchedulerConfig(
-        page_size=PAGE,
-        max_running_requests=8,
-        chunked_prefill_size=-1,
-        max_prefill_tokens=4096,
-        context_length=4096,
-    )
-    return Scheduler(config, allocator, RadixCache(PAGE, allocator))
+    return bare_scheduler(pages, PAGE)
 
 
 def _req(rid: str, tokens: int) -> Req:

@@ -13,6 +13,9 @@ from pdcore.attention.torch_native import TorchNativeAttention
 from pdcore.config import ServerArgs
 from pdcore.engine.engine import Engine
 from pdcore.engine.io_struct import EngineError, GenerateReq, TokenOut
+from pdcore.kvcache.allocator import PageAllocator
+from pdcore.kvcache.radix_cache import RadixCache
+from pdcore.scheduler.scheduler import Scheduler, SchedulerConfig
 
 
 @cache
@@ -28,6 +31,19 @@ def make_engine(eos_token_ids: list[int] | None = None, **server_args) -> Engine
     defaults = dict(max_total_tokens=1024, page_size=4, chunked_prefill_size=16)
     args = ServerArgs(**{**defaults, **server_args})
     return Engine(loaded.model, config, args, TorchNativeAttention, "cpu")
+
+
+def bare_scheduler(pages: int, page_size: int, max_running: int = 8) -> Scheduler:
+    """A scheduler over ``pages`` allocatable pages (plus the padding page), no engine."""
+    allocator = PageAllocator(pages + 1)
+    config = SchedulerConfig(
+        page_size=page_size,
+        max_running_requests=max_running,
+        chunked_prefill_size=-1,
+        max_prefill_tokens=4096,
+        context_length=4096,
+    )
+    return Scheduler(config, allocator, RadixCache(page_size, allocator))
 
 
 def greedy_req(rid: str, prompt: list[int], max_new_tokens: int = 12, **sampling) -> GenerateReq:

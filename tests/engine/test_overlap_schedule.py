@@ -6,27 +6,18 @@ requests can be sampled that way. (The engine's launches need CUDA graphs: see
 from __future__ import annotations
 
 import pytest
+from engine.harness import bare_scheduler
 
 from pdcore.engine.sampler import Sampler
-from pdcore.kvcache.allocator import PageAllocator
-from pdcore.kvcache.radix_cache import RadixCache
 from pdcore.sampling_params import SamplingParams
 from pdcore.scheduler.request import Req
-from pdcore.scheduler.scheduler import Sampled, Scheduler, SchedulerConfig
+from pdcore.scheduler.scheduler import Sampled, Scheduler
 
 PAGE = 4
 
 
 def _scheduler(pages: int) -> Scheduler:
-    allocator = PageAllocator(pages + 1)  # + the reserved padding page
-    config = SchedulerConfig(
-        page_size=PAGE,
-        max_running_requests=8,
-        chunked_prefill_size=-1,
-        max_prefill_tokens=4096,
-        context_length=4096,
-    )
-    return Scheduler(config, allocator, RadixCache(PAGE, allocator))
+    return bare_scheduler(pages, PAGE)
 
 
 def _decoding(sched: Scheduler, *prompt_lens: int):
