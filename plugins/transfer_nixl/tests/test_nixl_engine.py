@@ -188,3 +188,48 @@ def test_idle_agent_does_not_busy_poll_a_core(new_transfer_engine):
     busy = (after.user - before.user) + (after.system - before.system)
     assert busy < 1.0, f"{busy:.2f} s of CPU in 2 s idle: the progress thread spins"
     assert engine is not None
+
+
+def _write_when_released(engine, peer_id, runs, barrier, errors: list, name: str) -> None:
+    barrier.wait()
+    try:
+        write_and_wait(engine, peer_id, runs, timeout=20)
+    except Exception as e:  # reported by the test, with the writer's name
+        errors.append(f"{name}: {type(e).__name__}: {e}")
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_first_writes_to_fresh_peers_all_complete(
+    new_transfer_engine, spawn_transfer_peer
+):
+    """Prefill's transfer threads write one chunk to every decode TP rank at once, and the
+    first write to a peer wires UCX's endpoint up lazily. Twice in CI such a write never
+    completed, and the engine now posts one write at a time (``_post_lock``). Rounds of
+    four threads each making their first write to one of two fresh peers at the same
+    moment: every write lands, each within its deadline."""
+    import threading
+
+    engine = new_transfer_engine()
+    half = 512 * KB
+    src = np.arange(half // 4, dtype=np.uint32).view(np.uint8).copy()
+    engine.register([MemoryRegion(src.ctypes.data, src.nbytes)])
+    for _ in range(3):
+        peers = [spawn_transfer_peer(region_bytes=MB) for _ in range(2)]
+        ids = [engine.connect(p.metadata) for p in peers]
+        barrier, errors = threading.Barrier(4), []
+        threads = []
+        for k in range(4):
+            peer, peer_id = peers[k % 2], ids[k % 2]
+            runs = [(src.ctypes.data, peer.base + (k // 2) * half, half)]
+            args = (engine, peer_id, runs, barrier, errors, f"writer {k}")
+            threads.append(threading.Thread(target=_write_when_released, args=args))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads), "a first write hung"
+        assert errors == []
+        for p in peers:
+            assert p.read(0, half) == src.tobytes() == p.read(half, half)
+            p.kill()
+        assert engine.inflight() == 0
