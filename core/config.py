@@ -46,6 +46,8 @@ class ServerArgs:
     base_gpu_id: int = 0
     gpu_id_step: int = 1
     attention_backend: str | None = None
+    prefill_attention_backend: str | None = None
+    decode_attention_backend: str | None = None
     # memory and scheduling
     mem_fraction_static: float | None = None
     max_total_tokens: int | None = None
@@ -127,6 +129,13 @@ class ServerArgs:
             default=d.attention_backend,
             help="default: the best available for the device",
         )
+        for phase in ("prefill", "decode"):
+            g.add_argument(
+                f"--{phase}-attention-backend",
+                default=getattr(d, f"{phase}_attention_backend"),
+                help=f"for {phase} passes only (overrides --attention-backend there); "
+                f"default: the best available for {phase}",
+            )
         g = parser.add_argument_group("memory and scheduling")
         g.add_argument("--mem-fraction-static", type=float, default=d.mem_fraction_static)
         g.add_argument("--max-total-tokens", type=int, default=d.max_total_tokens)
@@ -367,14 +376,15 @@ class ServerArgs:
                 f"{self.dtype} is not supported on {platform.name} "
                 f"(supported: {', '.join(platform.supported_dtypes())})",
             )
-        attention = registry.select_attention(self.attention_backend, platform)
-        if not attention.kv_layout.accepts_page_size(self.page_size):
-            sizes = ", ".join(map(str, attention.kv_layout.page_sizes))
-            raise ConfigError(
-                "--page-size",
-                f"attention backend {attention.name!r} needs "
-                f"--page-size in {{{sizes}}}, got {self.page_size}",
-            )
+        phases = self._attention_phases(registry, platform)
+        for attention in {a.name: a for a in phases}.values():
+            if not attention.kv_layout.accepts_page_size(self.page_size):
+                sizes = ", ".join(map(str, attention.kv_layout.page_sizes))
+                raise ConfigError(
+                    "--page-size",
+                    f"attention backend {attention.name!r} needs "
+                    f"--page-size in {{{sizes}}}, got {self.page_size}",
+                )
         if self.disaggregation_mode != "null" and self.disaggregation_transfer_backend != "fake":
             # "fake" is no transfer engine: rooms succeed without a peer (warm-up, tests).
             transfer = registry.require(
@@ -391,26 +401,45 @@ class ServerArgs:
                 )
         registry.configure(argparse.Namespace(**dataclasses.asdict(self), **self.plugin_args))
 
-    def _model_kv_kind(self) -> str | None:
-        """ "mha" or "mla" from the model's config (metadata only), None if unreadable."""
+    def _attention_phases(self, registry: Registry, platform, model=None, dtype=None):
+        """(prefill, decode) backends; ``model``: the KV spec, where known."""
+        return registry.select_attention_phases(
+            platform,
+            self.attention_backend,
+            self.prefill_attention_backend,
+            self.decode_attention_backend,
+            getattr(model, "kind", None),
+            dtype,
+            getattr(model, "head_dim", None),
+        )
+
+    def _model_kv_spec(self):
+        """The model's KV spec (kind "mha"/"mla", head_dim) from its config
+        (metadata only), None if unreadable."""
         try:
             from pdcore.model.loader import load_model_config
 
-            return load_model_config(self.model_path).kv_cache_spec().kind
+            return load_model_config(self.model_path).kv_cache_spec()
         except Exception:
             return None
 
     def resolved(self, registry: Registry) -> dict:
         """The effective choices, for ``--check-config`` and ``/get_server_info``."""
         platform = registry.select_platform(self.device)
-        attention = registry.select_attention(
-            self.attention_backend, platform, kind=self._model_kv_kind()
-        )
+        dtype = self.dtype if self.dtype != "auto" else platform.default_dtype()
+        phases = self._attention_phases(registry, platform, self._model_kv_spec(), dtype)
         out = masked(dataclasses.asdict(self))
         out["device"] = platform.name
-        out["attention_backend"] = attention.name
-        out["dtype"] = self.dtype if self.dtype != "auto" else platform.default_dtype()
+        out["attention_backend"] = attention_label(*(a.name for a in phases))
+        out["prefill_attention_backend"], out["decode_attention_backend"] = (a.name for a in phases)
+        out["dtype"] = dtype
         return out
+
+
+def attention_label(prefill: str, decode: str) -> str:
+    """One name for the attention in use: ``flashinfer``, or ``flashinfer+triton``
+    (prefill + decode) when the two phases differ."""
+    return prefill if prefill == decode else f"{prefill}+{decode}"
 
 
 SECRET_FIELDS = ("api_key", "disaggregation_secret")

@@ -282,12 +282,18 @@ class Registry:
         platform: Platform,
         flag: str = "--attention-backend",
         kind: str | None = None,
+        phase: str | None = None,
+        dtype: str | None = None,
+        head_dim: int | None = None,
     ) -> AttentionBackend:
         """An explicit backend must run on ``platform``; ``None`` picks the best one.
 
         ``kind``: the KV layout the model needs ("mha" or "mla"): an explicit
         backend of another kind is an error, and the default is the best of that
         kind (None: no model known yet; checks nothing, defaults to an MHA one).
+        ``phase``: "prefill" or "decode" picks the default for those passes
+        (``AttentionBackend.priority_for``). ``dtype``/``head_dim``, where known:
+        an explicit backend that refuses them is an error, the default skips it.
         """
         if name:
             spec = self.require("attention", name, flag)
@@ -304,6 +310,9 @@ class Registry:
                     f"attention backend {name!r} is for {spec.kv_layout.kind.upper()} KV caches "
                     f"but this model needs {kind.upper()}; choose one of: {fits or 'none here'}",
                 )
+            why = spec.refuses(dtype, head_dim)
+            if why:
+                raise ConfigError(flag, f"attention backend {name!r} {why}")
             return spec
         want = kind or "mha"
         candidates = [
@@ -313,12 +322,46 @@ class Registry:
             and r.spec.kv_layout.kind == want
             and len(self.entries["attention"][r.name]) == 1
             and self.availability(r).ok
+            and not r.spec.refuses(dtype, head_dim)
         ]
         if not candidates:
             raise ConfigError(
                 flag, f"no {want.upper()} attention backend available for {platform.name!r}"
             )
-        return max(candidates, key=_preference).spec
+        return max(candidates, key=lambda r: _preference(r, phase)).spec
+
+    def select_attention_phases(
+        self,
+        platform: Platform,
+        attention: str | None = None,
+        prefill: str | None = None,
+        decode: str | None = None,
+        kind: str | None = None,
+        dtype: str | None = None,
+        head_dim: int | None = None,
+    ) -> tuple[AttentionBackend, AttentionBackend]:
+        """``(prefill, decode)`` backends. ``prefill``/``decode`` (SGLang's
+        ``--prefill-attention-backend``/``--decode-attention-backend``) override
+        ``attention`` for their passes; a phase given neither gets the best backend
+        for that phase. Both use one KV pool, so their layouts must agree."""
+        chosen = []
+        for phase, name in (("prefill", prefill), ("decode", decode)):
+            flag = f"--{phase}-attention-backend" if name else "--attention-backend"
+            chosen.append(
+                self.select_attention(
+                    name or attention, platform, flag, kind, phase, dtype, head_dim
+                )
+            )
+        first, second = chosen
+        a, b = first.kv_layout, second.kv_layout
+        if (a.kind, a.cache_layout) != (b.kind, b.cache_layout):
+            raise ConfigError(
+                "--decode-attention-backend" if decode else "--prefill-attention-backend",
+                f"prefill and decode attention share one KV pool, but {first.name!r} keeps "
+                f"{a.kind.upper()} {a.cache_layout} and {second.name!r} {b.kind.upper()} "
+                f"{b.cache_layout}",
+            )
+        return first, second
 
     def _attention_names(self, platform: Platform, kind: str) -> str:
         return ", ".join(
@@ -363,9 +406,10 @@ class Registry:
         return Provider(ep, dist, version)
 
 
-def _preference(reg: Registered) -> tuple:
+def _preference(reg: Registered, phase: str | None = None) -> tuple:
     """Higher priority wins; on a tie the core's own backend, then the first name."""
-    return (reg.spec.priority, reg.provider.plugin == BUILTIN, [-ord(c) for c in reg.name])
+    priority = reg.spec.priority_for(phase) if phase else reg.spec.priority
+    return (priority, reg.provider.plugin == BUILTIN, [-ord(c) for c in reg.name])
 
 
 def _name_set(value: str | None) -> set[str] | None:

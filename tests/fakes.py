@@ -48,12 +48,16 @@ def transfer_plugin(*names: str, ok: bool = True) -> types.ModuleType:
     return module
 
 
-def attention_plugin(name: str, platforms=("cpu",)) -> types.ModuleType:
+def attention_plugin(name: str, platforms=("cpu",), **fields) -> types.ModuleType:
+    """A plugin registering one attention backend; ``fields``: more of its
+    ``AttentionBackend`` fields (priority, kv_layout, dtypes, ...)."""
     module = types.ModuleType("fake_attention_plugin")
 
     @hookimpl
     def pdcore_attention_backends():
-        return [AttentionBackend(name=name, factory=lambda cfg: None, platforms=platforms)]
+        return [
+            AttentionBackend(name=name, factory=lambda cfg: None, platforms=platforms, **fields)
+        ]
 
     module.pdcore_attention_backends = pdcore_attention_backends
     return module

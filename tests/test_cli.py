@@ -77,6 +77,12 @@ def test_check_config_prints_resolved_backends():
     assert cfg["disaggregation_env"]["bootstrap_timeout"] == 300.0
 
 
+def test_unknown_decode_attention_backend_names_the_flag():
+    out = run_cli("serve", "--check-config", "--decode-attention-backend", "nope")
+    assert out.returncode == 2, out.stderr
+    assert "--decode-attention-backend" in out.stderr and "nope" in out.stderr, out.stderr
+
+
 def test_router_accepts_sglang_pd_command():
     out = run_cli(
         "router",
@@ -145,6 +151,14 @@ class TestThirdPartyPlugin:
         assert cfg["disaggregation_transfer_backend"] == "example-tcp"
         assert cfg["attention_backend"] == "example-matmul"
         assert cfg["plugin_args"] == {"example_tcp_timeout": 3.0}
+
+    def test_prefill_and_decode_backends_chosen_apart(self, example_plugin_site):
+        out = run_cli("serve", "--check-config", "--prefill-attention-backend", "example-matmul")
+        assert out.returncode == 0, out.stderr
+        cfg = json.loads(out.stdout)
+        assert cfg["attention_backend"] == "example-matmul+torch", cfg["attention_backend"]
+        assert cfg["prefill_attention_backend"] == "example-matmul"
+        assert cfg["decode_attention_backend"] == "torch"
 
     def test_plugin_flag_is_validated_by_the_plugin(self, example_plugin_site):
         out = run_cli("serve", "--example-tcp-timeout", "0")

@@ -74,10 +74,11 @@ def models():
     return hf, ours, config
 
 
-def engine_for(model, config, attention: str, max_bs: int, graphs: bool):
+def engine_for(model, config, attention: str | None, max_bs: int, graphs: bool):
+    """An engine as ``pdcore serve`` builds it; ``attention``: ``--attention-backend``
+    (None: each phase's default, as a server without the flag)."""
     from pdcore.config import ServerArgs
     from pdcore.engine.engine import Engine
-    from pdcore.registry import get_registry
 
     args = ServerArgs(
         max_total_tokens=max_bs * 1400 + 9000,
@@ -89,8 +90,7 @@ def engine_for(model, config, attention: str, max_bs: int, graphs: bool):
         disable_cuda_graph=not graphs,
         attention_backend=attention,
     )
-    spec = get_registry().get("attention", attention)
-    return Engine(model, config, args, spec.factory, "cuda")
+    return Engine(model, config, args, attention, "cuda")
 
 
 def decode_steps(
@@ -192,7 +192,9 @@ def flops_prefill(config, tokens: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--attention", default="triton")
+    ap.add_argument(
+        "--attention", default=None, help="--attention-backend (default: the server's default)"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     card = torch.cuda.get_device_name()
@@ -203,12 +205,13 @@ def main() -> None:
     result = {
         "card": card,
         "torch": torch.__version__,
-        "attention_backend": args.attention,
+        "attention_flag": args.attention,
         "copy_bandwidth_GBps": bandwidth / 1e9,
         "bf16_matmul_peak_TFLOPs": peak / 1e12,
         "weight_bytes": weight_bytes,
     }
     engine = engine_for(ours, config, args.attention, 64, graphs=True)
+    result["attention_backend"] = engine.attention_name  # prefill+decode where they differ
     result["cuda_graph_batch_sizes"] = engine.cuda_graph_sizes
     decode = {}
     for batch in (1, 64):

@@ -107,6 +107,10 @@ class AttentionImpl(ABC):
     """
 
     cuda_graph_safe: bool = False
+    # ``plan_replay`` must run before each replay of a captured decode graph: the
+    # captured kernels read a schedule that ``plan`` computes on the host from the
+    # step's lengths (FlashInfer). False: they read the lengths from the device.
+    replans_for_graph: bool = False
 
     def __init__(self, config: AttentionConfig):
         self.config = config
@@ -115,6 +119,18 @@ class AttentionImpl(ABC):
     def plan(self, meta: AttentionMetadata) -> None:
         """Prepare for a forward pass; called once before the layers run."""
         self.meta = meta
+
+    def plan_capture(self, meta: AttentionMetadata) -> None:
+        """Plan the decode pass that a CUDA graph captures. ``meta`` holds the
+        graph's static device tensors, which every replay rewrites in place, and
+        ``seq_lens_cpu`` at the longest context the graph may see."""
+        self.plan(meta)
+
+    def plan_replay(self, seq_lens: list[int], pages: list[list[int]]) -> None:
+        """Before a replay (only when ``replans_for_graph``): this step's sequence
+        lengths and each row's page ids on the host, padding rows included (the
+        captured batch size); the static metadata tensors already hold the step."""
+        raise NotImplementedError(f"{type(self).__name__} does not replan captured graphs")
 
     @abstractmethod
     def forward(
@@ -146,8 +162,10 @@ class AttentionBackend:
     """Registration object returned from ``pdcore_attention_backends``.
 
     ``platforms``: platform names the kernels run on. ``priority`` picks the
-    default among available backends of a platform. ``check`` may import the
-    kernel library; it is only called when availability is asked for.
+    default among available backends of a platform; ``decode_priority``, where
+    set, picks the default for decode passes instead (a backend whose prefill
+    is the best but whose decode is not). ``check`` may import the kernel
+    library; it is only called when availability is asked for.
     """
 
     name: str
@@ -157,5 +175,22 @@ class AttentionBackend:
     check: Callable[[], Availability] = field(default=lambda: Availability.yes())
     priority: int = 0
     description: str = ""
+    decode_priority: int | None = None
+    dtypes: tuple[str, ...] = ()  # torch dtype names the kernels compute in (empty: any)
+    head_dims: tuple[int, ...] = ()  # head sizes they have kernels for (empty: any)
 
     kind = "attention"
+
+    def refuses(self, dtype: str | None = None, head_dim: int | None = None) -> str | None:
+        """Why these kernels cannot serve a model of ``dtype``/``head_dim``, or None."""
+        if dtype and self.dtypes and dtype not in self.dtypes:
+            return f"computes in {', '.join(self.dtypes)}, not {dtype}"
+        if head_dim and self.head_dims and head_dim not in self.head_dims:
+            return f"has kernels for head_dim {', '.join(map(str, self.head_dims))}, not {head_dim}"
+        return None
+
+    def priority_for(self, phase: str | None) -> int:
+        """The default-picking priority for "prefill", "decode" or either (None)."""
+        if phase == "decode" and self.decode_priority is not None:
+            return self.decode_priority
+        return self.priority

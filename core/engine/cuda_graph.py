@@ -5,7 +5,9 @@ kernels per token. Replaying a captured graph launches them all at once. Each
 batch size gets its own attention instance, planned once at capture time with
 static metadata (one new token per row, a page table as wide as the context),
 so a replay only copies the step's inputs into the static buffers. Rows past
-the real batch point at the padding page and are ignored.
+the real batch point at the padding page and are ignored. Backends whose
+captured kernels follow a host-computed schedule (FlashInfer) re-plan before
+each replay into the same device buffers (``AttentionImpl.plan_replay``).
 
 A step's inputs go in with as little host work as possible, since the GPU waits
 for it between two replays: tokens, positions, cache slots and sequence lengths
@@ -99,7 +101,7 @@ class DecodeGraphs:
             seq_lens_cpu=[context_len] * bs,  # plan for the longest context it may see
             extend_lens_cpu=[1] * bs,
         )
-        attn.plan(meta)
+        attn.plan_capture(meta)
         ctx = ForwardContext(attn, pool.layer_caches, kernels)
 
         def step():
@@ -140,6 +142,11 @@ class DecodeGraphs:
         host_tokens[n:], positions[n:], seq_lens[n:] = 0, 0, 1
         slots[n:] = PAD_PAGE * ps
         self._copy_changed_rows(plan.pages, bs)
+        attn = self._keep[bs][0]
+        if attn.replans_for_graph:  # its copies are covered by ``_copied`` below
+            lens = [p + 1 for p in plan.prefix_lens]
+            rows = [pages[: -(-s // ps)] for pages, s in zip(plan.pages, lens, strict=True)]
+            attn.plan_replay(lens + [1] * (bs - n), rows + [[PAD_PAGE]] * (bs - n))
         self.packed[bs].copy_(self.staging[bs], non_blocking=True)
         self._copied.record()
         if tokens is not None:  # stream-ordered after the step that sampled them

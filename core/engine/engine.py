@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from pdcore.attention.base import AttentionBackend, AttentionConfig, AttentionImpl
-from pdcore.config import ServerArgs
+from pdcore.attention.hybrid import HybridAttention
+from pdcore.config import ServerArgs, attention_label
 from pdcore.disaggregation.fake import FAKE_BOOTSTRAP_HOST
 from pdcore.distributed.state import kv_head_range, min_over_ranks, shard_range, tp
 from pdcore.engine.io_struct import EngineError, EngineStats, GenerateReq, TokenOut
@@ -147,10 +148,18 @@ class Engine:
             self.device,
             kv.softmax_scale,
         )
-        self.attention_name, factory = _attention_factory(attention, server_args, platform, kv.kind)
-        self.runner = ModelRunner(model, self.pool, factory(attn_config), self.device)
+        self.attention_phases, prefill_factory, decode_factory = _attention_factories(
+            attention, server_args, platform, attn_config, kv.kind
+        )
+        self.attention_name = attention_label(*self.attention_phases)
+        attn = prefill_factory(attn_config)
+        if decode_factory is not prefill_factory:
+            attn = HybridAttention(attn, decode_factory(attn_config))
+        self.runner = ModelRunner(model, self.pool, attn, self.device)
         self.runner.ctx.kernels = self._layer_kernels(platform)
-        self.cuda_graph_sizes = self._capture_graphs(server_args, factory, attn_config, context)
+        self.cuda_graph_sizes = self._capture_graphs(
+            server_args, decode_factory, attn_config, context
+        )
         self.sampler = Sampler(self.device, server_args.random_seed)
         self._pending: list[TokenOut | EngineError] = []
         # Overlap scheduling (``overlap``): the decode step launched, its tokens not read.
@@ -526,6 +535,8 @@ class Engine:
             "device": str(self.device),
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "attention_backend": self.attention_name,
+            "prefill_attention_backend": self.attention_phases[0],
+            "decode_attention_backend": self.attention_phases[1],
             "cuda_graph_batch_sizes": self.cuda_graph_sizes,
             "page_size": self.pool.page_size,
             "tp_size": self.tp.size,
@@ -543,27 +554,45 @@ class Engine:
         }
 
 
-def _attention_factory(
-    attention: AttentionSpec, server_args: ServerArgs, platform, kind: str = "mha"
-):
-    """``(name, factory)`` from a backend name/spec, a plain factory, or the registry;
-    a named or registered backend must fit the model's KV ``kind`` ("mha"/"mla")."""
-    if attention is None or isinstance(attention, str):
+def _attention_factories(
+    attention: AttentionSpec,
+    server_args: ServerArgs,
+    platform,
+    config: AttentionConfig,
+    kind: str = "mha",
+) -> tuple[tuple[str, str], Callable, Callable]:
+    """``((prefill name, decode name), prefill factory, decode factory)``. A backend
+    spec or a plain factory serves both phases; a name or None goes to the
+    registry per phase (``--prefill-attention-backend`` / ``--decode-attention-
+    backend`` override it there). A registered backend must fit the model's KV
+    ``kind`` ("mha"/"mla"), the page size, the dtype and the head size."""
+    if attention is not None and not isinstance(attention, (str, AttentionBackend)):
+        name = getattr(attention, "__name__", type(attention).__name__)
+        return (name, name), attention, attention
+    if isinstance(attention, AttentionBackend):
+        phases = (attention, attention)
+    else:
         from pdcore.registry import get_registry
 
-        attention = get_registry().select_attention(
-            attention or server_args.attention_backend, platform, kind=kind
+        phases = get_registry().select_attention_phases(
+            platform,
+            attention or server_args.attention_backend,
+            server_args.prefill_attention_backend,
+            server_args.decode_attention_backend,
+            kind,
+            str(config.dtype).removeprefix("torch."),
+            config.head_dim,
         )
-    if isinstance(attention, AttentionBackend):
-        if attention.kv_layout.kind != kind:
+    for spec in phases:
+        if spec.kv_layout.kind != kind:
             raise ValueError(
-                f"attention backend {attention.name!r} is for {attention.kv_layout.kind.upper()} "
+                f"attention backend {spec.name!r} is for {spec.kv_layout.kind.upper()} "
                 f"KV caches but this model needs {kind.upper()}"
             )
-        if not attention.kv_layout.accepts_page_size(server_args.page_size):
+        if not spec.kv_layout.accepts_page_size(server_args.page_size):
             raise ValueError(
-                f"attention backend {attention.name!r} does not accept page size "
-                f"{server_args.page_size} (accepts {attention.kv_layout.page_sizes})"
+                f"attention backend {spec.name!r} does not accept page size "
+                f"{server_args.page_size} (accepts {spec.kv_layout.page_sizes})"
             )
-        return attention.name, attention.factory
-    return getattr(attention, "__name__", type(attention).__name__), attention
+    prefill, decode = phases
+    return (prefill.name, decode.name), prefill.factory, decode.factory

@@ -3,7 +3,10 @@
 Each case scatters requests over randomly permuted pages, pre-fills the cached
 prefix, runs the backend once (extend or decode) and compares against a dense
 float64 reference computed without any paging. It also checks that the new
-K/V rows landed in their slots and that no other cache row changed.
+K/V rows landed in their slots and that no other cache row changed. On a CUDA
+device, backends that declare ``cuda_graph_safe`` also get a decode pass
+captured once in a CUDA graph and replayed for other batches, as the engine's
+decode graphs do.
 Subclass ``AttentionBackendSuite``, set ``backend_name`` (or ``factory_path``),
 and optionally ``device``, ``dtype``, ``atol``/``rtol``.
 """
@@ -244,3 +247,77 @@ class AttentionBackendSuite:
                 rtol=self.rtol,
                 msg=lambda m, b=batch: f"{b}: {m}",
             )
+
+    @pytest.mark.parametrize("shape", list(SHAPES))
+    def test_captured_decode_replays_match_reference(self, shape):
+        """A decode pass captured once at a padded batch size, then replayed for
+        batches of other sizes, lengths and pages (with ``plan_replay`` where the
+        backend asks for it), matches the reference; padding rows write only the
+        padding page."""
+        if self.device != "cuda":
+            pytest.skip("CUDA graphs need a CUDA device")
+        if shape in self.unsupported_shapes:
+            pytest.skip(f"{shape}: {self.unsupported_shapes[shape]}")
+        heads, kv_heads, dim = SHAPES[shape]
+        dtype, device = getattr(torch, self.dtype), torch.device("cuda")
+        ps, bs = self.page_sizes[-1], 8
+        width = -(-128 // ps)  # contexts up to 128 tokens
+        pad = bs * width  # the last page: padding rows point at it
+        impl = self.build(AttentionConfig(heads, kv_heads, dim, ps, dtype, device))
+        if not impl.cuda_graph_safe:
+            pytest.skip(f"{type(impl).__name__} is not cuda_graph_safe")
+        k_cache = torch.zeros(pad + 1, ps, kv_heads, dim, dtype=dtype, device=device)
+        v_cache = torch.zeros_like(k_cache)
+        q = torch.zeros(bs, heads, dim, dtype=dtype, device=device)
+        k = torch.zeros(bs, kv_heads, dim, dtype=dtype, device=device)
+        v = torch.zeros_like(k)
+        meta = AttentionMetadata(
+            is_decode=True,
+            page_table=torch.full((bs, width), pad, dtype=torch.int64, device=device),
+            seq_lens=torch.ones(bs, dtype=torch.int64, device=device),
+            extend_lens=torch.ones(bs, dtype=torch.int64, device=device),
+            cache_slots=torch.full((bs,), pad * ps, dtype=torch.int64, device=device),
+            seq_lens_cpu=[width * ps] * bs,
+            extend_lens_cpu=[1] * bs,
+        )
+        impl.plan_capture(meta)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            impl.forward(q, k, v, k_cache, v_cache)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = impl.forward(q, k, v, k_cache, v_cache)
+        for seed, lens in enumerate(([1, 9, 16, 17, 70], [33] * bs, [120, 3], [2])):
+            n = len(lens)
+            case = make_case(
+                seq_lens=lens, extend_lens=[1] * n, num_heads=heads, num_kv_heads=kv_heads,
+                head_dim=dim, page_size=ps, dtype=dtype, device=device, seed=seed, num_pages=pad,
+            )  # fmt: skip
+            k_cache[:pad].copy_(case.k_cache)
+            v_cache[:pad].copy_(case.v_cache)
+            pages = [case.meta.page_table[i, : -(-s // ps)].tolist() for i, s in enumerate(lens)]
+            meta.page_table.fill_(pad)
+            for i, row in enumerate(pages):
+                meta.page_table[i, : len(row)] = torch.tensor(row)
+            meta.seq_lens.fill_(1)
+            meta.seq_lens[:n] = torch.tensor(lens)
+            meta.cache_slots.fill_(pad * ps)
+            meta.cache_slots[:n] = case.meta.cache_slots
+            q.normal_(), k.normal_(), v.normal_()
+            q[:n], k[:n], v[:n] = case.q, case.k, case.v
+            if impl.replans_for_graph:
+                impl.plan_replay(lens + [1] * (bs - n), pages + [[pad]] * (bs - n))
+            graph.replay()
+            torch.cuda.synchronize()
+            torch.testing.assert_close(
+                out[:n].double().cpu(),
+                reference(case),
+                atol=self.atol,
+                rtol=self.rtol,
+                msg=lambda m, b=lens: f"{shape}, replay for lengths {b}: {m}",
+            )
+            want_k = case.k_cache.clone()
+            want_k.view(-1, kv_heads, dim)[case.meta.cache_slots] = case.k
+            assert torch.equal(k_cache[:pad], want_k), f"lengths {lens}: K cache rows wrong"

@@ -33,6 +33,20 @@ def make_engine(eos_token_ids: list[int] | None = None, **server_args) -> Engine
     return Engine(loaded.model, config, args, TorchNativeAttention, "cpu")
 
 
+def gpu_engine(loaded, attention, graphs: bool, max_bs: int, overlap: bool = True) -> Engine:
+    """An engine over ``loaded`` (a model on the GPU) with ``attention``'s kernels;
+    decode graphs up to ``max_bs`` rows, overlapped unless ``overlap`` is False."""
+    args = ServerArgs(
+        max_total_tokens=8192,
+        page_size=16,
+        chunked_prefill_size=256,
+        cuda_graph_max_bs=max_bs,
+        disable_cuda_graph=not graphs,
+        disable_overlap_schedule=not overlap,
+    )
+    return Engine(loaded.model, loaded.config, args, attention, "cuda")
+
+
 def bare_scheduler(pages: int, page_size: int, max_running: int = 8) -> Scheduler:
     """A scheduler over ``pages`` allocatable pages (plus the padding page), no engine."""
     allocator = PageAllocator(pages + 1)
@@ -56,6 +70,7 @@ def greedy_req(rid: str, prompt: list[int], max_new_tokens: int = 12, **sampling
 class Result:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[list[float]]] = field(default_factory=list)
     finals: list[TokenOut] = field(default_factory=list)
     errors: list[EngineError] = field(default_factory=list)
     outputs: int = 0
@@ -76,6 +91,7 @@ def collect(outs, results: dict[str, Result]) -> None:
         res.outputs += 1
         res.tokens.extend(out.token_ids)
         res.logprobs.extend(out.logprobs)
+        res.top_logprobs.extend(out.top_logprobs)
         assert out.completion_tokens == len(res.tokens)
         if out.finish_reason is not None:
             res.finals.append(out)

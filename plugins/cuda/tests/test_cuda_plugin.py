@@ -156,3 +156,45 @@ class TestTritonAttentionFloat32(AttentionBackendSuite):
     page_sizes = (16,)
     atol = 1e-3
     rtol = 1e-3
+
+
+def test_flashinfer_is_the_prefill_default_and_triton_the_decode_default():
+    """Measured on an H100 (BENCHMARKS.md): FlashInfer's prefill is the faster,
+    Triton's graph-captured decode the faster at batch 1."""
+    reg = Registry.discover(env={})
+    flashinfer = reg.get("attention", "flashinfer")
+    triton = reg.get("attention", "triton")
+    assert flashinfer.priority_for("prefill") > triton.priority_for("prefill")
+    assert flashinfer.priority_for("decode") < triton.priority_for("decode")
+
+
+def test_flashinfer_declares_what_it_refuses():
+    """So the default passes it over for float32 or a head_dim it has no kernel for."""
+    flashinfer = Registry.discover(env={}).get("attention", "flashinfer")
+    assert flashinfer.refuses("bfloat16", 128) is None
+    assert "float32" in flashinfer.refuses("float32", 128)
+    assert "not 32" in flashinfer.refuses("bfloat16", 32)
+
+
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [
+        ({}, True),
+        ({"SGLANG_FLASHINFER_USE_TENSOR_CORE": "false"}, False),
+        (
+            {"PDCORE_FLASHINFER_USE_TENSOR_CORE": "true", "SGLANG_FLASHINFER_USE_TENSOR_CORE": "0"},
+            True,
+        ),
+    ],
+)
+def test_flashinfer_tensor_core_decode_follows_sglang_variable(env, want):
+    from pdcore_cuda.flashinfer_options import use_tensor_cores
+
+    assert use_tensor_cores(32, 8, env) is want  # GQA group 4: tensor cores by default
+
+
+def test_flashinfer_tensor_core_variable_must_be_a_boolean():
+    from pdcore_cuda.flashinfer_options import use_tensor_cores
+
+    with pytest.raises(ValueError, match="SGLANG_FLASHINFER_USE_TENSOR_CORE must be true or false"):
+        use_tensor_cores(32, 8, {"SGLANG_FLASHINFER_USE_TENSOR_CORE": "maybe"})

@@ -60,20 +60,10 @@ def load_fp32(checkpoint):
 def triton_engine(loaded, graphs: bool, max_bs: int, overlap: bool = True):
     """A Triton-attention engine over ``loaded``; decode graphs up to ``max_bs`` rows
     (overlap scheduling with them unless ``overlap`` is False)."""
+    from engine.harness import gpu_engine
     from pdcore_cuda.triton_attention import TritonAttention
 
-    from pdcore.config import ServerArgs
-    from pdcore.engine.engine import Engine
-
-    args = ServerArgs(
-        max_total_tokens=8192,
-        page_size=16,
-        chunked_prefill_size=256,
-        cuda_graph_max_bs=max_bs,
-        disable_cuda_graph=not graphs,
-        disable_overlap_schedule=not overlap,
-    )
-    return Engine(loaded.model, loaded.config, args, TritonAttention, "cuda")
+    return gpu_engine(loaded, TritonAttention, graphs, max_bs, overlap)
 
 
 @pytest.mark.parametrize("graphs", [False, True], ids=["eager", "cuda-graph"])
