@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("flashinfer", reason="flashinfer is not installed")
 pytestmark = pytest.mark.gpu
 
-NEAR_TIE = 0.05  # logprob gap between the top two tokens that bf16 rounding may flip
+NEAR_TIE = 0.15  # top-2 gap bf16 may flip; seen: 0.0625, one bf16 step at logits of 8-16
 
 
 @pytest.fixture(scope="module")
