@@ -5,7 +5,7 @@ at the card's copy bandwidth. cuBLAS does for most of Llama-3.1-8B's shapes, but
 picks a kernel for the square ``o_proj`` (4096 x 4096) that reads it at ~1.6 TB/s
 on an H100 (bench/gpu/profile_decode.py), ~0.3 ms of a 6.8 ms step over 32 layers.
 This kernel streams W in ``[BLOCK_N, BLOCK_K]`` tiles through tensor cores (x padded
-to 16 rows; wasted math is free when memory-bound).
+to 16, 32 or 64 rows; wasted math is free when memory-bound).
 
 Neither wins everywhere, so ``SmallLinear`` times both once per shape, the way a
 decode step runs them (inside a CUDA graph, over enough weight copies that L2
@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 log = logging.getLogger(__name__)
-MAX_ROWS = 16
+MAX_ROWS = 64
 L2_BYTES = 128 << 20  # above any current card's L2: timed weights stream from HBM
 
 
@@ -41,21 +41,21 @@ L2_BYTES = 128 << 20  # above any current card's L2: timed weights stream from H
             (16, 1024, 8, 2),
         )
     ],
-    key=["N", "K"],
+    key=["N", "K", "BLOCK_M"],
 )
 @triton.jit
 def _small_linear_kernel(
     X, W, Y, M, N, K, stride_xm, stride_wn, stride_ym,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
-    offs_m = tl.arange(0, 16)
+    offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
     w_rows = W + offs_n[:, None].to(tl.int64) * stride_wn
     x_rows = X + offs_m[:, None] * stride_xm
-    acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
@@ -67,8 +67,8 @@ def _small_linear_kernel(
 
 
 def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T`` by the Triton kernel: ``x`` ``[M <= 16, K]``, ``w`` ``[N, K]``, both
-    contiguous, same 16-bit dtype."""
+    """``x @ w.T`` by the Triton kernel: ``x`` ``[M <= MAX_ROWS, K]``, ``w`` ``[N, K]``,
+    both contiguous, same 16-bit dtype."""
     m, k = x.shape
     n = w.shape[0]
     if m > MAX_ROWS or w.shape[1] != k:
@@ -78,7 +78,10 @@ def small_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    _small_linear_kernel[grid](x, w, y, m, n, k, x.stride(0), w.stride(0), y.stride(0))
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64  # tl.dot tiles: 16 rows and up
+    _small_linear_kernel[grid](
+        x, w, y, m, n, k, x.stride(0), w.stride(0), y.stride(0), BLOCK_M=block_m
+    )
     return y
 
 

@@ -13,7 +13,7 @@ def rand(*shape, dtype=torch.bfloat16):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 32, 48, 64])
 @pytest.mark.parametrize("n,k", [(4096, 4096), (1000, 1030), (6144, 4096), (4096, 14336)])
 def test_small_linear_matches_a_float32_reference(dtype, rows, n, k):
     from pdcore_cuda.small_linear import small_linear
@@ -26,11 +26,11 @@ def test_small_linear_matches_a_float32_reference(dtype, rows, n, k):
     assert err < 1e-2, f"relative error {err:.2e} for rows={rows} n={n} k={k}"
 
 
-def test_more_than_sixteen_rows_is_refused():
-    from pdcore_cuda.small_linear import small_linear
+def test_more_than_max_rows_is_refused():
+    from pdcore_cuda.small_linear import MAX_ROWS, small_linear
 
     with pytest.raises(ValueError, match="small_linear"):
-        small_linear(rand(17, 64), rand(64, 64))
+        small_linear(rand(MAX_ROWS + 1, 64), rand(64, 64))
 
 
 def test_the_choice_is_timed_once_per_shape_and_both_answers_agree():
@@ -54,7 +54,7 @@ def test_ineligible_inputs_go_to_cublas_untimed():
     from pdcore_cuda.small_linear import SmallLinear
 
     linear = SmallLinear()
-    x, w = rand(32, 256), rand(128, 256)  # too many rows
+    x, w = rand(65, 256), rand(128, 256)  # too many rows
     torch.testing.assert_close(linear(x, w), torch.nn.functional.linear(x, w))
     x32, w32 = rand(2, 256, dtype=torch.float32), rand(128, 256, dtype=torch.float32)
     torch.testing.assert_close(linear(x32, w32), torch.nn.functional.linear(x32, w32))
