@@ -376,7 +376,8 @@ class ServerArgs:
                 f"{self.dtype} is not supported on {platform.name} "
                 f"(supported: {', '.join(platform.supported_dtypes())})",
             )
-        phases = self._attention_phases(registry, platform)
+        dtype = None if self.dtype == "auto" else self.dtype
+        phases = self._attention_phases(registry, platform, dtype=dtype)
         for attention in {a.name: a for a in phases}.values():
             if not attention.kv_layout.accepts_page_size(self.page_size):
                 sizes = ", ".join(map(str, attention.kv_layout.page_sizes))

@@ -117,6 +117,10 @@ CASES = {
         "--attention-backend fa9",
         "--attention-backend: Unknown attention backend 'fa9'",
     ),
+    "unknown prefill attention backend": (
+        "--prefill-attention-backend fa9",
+        "--prefill-attention-backend: Unknown attention backend 'fa9'",
+    ),
     "deepep without its library": ("--moe-a2a-backend deepep", "--moe-a2a-backend: deepep needs"),
     "decode tp outside prefill mode": (
         "--disaggregation-decode-tp 2",
@@ -130,6 +134,15 @@ def test_invalid_flags_fail_fast_naming_the_flag(registry, capsys, case):
     argv, expected = CASES[case]
     err = flag_error(registry, capsys, argv)
     assert expected in err, f"{case}: expected {expected!r} in:\n{err}"
+
+
+def test_phase_attention_backend_that_refuses_the_dtype_names_its_flag(capsys):
+    from fakes import attention_plugin, ep
+
+    plugin = attention_plugin("half-only", dtypes=("bfloat16",))
+    registry = Registry.discover(entry_points=[ep("h", "pdcore-h", plugin)], env={})
+    err = flag_error(registry, capsys, "--dtype float32 --decode-attention-backend half-only")
+    assert "--decode-attention-backend: attention backend 'half-only' computes in" in err, err
 
 
 def test_unavailable_transfer_backend_explains_why(registry, capsys):

@@ -58,25 +58,27 @@ class LaunchedStep:
 
 
 class TokenReadback:
-    """Copies a step's tokens to pinned host memory without blocking. Two buffers
-    take turns: at most two steps are in flight, and a step's buffer is read
-    before the step after next is launched."""
+    """Copies a step's tokens to pinned host memory without blocking. Two buffers,
+    each with its event, take turns: at most two steps are in flight, and a step's
+    buffer is read (its event waited for) before the step after next is launched,
+    so re-recording the event then is safe."""
 
     def __init__(self, max_rows: int, device: torch.device):
         self.device = torch.device(device)
         self._turn = 0
         self._bufs = []
+        self._events = []
         if self.device.type == "cuda":
             self._bufs = [
                 torch.empty(max_rows, dtype=torch.int64, pin_memory=True) for _ in range(2)
             ]
+            self._events = [torch.cuda.Event() for _ in range(2)]
 
     def start(self, batch: ScheduledBatch, tokens: torch.Tensor) -> LaunchedStep:
         if not self._bufs:  # CPU: the tokens are on the host already
             return LaunchedStep(batch, tokens, tokens, None)
-        host = self._bufs[self._turn]
+        host, copied = self._bufs[self._turn], self._events[self._turn]
         self._turn ^= 1
         host[: tokens.numel()].copy_(tokens, non_blocking=True)
-        copied = torch.cuda.Event()
         copied.record()
         return LaunchedStep(batch, tokens, host, copied)
