@@ -135,3 +135,29 @@ def test_one_backend_for_both_phases_is_not_wrapped(recording_registry):
     engine = tiny_engine(attention_backend="recording")
     assert isinstance(engine.runner.attn, Recording)
     assert engine.attention_name == "recording"
+
+
+class Replanning(Recording):
+    """A decode backend that re-plans captured graphs, logging what it was given."""
+
+    replans_for_graph = True
+    calls: list = []
+
+    def plan_capture(self, meta):
+        Replanning.calls.append(("capture", meta.batch_size))
+
+    def plan_replay(self, seq_lens, pages):
+        Replanning.calls.append(("replay", seq_lens, pages))
+
+
+def test_hybrid_hands_graph_planning_to_the_decode_backend():
+    from pdcore.attention.base import AttentionConfig, AttentionMetadata
+
+    cfg = AttentionConfig(2, 1, 8, 4)
+    Replanning.calls = []
+    hybrid = HybridAttention(TorchNativeAttention(cfg), Replanning(cfg))
+    assert hybrid.replans_for_graph and not hybrid.cuda_graph_safe
+    meta = AttentionMetadata(True, None, None, None, None, [8, 8], [1, 1])
+    hybrid.plan_capture(meta)
+    hybrid.plan_replay([3, 1], [[5], [0]])
+    assert Replanning.calls == [("capture", 2), ("replay", [3, 1], [[5], [0]])]
