@@ -140,7 +140,6 @@ def test_one_backend_for_both_phases_is_not_wrapped(recording_registry):
 class Replanning(Recording):
     """A decode backend that re-plans captured graphs, logging what it was given."""
 
-    replans_for_graph = True
     calls: list = []
 
     def plan_capture(self, meta):
@@ -157,6 +156,7 @@ def test_hybrid_hands_graph_planning_to_the_decode_backend():
     Replanning.calls = []
     hybrid = HybridAttention(TorchNativeAttention(cfg), Replanning(cfg))
     assert hybrid.replans_for_graph and not hybrid.cuda_graph_safe
+    assert not HybridAttention(Replanning(cfg), TorchNativeAttention(cfg)).replans_for_graph
     meta = AttentionMetadata(True, None, None, None, None, [8, 8], [1, 1])
     hybrid.plan_capture(meta)
     hybrid.plan_replay([3, 1], [[5], [0]])

@@ -107,10 +107,6 @@ class AttentionImpl(ABC):
     """
 
     cuda_graph_safe: bool = False
-    # ``plan_replay`` must run before each replay of a captured decode graph: the
-    # captured kernels read a schedule that ``plan`` computes on the host from the
-    # step's lengths (FlashInfer). False: they read the lengths from the device.
-    replans_for_graph: bool = False
 
     def __init__(self, config: AttentionConfig):
         self.config = config
@@ -127,10 +123,18 @@ class AttentionImpl(ABC):
         self.plan(meta)
 
     def plan_replay(self, seq_lens: list[int], pages: list[list[int]]) -> None:
-        """Before a replay (only when ``replans_for_graph``): this step's sequence
-        lengths and each row's page ids on the host, padding rows included (the
-        captured batch size); the static metadata tensors already hold the step."""
-        raise NotImplementedError(f"{type(self).__name__} does not replan captured graphs")
+        """Before a replay: this step's sequence lengths and each row's page ids on
+        the host, padding rows included (the captured batch size); the static
+        metadata tensors already hold the step. Kernels that read the step from
+        those tensors (pdcore's Triton) need nothing here, as by default; backends
+        whose captured kernels follow a schedule that ``plan`` computes on the host
+        from the lengths (FlashInfer) override it."""
+
+    @property
+    def replans_for_graph(self) -> bool:
+        """``plan_replay`` does work, so each replay must call it (derived: the class
+        overrides it; graphs of the others skip building its arguments)."""
+        return type(self).plan_replay is not AttentionImpl.plan_replay
 
     @abstractmethod
     def forward(

@@ -21,7 +21,6 @@ class HybridAttention(AttentionImpl):
         self.prefill = prefill
         self.decode = decode
         self.cuda_graph_safe = decode.cuda_graph_safe
-        self.replans_for_graph = decode.replans_for_graph
         self._active: AttentionImpl | None = None
 
     def plan(self, meta: AttentionMetadata) -> None:
@@ -36,6 +35,10 @@ class HybridAttention(AttentionImpl):
 
     def plan_replay(self, seq_lens: list[int], pages: list[list[int]]) -> None:
         self.decode.plan_replay(seq_lens, pages)
+
+    @property
+    def replans_for_graph(self) -> bool:
+        return self.decode.replans_for_graph
 
     def forward(self, q, k, v, k_cache, v_cache):
         if self._active is None:

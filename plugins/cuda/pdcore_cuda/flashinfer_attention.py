@@ -43,7 +43,6 @@ def shared_workspace(device: torch.device) -> torch.Tensor:
 
 class FlashInferAttention(AttentionImpl):
     cuda_graph_safe = True
-    replans_for_graph = True
 
     def __init__(self, config: AttentionConfig):
         if config.dtype not in SUPPORTED_DTYPES:
