@@ -23,7 +23,7 @@ from pdcore.model.base import CausalLM
 from pdcore.model.config import ModelConfig
 from pdcore.model.embedded import embedded_model_path
 from pdcore.model.gguf_loader import gguf_model_config, gguf_weights, open_gguf
-from pdcore.model.registry import get_model_class, supported_architectures
+from pdcore.model.registry import get_model_class
 from pdcore.model.rotary import RotaryEmbedding
 from pdcore.model.tokenizer import Tokenizer
 
@@ -105,20 +105,20 @@ def _check_architecture(folder: str, raw: dict) -> None:
     naming it; one that ships custom code (``auto_map``) is told that code never runs."""
     archs = raw.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs else None
-    if not isinstance(arch, str) or arch in supported_architectures():
-        if raw.get("auto_map") and arch:
-            logger.info("%s/config.json: auto_map ignored, %s is built in", folder, arch)
-        return
-    custom = (
-        " needs the custom code its config.json names in auto_map; pdcore never runs "
-        "code from the model folder (--trust-remote-code does not change that)"
-        if raw.get("auto_map")
-        else " is not built into pdcore"
-    )
-    raise ModelLoadError(
-        f"{folder}/config.json: architecture {arch!r}{custom}. "
-        f"Supported: {', '.join(supported_architectures())}"
-    )
+    if not isinstance(arch, str):
+        return  # ModelConfig.from_hf names what is missing
+    try:
+        get_model_class(arch)
+    except ValueError as e:
+        custom = (
+            " Its config.json names custom code (auto_map), and pdcore never runs code "
+            "from the model folder (--trust-remote-code does not change that)."
+            if raw.get("auto_map")
+            else ""
+        )
+        raise ModelLoadError(f"{folder}/config.json: {e}.{custom}") from None
+    if raw.get("auto_map"):
+        logger.info("%s/config.json: auto_map ignored, %s is built in", folder, arch)
 
 
 def load_model_config(model_path: str | None) -> ModelConfig:
