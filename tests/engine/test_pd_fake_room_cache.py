@@ -5,6 +5,7 @@ sharing the prompt would otherwise reuse and answer wrongly from."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 from engine.harness import assert_idle, drain, greedy_req, make_engine
 from engine.test_pd_local_prefill import DropRecorder
 
@@ -61,3 +62,26 @@ def test_local_prefill_after_a_fake_room_answers_like_null_mode():
     assert got.final.pd_local_prefill, "the follow-up should be prefilled on decode"
     assert got.tokens == want.tokens, "decode reused the fake room's unwritten pages"
     assert_idle(engine)
+
+
+@pytest.fixture
+def mooncake_decode():
+    """A decode engine on a real transfer backend (Mooncake over TCP, no peer needed)."""
+    engine = make_engine(disaggregation_mode="decode", disaggregation_transfer_backend="mooncake")
+    yield engine
+    engine.close()
+
+
+def test_real_backend_engine_refuses_a_client_fake_host(mooncake_decode):
+    """Behind the front end's own check: the engine never opens a fake room for a client."""
+    mooncake_decode.add_request(fake_req("f", PROMPT, 7))
+    (error,) = drain(mooncake_decode)["f"].errors
+    assert error.status == 400 and "reserved" in error.message, error
+    assert_idle(mooncake_decode)
+
+
+def test_probe_flag_takes_the_fake_path_on_a_real_backend_and_caches_nothing(mooncake_decode):
+    probe = msgspec.structs.replace(fake_req("probe", PROMPT, 8), fake_transfer=True)
+    assert len(run_one(mooncake_decode, probe).tokens) == 6
+    assert mooncake_decode.cache.cached_pages == 0, "the probe's unwritten pages were cached"
+    assert_idle(mooncake_decode)
