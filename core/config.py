@@ -94,7 +94,14 @@ class ServerArgs:
         )
         g.add_argument("--tokenizer-path", default=d.tokenizer_path)
         g.add_argument("--served-model-name", default=d.served_model_name)
-        g.add_argument("--trust-remote-code", action="store_true")
+        g.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="accepted for SGLang compatibility and has no effect: pdcore never runs "
+            "code from the model folder. Only built-in architectures load; a checkpoint "
+            "whose architecture needs custom code (config.json auto_map) fails with an "
+            "error naming the architecture, with or without this flag",
+        )
         g.add_argument("--dtype", default=d.dtype, choices=DTYPES)
         g.add_argument("--context-length", type=int, default=d.context_length)
         g.add_argument("--load-format", default=d.load_format, choices=LOAD_FORMATS)
@@ -187,8 +194,9 @@ class ServerArgs:
         g.add_argument(
             "--disaggregation-transfer-backend",
             default=d.disaggregation_transfer_backend,
-            help="transfer engine plugin: mooncake, nixl, ascend, ... "
-            "('fake' moves nothing: warm-up and testing only)",
+            help="transfer engine plugin: mooncake, nixl, ascend, ... ('fake' moves "
+            "nothing and its outputs are not real: testing only; it also lets clients "
+            "send SGLang's fake bootstrap_host 2.2.2.2, which other backends refuse)",
         )
         g.add_argument(
             "--disaggregation-ib-device",

@@ -1,11 +1,17 @@
 """The fake transfer path: rooms that succeed without a peer, for warm-up and health checks.
 
-As in SGLang, a request whose ``bootstrap_host`` is ``FAKE_BOOTSTRAP_HOST`` (or
-any request on a server started with ``--disaggregation-transfer-backend
-fake``) skips the bootstrap and the transfer. Prefill computes the prompt and
+A fake room skips the bootstrap and the transfer. Prefill computes the prompt and
 its first token and sends nothing; decode starts from pages nobody wrote, so
 its tokens are meaningless. What it proves is that every compute path of a PD
 server works without a peer. Never the default, never for real traffic.
+
+Who gets one: the server's own warm-up and health probes (an internal flag of the
+engine message that no request body can set), and every request on a server
+started with ``--disaggregation-transfer-backend fake``. There, as in SGLang, a
+client may also name ``FAKE_BOOTSTRAP_HOST``; on any other backend that host is
+refused (``reserved_host_error``), since decode would otherwise hand the client
+pages holding earlier requests' KV. Either way a fake room's pages never enter a
+prefix cache (``Req.cacheable``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,17 @@ from pdcore.disaggregation.kv_args import FINAL, KVPoll
 
 FAKE_BOOTSTRAP_HOST = "2.2.2.2"
 FAKE_BACKEND = "fake"
+
+
+def reserved_host_error(bootstrap_host: str | None, backend: str) -> str | None:
+    """Why a client's ``bootstrap_host`` is refused: the fake host outside the fake backend."""
+    if bootstrap_host != FAKE_BOOTSTRAP_HOST or backend == FAKE_BACKEND:
+        return None
+    return (
+        f"'bootstrap_host' {FAKE_BOOTSTRAP_HOST} is reserved for "
+        f"--disaggregation-transfer-backend {FAKE_BACKEND} (its outputs are not real); "
+        "this server moves KV for real: send prefill's own bootstrap address"
+    )
 
 
 class _FakeRoom:

@@ -27,7 +27,7 @@ import torch
 from pdcore.attention.base import AttentionBackend, AttentionConfig, AttentionImpl
 from pdcore.attention.hybrid import HybridAttention
 from pdcore.config import ServerArgs, attention_label
-from pdcore.disaggregation.fake import FAKE_BOOTSTRAP_HOST
+from pdcore.disaggregation.fake import FAKE_BOOTSTRAP_HOST, reserved_host_error
 from pdcore.distributed.state import kv_head_range, min_over_ranks, shard_range, tp
 from pdcore.engine.io_struct import EngineError, EngineStats, GenerateReq, TokenOut
 from pdcore.engine.model_runner import ModelRunner
@@ -247,7 +247,12 @@ class Engine:
         for name in ("bootstrap_host", "bootstrap_port", "bootstrap_room"):
             if getattr(msg, name) is None:
                 raise ValueError(f"{name!r} is required with PD disaggregation")
-        fake = msg.bootstrap_host == FAKE_BOOTSTRAP_HOST
+        refused = reserved_host_error(
+            msg.bootstrap_host, self.server_args.disaggregation_transfer_backend
+        )
+        if refused and not msg.fake_transfer:
+            raise ValueError(refused)
+        fake = msg.fake_transfer or msg.bootstrap_host == FAKE_BOOTSTRAP_HOST
         if self.server_args.disaggregation_mode == "prefill":
             self.pd.add(req, msg.bootstrap_room, fake=fake)
         else:

@@ -21,6 +21,10 @@ class GenerateReq(msgspec.Struct, tag=True):
     bootstrap_host: str | None = None
     bootstrap_port: int | None = None
     bootstrap_room: int | None = None
+    # The server's own warm-up or health probe: take the fake transfer path
+    # (``disaggregation.fake``). Set only by the front end's probe code; no request
+    # body field maps to it.
+    fake_transfer: bool = False
 
 
 class AbortReq(msgspec.Struct, tag=True):

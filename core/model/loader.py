@@ -87,6 +87,7 @@ def _read_json(path: Path) -> dict:
 
 def _hf_config(folder: str) -> ModelConfig:
     raw = _read_json(Path(folder) / "config.json")
+    _check_architecture(folder, raw)
     try:
         config = ModelConfig.from_hf(raw)
     except ValueError as e:
@@ -97,6 +98,27 @@ def _hf_config(folder: str) -> ModelConfig:
         extra = [eos] if isinstance(eos, int) else list(eos or [])
         config.eos_token_ids = sorted(set(config.eos_token_ids) | set(extra))
     return config
+
+
+def _check_architecture(folder: str, raw: dict) -> None:
+    """Refuse an architecture pdcore does not build in, first (its config may not parse),
+    naming it; one that ships custom code (``auto_map``) is told that code never runs."""
+    archs = raw.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if not isinstance(arch, str):
+        return  # ModelConfig.from_hf names what is missing
+    try:
+        get_model_class(arch)
+    except ValueError as e:
+        custom = (
+            " Its config.json names custom code (auto_map), and pdcore never runs code "
+            "from the model folder (--trust-remote-code does not change that)."
+            if raw.get("auto_map")
+            else ""
+        )
+        raise ModelLoadError(f"{folder}/config.json: {e}.{custom}") from None
+    if raw.get("auto_map"):
+        logger.info("%s/config.json: auto_map ignored, %s is built in", folder, arch)
 
 
 def load_model_config(model_path: str | None) -> ModelConfig:

@@ -1,6 +1,7 @@
 """Text <-> token ids over a HF fast tokenizer, plus streaming detokenization.
 
-Loading never touches the hub (``local_files_only=True``); GGUF files carry
+Loading never touches the hub (``local_files_only=True``) and never runs code
+from the model folder (``trust_remote_code=False``); GGUF files carry
 their tokenizer and chat template in metadata, which transformers converts.
 """
 
@@ -37,11 +38,14 @@ class Tokenizer:
         """From a HF model folder or a ``.gguf`` file (local files only)."""
         from transformers import AutoTokenizer
 
+        # Never code from the model folder, and say so: left unset, transformers asks
+        # on a terminal whether to run a folder's custom tokenizer code.
+        local = {"local_files_only": True, "trust_remote_code": False}
         if path.endswith(".gguf"):
             folder, name = os.path.split(os.path.abspath(path))
-            hf = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            hf = AutoTokenizer.from_pretrained(folder, gguf_file=name, **local)
         else:
-            hf = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            hf = AutoTokenizer.from_pretrained(path, **local)
         return cls(hf, eos_token_ids)
 
     @property

@@ -55,7 +55,8 @@ class DecodeQueues:
     def add(self, req: Req, room: int, bootstrap_addr: str, fake: bool = False) -> None:
         """Open the request's room with its prefill; raises ValueError (a 400) for a busy room.
 
-        ``fake``: a warm-up or health-check request (see ``disaggregation.fake``).
+        ``fake``: a warm-up or health-check request (see ``disaggregation.fake``);
+        a fake room's pages never enter the prefix cache.
         """
         if self.knows(req.rid):
             raise ValueError(f"request id {req.rid!r} is already in flight")
@@ -64,6 +65,7 @@ class DecodeQueues:
             return
         if fake or self.manager is None:
             self.receivers[req.rid] = FakeKVReceiver(room, req.input_ids[-1])
+            req.cacheable = False  # its prompt pages are never written
         else:
             try:
                 self.receivers[req.rid] = self.manager.receiver(room, bootstrap_addr)

@@ -46,12 +46,14 @@ class PrefillQueues:
     def add(self, req: Req, room: int, fake: bool = False) -> None:
         """Open the request's room; raises ValueError (a 400) for a busy room.
 
-        ``fake``: a warm-up or health-check request (see ``disaggregation.fake``).
+        ``fake``: a warm-up or health-check request (see ``disaggregation.fake``);
+        a fake room's pages never enter the prefix cache.
         """
         if self.knows(req.rid):
             raise ValueError(f"request id {req.rid!r} is already in flight")
         if fake or self.manager is None:
             sender = FakeKVSender(room)
+            req.cacheable = False
         else:
             try:
                 sender = self.manager.sender(room)

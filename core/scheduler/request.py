@@ -57,6 +57,10 @@ class Req:
     # PD: decode prefilled this request itself (--disaggregation-local-prefill-threshold);
     # on prefill, the room it dropped for that reason.
     pd_local_prefill: bool = False
+    # False: a fake-transfer request (``disaggregation.fake``). On decode its prompt
+    # pages hold KV nobody wrote (stale data of earlier requests), so none of its
+    # pages may ever enter the prefix cache, where another request would reuse them.
+    cacheable: bool = True
 
     @property
     def fill_ids(self) -> list[int]:

@@ -293,10 +293,15 @@ class Scheduler:
             self._release(req)
 
     def _release(self, req: Req) -> None:
-        """Hand the request's full computed pages to the cache, free the rest, unlock."""
-        n_full = req.computed_len // self.page_size
-        dups = self.cache.insert(req.tokens(0, n_full * self.page_size), req.pages[:n_full])
-        self.allocator.free(dups + req.pages[n_full:])
+        """Hand the request's full computed pages to the cache, free the rest, unlock.
+
+        A request that is not ``cacheable`` frees all its own pages instead."""
+        if req.cacheable:
+            n_full = req.computed_len // self.page_size
+            dups = self.cache.insert(req.tokens(0, n_full * self.page_size), req.pages[:n_full])
+            self.allocator.free(dups + req.pages[n_full:])
+        else:  # its first num_cached_pages came from the cache at admission: not its own
+            self.allocator.free(req.pages[req.num_cached_pages :])
         if req.prefix_handle is not None:
             self.cache.unlock(req.prefix_handle)
         req.pages, req.num_cached_pages, req.prefix_handle = [], 0, None
@@ -305,7 +310,7 @@ class Scheduler:
     def _cache_prefix(self, req: Req) -> None:
         """Share a running request's newly full pages through the cache (after prefill)."""
         n_full = req.computed_len // self.page_size
-        if n_full <= req.num_cached_pages:
+        if n_full <= req.num_cached_pages or not req.cacheable:
             return
         tokens = req.tokens(0, n_full * self.page_size)
         self.allocator.free(self.cache.insert(tokens, req.pages[:n_full]))

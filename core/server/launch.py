@@ -24,6 +24,7 @@ from pdcore.config import ServerArgs, masked
 from pdcore.errors import ConfigError, PdcoreError
 from pdcore.server.engine_group import EngineGroup, EngineStartError
 from pdcore.server.http_server import create_app
+from pdcore.server.startup_notes import log_flag_notes
 from pdcore.server.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def serve(
         level=server_args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    log_flag_notes(server_args)
     ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
     try:
         in_addr, out_addr = engine_addrs(server_args, ipc_dir)

@@ -2,7 +2,10 @@
 
 On a PD server there is no peer to ask, so the probe takes the fake transfer
 path (``disaggregation.fake``, as SGLang's warm-up does): prefill still
-computes a first token and decode still runs a decode step, alone.
+computes a first token and decode still runs a decode step, alone. It asks for
+that path with ``GenerateInput.fake_transfer``, which only this code sets: a
+client naming the fake bootstrap host is refused unless the whole server runs
+the fake backend.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ async def generate_probe(tm, purpose: str = "health", timeout: float = PROBE_TIM
         rid=f"{purpose}-{tm.new_id()}",
     )
     if mode != "null":
-        inp.bootstrap_host = FAKE_BOOTSTRAP_HOST
+        inp.fake_transfer = True
+        inp.bootstrap_host = FAKE_BOOTSTRAP_HOST  # required in PD modes; never contacted
         inp.bootstrap_port = tm.server_args.disaggregation_bootstrap_port
         inp.bootstrap_room = random.getrandbits(63) or 1
     group = tm.submit([inp])

@@ -33,6 +33,9 @@ class GenerateInput:
     bootstrap_port: int | None = None
     bootstrap_room: int | None = None
     data_parallel_rank: int | None = None  # DP attention: pin the request to this DP rank
+    # The server's own probe (``server.probe``) on the fake transfer path; never
+    # set from a request body.
+    fake_transfer: bool = False
 
 
 class RequestState:

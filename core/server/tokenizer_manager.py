@@ -20,6 +20,7 @@ from collections.abc import Callable
 import msgspec
 
 from pdcore.config import ServerArgs
+from pdcore.disaggregation.fake import reserved_host_error
 from pdcore.engine import io_struct
 from pdcore.engine.io_struct import AbortReq, EngineError, EngineStats, GenerateReq, TokenOut
 from pdcore.sampling_params import MAX_TOP_LOGPROBS
@@ -266,6 +267,7 @@ class TokenizerManager:
             bootstrap_host=inp.bootstrap_host,
             bootstrap_port=inp.bootstrap_port,
             bootstrap_room=inp.bootstrap_room,
+            fake_transfer=inp.fake_transfer,
         )
         try:
             return io_struct.encode(req)
@@ -288,6 +290,11 @@ class TokenizerManager:
             raise RequestError(f"'bootstrap_room' must be in [1, 2^64), got {inp.bootstrap_room}")
         if not 0 < inp.bootstrap_port < 65536:
             raise RequestError(f"'bootstrap_port' must be a TCP port, got {inp.bootstrap_port}")
+        refused = reserved_host_error(
+            inp.bootstrap_host, self.server_args.disaggregation_transfer_backend
+        )
+        if refused and not inp.fake_transfer:
+            raise RequestError(refused)
 
     def _on_output(self, out, now: float) -> None:
         if isinstance(out, TokenOut):

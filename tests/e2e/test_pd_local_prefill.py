@@ -33,6 +33,7 @@ from router.cluster import prefill_args, start_parallel
 from router.router_process import RouterProcess
 
 from pdcore.config import ServerArgs
+from pdcore.disaggregation.fake import FAKE_BOOTSTRAP_HOST
 from pdcore.engine.io_struct import GenerateReq, TokenOut
 
 pytestmark = pytest.mark.timeout(240)
@@ -217,3 +218,36 @@ def counter(server, name: str) -> float:
     m = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", server.get("/metrics").text, re.M)
     assert m, f"{server.url} /metrics lacks {name}"
     return float(m[1])
+
+
+def fake_host_body(prompt: list[int]) -> dict:
+    """What a client could send straight to decode: SGLang's fake bootstrap host."""
+    return gen_body(
+        prompt, bootstrap_host=FAKE_BOOTSTRAP_HOST, bootstrap_port=1, bootstrap_room=room()
+    )
+
+
+def test_client_fake_host_cannot_poison_a_routed_follow_up(servers):
+    """Decode must not cache pages nobody wrote under a client's prompt: the follow-up
+    through the router would count them as prefilled and answer from them."""
+    null, prefill, decode, router, _ = servers
+    prompt = ids(LONG, 7000)
+    fake = decode.post("/generate", fake_host_body(prompt))
+    follow_up = prompt + ids(12, 7500)  # over the threshold unless decode had the prefix
+    got = router.post("/generate", gen_body(follow_up))
+    assert got.status_code == 200, got.text
+    assert_same_greedy(got.json(), null.generate(follow_up), "routed follow-up of a fake host")
+    assert fake.status_code == 400 and "reserved" in fake.text, fake.text
+    assert_idle(prefill, decode)
+
+
+def test_client_fake_host_cannot_poison_decodes_local_prefill(servers):
+    null, prefill, decode, _, _ = servers
+    prompt = ids(SHORT, 8000)
+    fake = decode.post("/generate", fake_host_body(prompt))
+    follow_up = prompt + ids(6, 8500)  # within the threshold: decode prefills it
+    p_status, d_status, out = through_pd(servers, follow_up)
+    assert (p_status, d_status) == (200, 200) and out["meta_info"]["pd_local_prefill"], out
+    assert_same_greedy(out, null.generate(follow_up), "local prefill after a fake host")
+    assert fake.status_code == 400 and "reserved" in fake.text, fake.text
+    assert_idle(prefill, decode)
