@@ -17,7 +17,6 @@ import pytest
 from server.harness import Stack
 
 from pdcore.server.errors import RequestError
-from pdcore.server.profile_api import confined
 
 
 @pytest.fixture
@@ -74,6 +73,8 @@ def test_a_symlink_inside_cannot_lead_out(root, tmp_path):
 
 
 def test_paths_inside_resolve_under_the_profile_directory(root):
+    from pdcore.server.profile_api import confined  # here: the HTTP tests need no helper
+
     real = os.path.realpath(root)
     assert confined(None, str(root)) == real, "no output_dir: the profile directory itself"
     assert confined("run1", str(root)) == os.path.join(real, "run1"), "relative to the root"
