@@ -136,7 +136,8 @@ class RouterArgs:
             "--api-key",
             default=None,
             help="require 'Authorization: Bearer KEY' from clients (all routes but /health, "
-            "/health_generate, /metrics); also sent to workers unless --worker-api-key is given",
+            "/health_generate, /metrics); also the admin key unless --admin-api-key is given, "
+            "and sent to workers unless --worker-api-key is given",
         )
         parser.add_argument(
             "--worker-api-key",

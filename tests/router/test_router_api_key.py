@@ -165,7 +165,10 @@ def test_workers_get_the_router_key_on_every_call():
 
 def test_check_config_masks_the_keys(capsys):
     argv = ["--worker-urls", "http://127.0.0.1:1", "--api-key", ROUTER_KEY,
-            "--worker-api-key", WORKER_KEY, "--check-config"]  # fmt: skip
+            "--worker-api-key", WORKER_KEY, "--admin-api-key", "admin-3e1",
+            "--check-config"]  # fmt: skip
     assert launch_router(argv) == 0
-    shown = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    shown = json.loads(out)
     assert shown["api_key"] == "***" and shown["worker_api_key"] == "***", shown
+    assert shown["admin_api_key"] == "***" and "admin-3e1" not in out, shown
