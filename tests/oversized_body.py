@@ -75,5 +75,7 @@ def chunked_without_end(url: str, path: str, most: int, timeout: float = 5.0) ->
                 sent += len(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server hung up after answering
+        except TimeoutError:
+            pass  # the server stopped reading: its answer (if any) decides
         status, body = _read_answer(sock, timeout)
         return status, body, sent
