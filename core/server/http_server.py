@@ -1,4 +1,4 @@
-"""The FastAPI app: SGLang + OpenAI routes, JSON errors, API key, ``/metrics``.
+"""The FastAPI app: SGLang + OpenAI routes, JSON errors, API key, body limit, ``/metrics``.
 
 ``create_app(tokenizer_manager)`` is all a server needs; the manager's lifetime
 follows the app's (lifespan). Bad input is always a 400 JSON error in OpenAI's

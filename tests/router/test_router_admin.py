@@ -162,3 +162,16 @@ def test_only_an_admin_can_add_a_worker_and_it_gets_the_worker_key():
     assert attacker.auth == [], f"a URL added without the admin key was called: {attacker.auth}"
     keyed = {a for p, a in added.auth if p == "/health"}
     assert keyed == {f"Bearer {WORKER_KEY}"}, f"the admin-added worker's health checks: {keyed}"
+
+
+def test_the_admin_key_is_never_passed_on_to_workers():
+    worker = StubWorker(ok)
+    router = RouterProcess("--worker-urls", worker.url, "--admin-api-key", ADMIN_KEY)
+    try:
+        r = router.post("/start_profile", {}, headers=bearer(ADMIN_KEY))
+        assert r.json()["workers"][0]["url"] == worker.url, r.text  # the stub answers 404
+    finally:
+        router.stop()
+        worker.stop()
+    sent = [a for p, a in worker.auth if p == "/start_profile"]
+    assert sent == [None], f"the worker saw the admin key: {sent}"
