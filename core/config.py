@@ -14,6 +14,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass, field
 
+from pdcore.body_limit import DEFAULT_MAX_PAYLOAD_SIZE
 from pdcore.envs import local_prefill_threshold
 from pdcore.errors import ConfigError
 from pdcore.registry import Registry
@@ -41,6 +42,7 @@ class ServerArgs:
     api_key: str | None = field(default=None, repr=False)  # never in a repr or a log
     log_level: str = "info"
     skip_server_warmup: bool = False
+    max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE  # bytes of one request body
     # hardware
     device: str = "auto"
     base_gpu_id: int = 0
@@ -115,6 +117,15 @@ class ServerArgs:
             "/health_generate and /metrics",
         )
         g.add_argument("--log-level", default=d.log_level, choices=LOG_LEVELS)
+        g.add_argument(
+            "--max-payload-size",
+            "--max-request-body-bytes",
+            dest="max_payload_size",
+            type=int,
+            default=d.max_payload_size,
+            help="largest request body in bytes (sgl-router's flag); a larger one is refused "
+            "with 413 before it is read in full (default: 64 MiB)",
+        )
         g.add_argument(
             "--skip-server-warmup",
             action="store_true",
@@ -281,6 +292,7 @@ class ServerArgs:
             "--max-running-requests": self.max_running_requests,
             "--cuda-graph-max-bs": self.cuda_graph_max_bs,
             "--max-prefill-tokens": self.max_prefill_tokens,
+            "--max-payload-size": self.max_payload_size,
             "--context-length": self.context_length,
             "--tp-size": self.tp_size,
             "--dp-size": self.dp_size,

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
 from pdcore.argparse_utils import FlagParser
+from pdcore.body_limit import DEFAULT_MAX_PAYLOAD_SIZE
 from pdcore.errors import ConfigError
 
 POLICIES = ("random", "round_robin", "power_of_two", "cache_aware")
@@ -37,9 +38,11 @@ class RouterArgs:
     cb_failure_threshold: int = 3
     cb_cooldown_secs: float = 10.0
     log_level: str = "info"
+    max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE
     # never in a repr, a log line or --check-config output
     api_key: str | None = field(default=None, repr=False)
     worker_api_key: str | None = field(default=None, repr=False)
+    admin_api_key: str | None = field(default=None, repr=False)
 
     @property
     def workers_key(self) -> str | None:
@@ -47,10 +50,15 @@ class RouterArgs:
         router) its own --api-key."""
         return self.worker_api_key or self.api_key
 
+    @property
+    def admin_key(self) -> str | None:
+        """The credential of the worker-management routes: --admin-api-key, else --api-key."""
+        return self.admin_api_key or self.api_key
+
     def public(self) -> dict:
         """The args as a dict with the keys masked, for --check-config and info routes."""
         out = asdict(self)
-        for name in ("api_key", "worker_api_key"):
+        for name in ("api_key", "worker_api_key", "admin_api_key"):
             out[name] = "***" if out[name] else None
         return out
 
@@ -128,13 +136,31 @@ class RouterArgs:
             "--api-key",
             default=None,
             help="require 'Authorization: Bearer KEY' from clients (all routes but /health, "
-            "/health_generate, /metrics); also sent to workers unless --worker-api-key is given",
+            "/health_generate, /metrics); also the admin key unless --admin-api-key is given, "
+            "and sent to workers unless --worker-api-key is given",
         )
         parser.add_argument(
             "--worker-api-key",
             default=None,
             help="the --api-key of the workers, sent on every call to them (requests, aborts, "
             "health checks); default: --api-key",
+        )
+        parser.add_argument(
+            "--admin-api-key",
+            default=None,
+            help="require 'Authorization: Bearer KEY' on /add_worker, /remove_worker, "
+            "/start_profile and /stop_profile (default: --api-key). Without either, those "
+            "routes answer 403 unless the router listens on a loopback address and holds no "
+            "--worker-api-key",
+        )
+        parser.add_argument(
+            "--max-payload-size",
+            "--max-request-body-bytes",
+            dest="max_payload_size",
+            type=int,
+            default=RouterArgs.max_payload_size,
+            help="largest request body in bytes; a larger one is refused with 413 before it "
+            "is read in full (default: 64 MiB)",
         )
 
     @classmethod
@@ -162,6 +188,8 @@ class RouterArgs:
                 "log_level",
                 "api_key",
                 "worker_api_key",
+                "admin_api_key",
+                "max_payload_size",
             )
         }
         return cls(
@@ -182,6 +210,8 @@ class RouterArgs:
             raise ConfigError("--port", f"must be a TCP port in 1..65535, got {self.port}")
         if self.max_retries < 0:
             raise ConfigError("--max-retries", f"must be >= 0, got {self.max_retries}")
+        if self.max_payload_size < 1:
+            raise ConfigError("--max-payload-size", f"must be >= 1, got {self.max_payload_size}")
         if self.cb_failure_threshold < 1:
             raise ConfigError("--cb-failure-threshold", "must be >= 1")
         for flag, value in (

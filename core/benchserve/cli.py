@@ -115,8 +115,9 @@ def build_parser(prog: str) -> FlagParser:
     prof.add_argument(
         "--profile-output-dir",
         default=None,
-        help="where the workers write their traces (a path on their machines; default: "
-        "$PDCORE_TORCH_PROFILER_DIR or $SGLANG_TORCH_PROFILER_DIR if set here, else each "
+        help="where the workers write their traces (a path on their machines, inside each "
+        "server's $PDCORE_TORCH_PROFILER_DIR or $SGLANG_TORCH_PROFILER_DIR, else /tmp; "
+        "relative paths are relative to it; default: those variables if set here, else each "
         "server's own default)",
     )
     return p

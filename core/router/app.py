@@ -3,8 +3,10 @@
 The generation paths (``POST /generate``, ``/v1/completions``,
 ``/v1/chat/completions``) are answered by a plain ASGI handler in front of the
 FastAPI app (no routing, no request object, one ``json.loads``); everything else
-(management, info, metrics, lifespan) is FastAPI's. With ``--api-key`` a plain
-ASGI check (``pdcore.api_key``) runs in front of both; workers get their own key
+(management, info, metrics, lifespan) is FastAPI's. In front of both, plain ASGI
+layers: the admin guard (``admin.py``: worker management and profiling need
+``--admin-api-key``, else ``--api-key``), the client key (``pdcore.api_key``) and
+the body size limit (``pdcore.body_limit``). Workers get their own key
 (``--worker-api-key``, default ``--api-key``) on every call (``Worker.auth``).
 """
 
@@ -22,7 +24,9 @@ from fastapi.responses import Response
 from starlette.routing import Route
 
 import pdcore
-from pdcore.api_key import ApiKeyMiddleware
+from pdcore.api_key import OPEN_PATHS, ApiKeyMiddleware
+from pdcore.body_limit import BodyLimitMiddleware
+from pdcore.router.admin import ADMIN_PATHS, AdminGuard, refusal
 from pdcore.router.dashboard import dashboard_router
 from pdcore.router.health import HealthChecker
 from pdcore.router.metrics import RouterMetrics
@@ -123,7 +127,9 @@ def build_app(args):
             return error(502, f"{workers[0].url}{path} failed: {type(e).__name__}: {e}")
         return Response(content, r.status, media_type=r.headers.get("content-type"))
 
-    app.include_router(profile_router(pool, lambda: state["proxy"].session))
+    # With an admin key, the client's Authorization is that key: never pass it on.
+    forward_auth = args.admin_key is None
+    app.include_router(profile_router(pool, lambda: state["proxy"].session, forward_auth))
 
     app.include_router(dashboard_router(pool, args))  # /dashboard, /dashboard/state
 
@@ -176,6 +182,7 @@ def build_app(args):
                 "policies": {role: policies[role].name for role in roles},
                 "max_retries": args.max_retries,
                 "api_key": "***" if args.api_key else None,
+                "admin_api_key": "***" if args.admin_api_key else None,
                 "worker_api_key": "***" if args.workers_key else None,
             },
             "workers": [w.describe() for w in pool.all()],
@@ -197,7 +204,8 @@ def build_app(args):
         bootstrap_port: int | None = None,
         api_key: str | None = None,
     ):
-        """``api_key``: the worker's own key (SGLang's parameter); default the router's."""
+        """``api_key``: the worker's own key (SGLang's parameter); default the router's
+        --worker-api-key: the caller passed the admin guard, so it may have it."""
         role = role or roles[-1]
         if role not in roles:
             return error(400, f"role must be one of {', '.join(roles)} in this mode, got {role!r}")
@@ -225,12 +233,13 @@ def build_app(args):
                 return await generation(scope, receive, send)
         return await app(scope, receive, send)
 
-    router_app.fastapi = app
-    if args.api_key:
-        guarded = ApiKeyMiddleware(router_app, args.api_key)
-        guarded.fastapi = app
-        return guarded
-    return router_app
+    outer = BodyLimitMiddleware(router_app, args.max_payload_size)
+    if args.api_key:  # the admin paths are the admin guard's to check
+        outer = ApiKeyMiddleware(outer, args.api_key, open_paths=OPEN_PATHS | ADMIN_PATHS)
+    refused = refusal(args.admin_key, bool(args.workers_key), args.host)
+    outer = AdminGuard(outer, args.admin_key, refused)
+    outer.fastapi = app
+    return outer
 
 
 class _ASGIEndpoint:

@@ -27,8 +27,11 @@ TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=5)
 ROLE_ALIASES = {"null": "regular"}
 
 
-def profile_router(pool: WorkerPool, session: Callable[[], aiohttp.ClientSession]) -> APIRouter:
-    """Routes over ``pool``; ``session()``: the router's upstream client (made at startup)."""
+def profile_router(
+    pool: WorkerPool, session: Callable[[], aiohttp.ClientSession], forward_auth: bool = True
+) -> APIRouter:
+    """Routes over ``pool``; ``session()``: the router's upstream client (made at startup);
+    ``forward_auth``: pass the client's Authorization on to workers without a key."""
     router = APIRouter()
 
     async def fan_out(request: Request, path: str) -> JSONResponse:
@@ -46,7 +49,7 @@ def profile_router(pool: WorkerPool, session: Callable[[], aiohttp.ClientSession
         workers = pool.of_role(role) if role else pool.all()
         if not workers:
             return error(503, f"no {role + ' ' if role else ''}worker is registered")
-        auth = request.headers.get("authorization")  # passed on to workers without a key
+        auth = request.headers.get("authorization") if forward_auth else None
         headers = {"Authorization": auth} if auth else {}
         calls = (_call(session(), w, path, body, headers) for w in workers)
         results = await asyncio.gather(*calls)

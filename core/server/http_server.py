@@ -1,4 +1,4 @@
-"""The FastAPI app: SGLang + OpenAI routes, JSON errors, API key, ``/metrics``.
+"""The FastAPI app: SGLang + OpenAI routes, JSON errors, API key, body limit, ``/metrics``.
 
 ``create_app(tokenizer_manager)`` is all a server needs; the manager's lifetime
 follows the app's (lifespan). Bad input is always a 400 JSON error in OpenAI's
@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pdcore
 from pdcore.api_key import ApiKeyMiddleware
+from pdcore.body_limit import BodyLimitMiddleware
 from pdcore.server.errors import RequestError, error_body
 from pdcore.server.http_utils import ClientGone
 from pdcore.server.native_api import native_router
@@ -56,7 +57,8 @@ def create_app(
     )
     app.state.tokenizer_manager = tm
     _install_error_handlers(app)
-    if tm.server_args.api_key:
+    app.add_middleware(BodyLimitMiddleware, limit=tm.server_args.max_payload_size)
+    if tm.server_args.api_key:  # added last: outermost, so 401 comes before anything else
         app.add_middleware(ApiKeyMiddleware, key=tm.server_args.api_key)
     app.include_router(native_router(tm, server_info))
     app.include_router(openai_router(tm))

@@ -50,9 +50,7 @@ ROUTES = [
     ("GET", "/get_server_info"),
     ("GET", "/flush_cache"),
     ("POST", "/flush_cache"),
-    ("GET", "/start_profile"),
     ("POST", "/start_profile"),
-    ("GET", "/stop_profile"),
     ("POST", "/stop_profile"),
     ("GET", "/metrics"),
 ]

@@ -5,19 +5,28 @@ Spec: a router with ``--api-key`` answers 401 to clients without the key (open:
 every call to a worker -- requests, aborts, health checks, info polls -- which
 is ``--worker-api-key`` or, as in SGLang's router, its own ``--api-key``. No
 key appears in the router's log, ``/get_server_info`` or ``--check-config``.
+Every route of the app is tried without the key, so a route added later (or one
+served outside FastAPI, like the generation fast path) cannot slip through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
+import httpx
 import pytest
+from route_table import route_calls
 from router.router_process import RouterProcess
 from router.stub_worker import StubWorker
 from server.harness import LiveServer
 
+from pdcore.api_key import OPEN_PATHS
+from pdcore.launch_router import parse_router_args
 from pdcore.launch_router import run as launch_router
+from pdcore.router.admin import ADMIN_PATHS
+from pdcore.router.app import GENERATION_PATHS, build_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,6 +44,51 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def router_app(*flags: str):
+    args, _ = parse_router_args(["--worker-urls", "http://127.0.0.1:9", *flags], "test")
+    return build_app(args)
+
+
+async def unauthenticated(app, calls) -> dict[tuple[str, str], int]:
+    """Status of each call without a key (no lifespan: nothing reaches a worker)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        return {(m, p): (await client.request(m, p, json={})).status_code for m, p in calls}
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--api-key", ROUTER_KEY), ("--api-key", ROUTER_KEY, "--admin-api-key", "admin-3e1")],
+    ids=["api-key", "api-key+admin-api-key"],
+)
+def test_every_route_but_the_open_ones_is_401_without_a_key(flags):
+    app = router_app(*flags)
+    calls = route_calls(app.fastapi)
+    paths = {p for _, p in calls}
+    missing = (set(GENERATION_PATHS) | ADMIN_PATHS | OPEN_PATHS) - paths
+    assert not missing, f"routes the enumeration did not find: {missing}"
+    answers = asyncio.run(unauthenticated(app, [c for c in calls if c[1] not in OPEN_PATHS]))
+    let_through = {c: status for c, status in answers.items() if status != 401}
+    assert not let_through, f"routes answered without a key: {let_through}"
+
+
+def test_admin_routes_are_401_without_a_key_when_only_the_admin_key_is_set():
+    app = router_app("--admin-api-key", "admin-3e1")
+    calls = [c for c in route_calls(app.fastapi) if c[1] in ADMIN_PATHS]
+    assert {p for _, p in calls} == ADMIN_PATHS, calls
+    answers = asyncio.run(unauthenticated(app, calls))
+    assert set(answers.values()) == {401}, f"admin routes without the admin key: {answers}"
+
+
+def test_every_post_route_is_a_generation_an_open_or_an_admin_route():
+    posts = {p for m, p in route_calls(router_app().fastapi) if m == "POST"}
+    unclassified = posts - set(GENERATION_PATHS) - OPEN_PATHS - ADMIN_PATHS
+    assert not unclassified, (
+        f"{unclassified}: a route that changes the router's state belongs in "
+        "pdcore.router.admin.ADMIN_PATHS (or say here why it is not)"
+    )
 
 
 def test_router_and_worker_keys_in_front_of_a_real_server():
@@ -111,7 +165,10 @@ def test_workers_get_the_router_key_on_every_call():
 
 def test_check_config_masks_the_keys(capsys):
     argv = ["--worker-urls", "http://127.0.0.1:1", "--api-key", ROUTER_KEY,
-            "--worker-api-key", WORKER_KEY, "--check-config"]  # fmt: skip
+            "--worker-api-key", WORKER_KEY, "--admin-api-key", "admin-3e1",
+            "--check-config"]  # fmt: skip
     assert launch_router(argv) == 0
-    shown = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    shown = json.loads(out)
     assert shown["api_key"] == "***" and shown["worker_api_key"] == "***", shown
+    assert shown["admin_api_key"] == "***" and "admin-3e1" not in out, shown

@@ -1,20 +1,25 @@
 """``--api-key`` on a real uvicorn: OpenAI-style bearer auth, open health and metrics.
 
 Spec: with a key every route but ``/health``, ``/health_generate`` and
-``/metrics`` answers 401 with an OpenAI error body unless the request carries
+``/metrics`` (``pdcore.api_key.OPEN_PATHS``, the one list of open routes) answers
+401 with an OpenAI error body unless the request carries
 ``Authorization: Bearer KEY``; the key shows up in no log line, no reply and
-no repr (``/get_server_info`` says ``***``).
+no repr (``/get_server_info`` says ``***``). Every route of the app is tried, so
+a route added later cannot slip through unguarded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 import httpx
 import pytest
-from server.harness import LiveServer
+from route_table import route_calls
+from server.harness import LiveServer, Stack
 
+from pdcore.api_key import OPEN_PATHS
 from pdcore.config import ServerArgs, masked
 from pdcore.launch_server import run
 
@@ -51,6 +56,39 @@ def test_missing_or_wrong_key_is_401_with_an_openai_error(live, method, path, bo
         assert why in error["message"], error["message"]
         assert r.headers["www-authenticate"] == "Bearer"
         assert KEY not in r.text
+
+
+async def unauthenticated(app, calls) -> dict[tuple[str, str], httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return {(m, p): await client.request(m, p, json={}) for m, p in calls}
+
+
+def test_the_open_routes_are_exactly_the_documented_ones():
+    assert OPEN_PATHS == {"/health", "/health_generate", "/metrics"}, (
+        "opening a route to clients without the key is a security decision: document it "
+        "(--api-key's help, README) and update this test"
+    )
+
+
+def test_every_route_but_the_open_ones_is_401_without_the_key():
+    stack = Stack(api_key=KEY)  # the engine is never started: nothing may reach it
+    try:
+        calls = route_calls(stack.app)
+        paths = {p for _, p in calls}
+        assert OPEN_PATHS <= paths, f"an open path that is not a route: {OPEN_PATHS - paths}"
+        for path in ("/flush_cache", "/abort_request", "/start_profile", "/openapi.json"):
+            assert path in paths, f"{path} is not among the enumerated routes: {paths}"
+        guarded = [(m, p) for m, p in calls if p not in OPEN_PATHS]
+        answers = asyncio.run(unauthenticated(stack.app, guarded))
+    finally:
+        stack.close()
+    let_through = {c: r.status_code for c, r in answers.items() if r.status_code != 401}
+    assert not let_through, f"routes answered without the API key: {let_through}"
+    for (method, path), r in answers.items():
+        if method == "HEAD":
+            continue  # no body
+        assert r.json()["error"]["type"] == "authentication_error", f"{method} {path}: {r.text}"
 
 
 def test_right_key_is_served(live):

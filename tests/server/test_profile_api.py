@@ -18,8 +18,9 @@ GREEDY = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def env_dir(tmp_path_factory):
-    """The server's ``SGLANG_TORCH_PROFILER_DIR`` (the default ``output_dir``)."""
-    return tmp_path_factory.mktemp("env-traces")
+    """The server's ``SGLANG_TORCH_PROFILER_DIR``: the default ``output_dir``, and the
+    folder every ``output_dir`` must be in (the tests' ``tmp_path`` folders are)."""
+    return tmp_path_factory.getbasetemp()
 
 
 @pytest.fixture(scope="module")
