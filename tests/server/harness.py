@@ -34,12 +34,13 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 class Stack:
-    def __init__(self, step_s: float = 0.002, **args):
+    def __init__(self, step_s: float = 0.002, tokenizer=None, **args):
+        """``tokenizer``: instead of the byte tokenizer; ``args``: ``ServerArgs`` fields."""
         self.dir = tempfile.mkdtemp(prefix="pdct-")  # short: ipc paths max ~107 chars
         in_addr, out_addr = f"ipc://{self.dir}/in", f"ipc://{self.dir}/out"
         self.engine = FakeEngine(in_addr, out_addr, step_s=step_s)
         self.tm = TokenizerManager(
-            ByteTokenizer(),
+            tokenizer or ByteTokenizer(),
             in_addr,
             out_addr,
             context_length=CONTEXT,
