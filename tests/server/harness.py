@@ -44,7 +44,7 @@ class Stack:
             in_addr,
             out_addr,
             context_length=CONTEXT,
-            server_args=ServerArgs(model_path=MODEL_PATH, **args),
+            server_args=ServerArgs(**{"model_path": MODEL_PATH, **args}),
             engine_alive=lambda: self.engine.alive,
             health_poll_s=0.05,
             request_timeout_s=2.0,

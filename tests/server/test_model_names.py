@@ -82,6 +82,15 @@ async def test_served_model_name_is_reported_everywhere():
     )
 
 
+async def test_the_embedded_model_has_a_name_in_server_info():
+    """Without --model-path (the embedded model) sgl-router would list "unknown" if
+    /server_info had neither name; both are "default", which every route accepts."""
+    async with asgi_stack(model_path=None) as stack:
+        names = await _names(stack)
+    expected = {r: ("default", "default") for r in names if r != "/v1/models"}
+    assert names == {**expected, "/v1/models": ["default"]}, names
+
+
 async def test_model_info_has_sglangs_fields(stack):
     info = (await stack.client.get("/model_info")).json()
     want = {"model_path": MODEL_PATH, "tokenizer_path": MODEL_PATH, "is_generation": True}
