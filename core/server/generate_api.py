@@ -1,8 +1,9 @@
 """SGLang's ``/generate``: single or batched prompts, text or token ids, SSE or JSON.
 
 Output follows SGLang: ``{"text", "output_ids", "meta_info"}`` per sequence
-(cumulative while streaming), a list for batches or ``n>1``, logprobs as
-``[logprob, token_id, text|None]`` triples.
+(cumulative while streaming; no ``text`` under ``--skip-tokenizer-init``), a
+list for batches or ``n>1``, logprobs as ``[logprob, token_id, text|None]``
+triples.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def format_output(tm, state: RequestState, with_text: bool) -> dict:
         meta["pd_local_prefill"] = True
     if state.input.return_logprob:
         meta.update(sglang_output_logprobs(tm, state, with_text))
+    if not tm.has_tokenizer:  # --skip-tokenizer-init: no "text", as in SGLang
+        return {"output_ids": list(state.output_ids), "meta_info": meta}
     return {"text": state.visible_text, "output_ids": list(state.output_ids), "meta_info": meta}
 
 
@@ -61,6 +64,8 @@ def build_inputs(tm, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
     """Expand prompts x ``n`` into engine inputs; rids ``<rid>`` or ``<rid>-<i>``."""
     if (body.text is None) == (body.input_ids is None):
         raise RequestError("provide exactly one of 'text' or 'input_ids'")
+    if body.return_text_in_logprobs:
+        tm.require_tokenizer("'return_text_in_logprobs'")
     if body.text is not None:
         batched = isinstance(body.text, list)
         texts = body.text if batched else [body.text]

@@ -27,6 +27,7 @@ from pdcore.server.openai_api import openai_router
 from pdcore.server.openapi_doc import install as install_openapi_doc
 from pdcore.server.probe import generate_probe
 from pdcore.server.profile_api import profile_router
+from pdcore.server.tokenize_api import tokenize_router
 
 logger = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it
@@ -63,6 +64,7 @@ def create_app(
     app.include_router(native_router(tm, server_info))
     app.include_router(openai_router(tm))
     app.include_router(profile_router(tm))
+    app.include_router(tokenize_router(tm))
     install_openapi_doc(app)
 
     @app.get("/metrics")

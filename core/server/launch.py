@@ -36,11 +36,15 @@ class _Terminated(Exception):
 
 
 def load_tokenizer(server_args: ServerArgs):
-    """The model's tokenizer (``--tokenizer-path`` or the model's own), with its eos ids."""
+    """The model's tokenizer (``--tokenizer-path`` or the model's own), with its eos ids;
+    under ``--skip-tokenizer-init`` none, only the vocabulary size from the config."""
     from pdcore.model.loader import load_model_config, resolve_model_path
     from pdcore.model.tokenizer import Tokenizer
+    from pdcore.server.no_tokenizer import NoTokenizer
 
     config = load_model_config(server_args.model_path)
+    if server_args.skip_tokenizer_init:
+        return NoTokenizer(config.vocab_size, config.eos_token_ids)
     path = server_args.tokenizer_path or resolve_model_path(server_args.model_path)
     try:
         return Tokenizer.from_pretrained(path, eos_token_ids=config.eos_token_ids)

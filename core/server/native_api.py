@@ -19,6 +19,9 @@ def native_router(tm, server_info: dict | None = None) -> APIRouter:
     """Routes for ``tm``; ``server_info``: the resolved server args (default: ``tm``'s)."""
     router = APIRouter()
     info = dict(server_info) if server_info else _args_dict(tm.server_args)
+    # The names as served, not as given: sgl-router lists served_model_name (else
+    # model_path) in its /v1/models, and a missing one shows as "unknown" there.
+    info.update(_model_names(tm))
 
     @router.post("/generate")
     async def generate(body: GenerateRequest, request: Request):
@@ -39,12 +42,11 @@ def native_router(tm, server_info: dict | None = None) -> APIRouter:
     @router.get("/get_model_info")
     @router.get("/model_info")
     async def model_info():
-        args = tm.server_args
         return {
-            "model_path": tm.model_path,
-            "tokenizer_path": args.tokenizer_path or tm.model_path,
-            "served_model_name": tm.served_model_name,
+            **_model_names(tm),
             "is_generation": True,
+            "preferred_sampling_params": None,
+            "weight_version": "default",
             "context_length": tm.context_length,
             "vocab_size": tm.vocab_size,
         }
@@ -86,6 +88,16 @@ def native_router(tm, server_info: dict | None = None) -> APIRouter:
         return JSONResponse({"aborted": count})
 
     return router
+
+
+def _model_names(tm) -> dict:
+    """SGLang's names: ``tokenizer_path`` is None without a tokenizer."""
+    tokenizer = tm.server_args.tokenizer_path or tm.model_path
+    return {
+        "model_path": tm.model_path,
+        "tokenizer_path": tokenizer if tm.has_tokenizer else None,
+        "served_model_name": tm.served_model_name,
+    }
 
 
 def _kv_cache(stats) -> dict:

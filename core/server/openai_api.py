@@ -42,6 +42,7 @@ def openai_router(tm) -> APIRouter:
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
+        tm.require_tokenizer("/v1/completions (its output is text)")
         inputs.check_model(tm, body.model)
         prompts, texts = inputs.completion_prompts(tm, body)
         params, given = inputs.sampling_params(tm, body, inputs.COMPLETIONS_DEFAULT_MAX_TOKENS)
@@ -57,6 +58,7 @@ def openai_router(tm) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        tm.require_tokenizer("/v1/chat/completions")
         inputs.check_model(tm, body.model)
         if body.top_logprobs is not None and not body.logprobs:
             raise RequestError("top_logprobs requires logprobs to be true")

@@ -14,13 +14,18 @@ _RENAMES = (("max_new_tokens", "max_tokens"), ("min_new_tokens", "min_tokens"))
 
 
 def check_model(tm, name: str | None) -> None:
-    """Accept the served name, the model path or its basename, and ``default``."""
-    if name is None:
+    """Any name is served, as SGLang does (routers send "unknown" for none); under
+    ``--strict-model-name`` only the served name, the model path or its folder name
+    and ``default`` are, and any other is a 404 (OpenAI's and vLLM's answer)."""
+    if name is None or not tm.server_args.strict_model_name:
         return
-    known = {tm.served_model_name, tm.model_path, tm.model_path.rstrip("/").rsplit("/", 1)[-1]}
-    if name not in known | {"default"}:
+    path = tm.model_path
+    known = {tm.served_model_name, path, path.rstrip("/").rsplit("/", 1)[-1], "default"}
+    if name not in known:
         raise RequestError(
-            f"The model {name!r} does not exist; this server serves {tm.served_model_name!r}"
+            f"The model {name!r} does not exist; this server serves {tm.served_model_name!r} "
+            "(--strict-model-name)",
+            404,
         )
 
 

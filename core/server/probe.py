@@ -19,13 +19,14 @@ from pdcore.server.errors import RequestError
 from pdcore.server.request_state import GenerateInput
 
 PROBE_TIMEOUT_S = 20.0
+PROBE_IDS = [1, 2]  # the prompt without a tokenizer (--skip-tokenizer-init)
 
 
 async def generate_probe(tm, purpose: str = "health", timeout: float = PROBE_TIMEOUT_S) -> None:
     """Generate a token or two for "Hi"; RequestError (503) if the engine cannot."""
     mode = tm.server_args.disaggregation_mode
     inp = GenerateInput(
-        input_ids=tm.encode("Hi"),
+        input_ids=tm.encode("Hi") if tm.has_tokenizer else list(PROBE_IDS),
         params=SamplingParams(max_new_tokens=2 if mode == "decode" else 1, temperature=0.0),
         rid=f"{purpose}-{tm.new_id()}",
     )

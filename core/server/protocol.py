@@ -150,3 +150,21 @@ class ChatCompletionRequest(_OpenAISampling):
 class AbortRequest(_Request):
     rid: str = ""
     abort_all: bool = False
+
+
+class TokenizeRequest(_Request):
+    """SGLang's ``/tokenize`` (``prompt``: one string or a batch), plus vLLM's
+    ``messages`` (rendered with the chat template, as for a chat request)."""
+
+    model: str | None = None
+    prompt: str | list[str] | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(_Request):
+    """SGLang's ``/detokenize``: one id list or a batch of them."""
+
+    model: str | None = None
+    tokens: TokenIds | list[TokenIds]
+    skip_special_tokens: bool = True

@@ -27,6 +27,7 @@ from pdcore.sampling_params import MAX_TOP_LOGPROBS
 from pdcore.server.engine_client import EngineClient
 from pdcore.server.errors import RequestError
 from pdcore.server.metrics import ServerMetrics
+from pdcore.server.no_tokenizer import NoTokenizer, needs_tokenizer
 from pdcore.server.request_group import RequestGroup
 from pdcore.server.request_state import GenerateInput, RequestState
 
@@ -61,7 +62,8 @@ class TokenizerManager:
         self.server_args = server_args or ServerArgs()
         self.vocab_size = int(tokenizer.vocab_size)
         self.model_path = self.server_args.model_path or "default"
-        self.served_model_name = self.server_args.served_model_name or _basename(self.model_path)
+        # SGLang's default: the model path as given (so routers list the same name)
+        self.served_model_name = self.server_args.served_model_name or self.model_path
         self.metrics = ServerMetrics(self.served_model_name)
         self.engine = EngineClient(
             in_addr,
@@ -94,15 +96,29 @@ class TokenizerManager:
     def dead_reason(self) -> str | None:
         return self.engine.dead_reason
 
+    @property
+    def has_tokenizer(self) -> bool:
+        """False under ``--skip-tokenizer-init``: ids in, ids out."""
+        return not isinstance(self.tokenizer, NoTokenizer)
+
+    def require_tokenizer(self, what: str) -> None:
+        """400 naming ``--skip-tokenizer-init`` when ``what`` needs text and there is none."""
+        if not self.has_tokenizer:
+            raise needs_tokenizer(what)
+
     # ---- inputs -------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """``text``'s ids, possibly none (``/tokenize``); ``encode`` for a prompt."""
+        try:
+            return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        except (UnicodeError, ValueError, TypeError) as e:  # e.g. a lone surrogate "\ud800"
+            raise RequestError(f"cannot tokenize the prompt: {e}") from None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if not text:
             raise RequestError("the prompt is empty")
-        try:
-            ids = list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
-        except (UnicodeError, ValueError, TypeError) as e:  # e.g. a lone surrogate "\ud800"
-            raise RequestError(f"cannot tokenize the prompt: {e}") from None
+        ids = self.tokenize(text, add_special_tokens)
         if not ids:
             raise RequestError("the prompt encodes to no tokens")
         return ids
@@ -133,8 +149,8 @@ class TokenizerManager:
             self._token_text[token_id] = text
         return text
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     # ---- generation ---------------------------------------------------------------
 
@@ -251,6 +267,8 @@ class TokenizerManager:
                 f"but the model's context length is {ctx} tokens; reduce max_tokens "
                 f"to at most {ctx - prompt_len}."
             )
+        if params.stop and not self.has_tokenizer:
+            raise needs_tokenizer("'stop' (stop strings; use 'stop_token_ids')")
         if not 0 <= inp.top_logprobs_num <= MAX_TOP_LOGPROBS:
             raise RequestError(
                 f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {inp.top_logprobs_num}"
@@ -323,7 +341,3 @@ class TokenizerManager:
         states, self._states = self._states, {}
         for state in states.values():
             state.fail(error)
-
-
-def _basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1] or path

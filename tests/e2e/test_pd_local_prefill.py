@@ -12,14 +12,13 @@ process's builder) run in this process: one server process fewer to start on CI.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import threading
 import time
 
 import pytest
+from e2e.null_engine import NullEngine
 from e2e.pd_helpers import (
-    CHUNK,
     MAX_NEW,
     assert_idle,
     assert_same_greedy,
@@ -32,9 +31,7 @@ from e2e.server_process import ServerProcess, free_port
 from router.cluster import prefill_args, start_parallel
 from router.router_process import RouterProcess
 
-from pdcore.config import ServerArgs
 from pdcore.disaggregation.fake import FAKE_BOOTSTRAP_HOST
-from pdcore.engine.io_struct import GenerateReq, TokenOut
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,40 +40,6 @@ SHORT = 70  # more than one chunk: decode's local prefill is chunked too
 LONG = 120  # over the threshold: through PD
 FAST = ("--skip-server-warmup",)
 LOCAL_PREFILL = ("--disaggregation-local-prefill-threshold", str(THRESHOLD))
-
-
-class NullEngine:
-    """A null-mode server's engine with the PD servers' flags, driven in process."""
-
-    def __init__(self, model_path: str):
-        from pdcore.engine.engine_process import _build_engine
-
-        args = ServerArgs(
-            model_path=model_path, chunked_prefill_size=CHUNK, max_total_tokens=4096, page_size=16
-        )
-        self.engine = _build_engine(dataclasses.asdict(args), None)
-        self.lock = threading.Lock()
-
-    def generate(self, prompt: list[int]) -> dict:
-        """``/generate``'s JSON for ``gen_body(prompt)`` (the parts the tests read)."""
-        sampling = gen_body(prompt)["sampling_params"]
-        tokens, logprobs, top = [], [], []
-        with self.lock:
-            self.engine.add_request(GenerateReq("ref", prompt, sampling, True, 2))
-            while self.engine.has_work():
-                for out in self.engine.step():
-                    assert isinstance(out, TokenOut), out
-                    tokens += out.token_ids
-                    logprobs += out.logprobs
-                    top += [[[lp, int(t), None] for t, lp in step] for step in out.top_logprobs]
-        pairs = zip(logprobs, tokens, strict=True)
-        return {
-            "output_ids": tokens,
-            "meta_info": {
-                "output_token_logprobs": [[lp, t, None] for lp, t in pairs],
-                "output_top_logprobs": top,
-            },
-        }
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ the schema declares, and a JSON body matches the declared schema. Afterwards
 no request is running or waiting and no KV page is held.
 
 Two of schemathesis's checks are off, on purpose: ``positive_data_acceptance``
-(a schema-valid body may still be refused with a 400: an empty prompt, an
-unknown model, a prompt over the context) and ``negative_data_rejection`` (the
+(a schema-valid body may still be refused with a 400: an empty prompt, token
+ids outside the vocabulary, a prompt over the context) and ``negative_data_rejection`` (the
 models accept, by design, some values the JSON schema calls wrong: numbers as
 strings, ``0``/``1`` for booleans; see ``pdcore.server.protocol``).
 
@@ -33,6 +33,8 @@ ANCHORS = {
     "/generate": {"input_ids": [5, 6], "text": None},
     "/v1/completions": {"prompt": "Hi", "model": None},
     "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "model": None},
+    "/tokenize": {"prompt": "Hi", "messages": None},
+    "/detokenize": {"tokens": [5, 6]},
 }
 ROUTES = [
     ("POST", "/generate"),
@@ -53,6 +55,10 @@ ROUTES = [
     ("POST", "/start_profile"),
     ("POST", "/stop_profile"),
     ("GET", "/metrics"),
+    ("POST", "/tokenize"),
+    ("POST", "/v1/tokenize"),
+    ("POST", "/detokenize"),
+    ("POST", "/v1/detokenize"),
 ]
 
 

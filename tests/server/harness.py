@@ -34,16 +34,17 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 class Stack:
-    def __init__(self, step_s: float = 0.002, **args):
+    def __init__(self, step_s: float = 0.002, tokenizer=None, **args):
+        """``tokenizer``: instead of the byte tokenizer; ``args``: ``ServerArgs`` fields."""
         self.dir = tempfile.mkdtemp(prefix="pdct-")  # short: ipc paths max ~107 chars
         in_addr, out_addr = f"ipc://{self.dir}/in", f"ipc://{self.dir}/out"
         self.engine = FakeEngine(in_addr, out_addr, step_s=step_s)
         self.tm = TokenizerManager(
-            ByteTokenizer(),
+            tokenizer or ByteTokenizer(),
             in_addr,
             out_addr,
             context_length=CONTEXT,
-            server_args=ServerArgs(model_path=MODEL_PATH, **args),
+            server_args=ServerArgs(**{"model_path": MODEL_PATH, **args}),
             engine_alive=lambda: self.engine.alive,
             health_poll_s=0.05,
             request_timeout_s=2.0,

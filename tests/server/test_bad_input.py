@@ -62,7 +62,6 @@ CASES = {
     ),
     "generate-stream-bad": ("/generate", {"text": "", "stream": True}),
     # /v1/completions
-    "completions-unknown-model": (COMPLETIONS, {"model": "gpt-4", "prompt": "Hi"}),
     "completions-no-prompt": (COMPLETIONS, {"model": "default"}),
     "completions-empty-prompt": (COMPLETIONS, {"prompt": ""}),
     "completions-empty-list": (COMPLETIONS, {"prompt": []}),
@@ -81,10 +80,6 @@ CASES = {
     "completions-empty-stop": (COMPLETIONS, {"prompt": "Hi", "stop": [""]}),
     "completions-stop-wrong-type": (COMPLETIONS, {"prompt": "Hi", "stop": 5}),
     "completions-prompt-over-context": (COMPLETIONS, {"prompt": "x" * 300}),
-    "completions-stream-unknown-model": (
-        COMPLETIONS,
-        {"model": "x", "prompt": "Hi", "stream": True},
-    ),
     # /v1/chat/completions
     "chat-no-messages": (CHAT, {"model": "default"}),
     "chat-empty-messages": (CHAT, {"messages": []}),
@@ -111,7 +106,6 @@ CASES = {
     "chat-presence-penalty-range": (CHAT, {"messages": USER, "presence_penalty": 5}),
     "chat-frequency-penalty-type": (CHAT, {"messages": USER, "frequency_penalty": "x"}),
     "chat-negative-seed": (CHAT, {"messages": USER, "seed": -1}),
-    "chat-unknown-model": (CHAT, {"model": "llama", "messages": USER}),
     "chat-over-context": (CHAT, {"messages": [{"role": "user", "content": "x" * 300}]}),
     "chat-stream-bad": (CHAT, {"messages": [], "stream": True}),
     # others
@@ -142,7 +136,6 @@ MESSAGES = {
     "generate-prompt-plus-max-over-context": ["301", "101", "200", "256"],
     "completions-absurd-max": ["1000000000", "256"],
     "generate-prompt-over-context": ["301", "256"],
-    "completions-unknown-model": ["gpt-4", "Fake-Model-1B"],
     "generate-id-over-vocab": ["260", "vocabulary"],
     "chat-negative-max-completion": ["max_tokens"],
     "completions-temperature-high": ["temperature"],

@@ -100,7 +100,7 @@ async def test_metrics_are_prometheus_text(stack):
     r = await stack.client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    label = '{model_name="Fake-Model-1B"}'
+    label = f'{{model_name="{MODEL_PATH}"}}'  # the served name: the model path
     for line in (
         f"sglang:time_to_first_token_seconds_count{label} 1.0",
         f"sglang:inter_token_latency_seconds_count{label} 4.0",

@@ -16,9 +16,10 @@ async def post(stack, path, **body):
 
 
 async def test_models_lists_the_served_model(stack):
+    """Without --served-model-name the name is the model path, as SGLang serves it."""
     r = await stack.client.get("/v1/models")
     (model,) = r.json()["data"]
-    assert model["id"] == "Fake-Model-1B" and model["object"] == "model"
+    assert model["id"] == MODEL_PATH and model["object"] == "model", model
     assert model["root"] == MODEL_PATH and model["max_model_len"] == 256
 
 
@@ -28,7 +29,7 @@ async def test_model_names_accepted(stack, name):
     if name is not None:
         body["model"] = name
     out = (await post(stack, "/v1/completions", **body)).json()
-    assert out["model"] == (name or "Fake-Model-1B")
+    assert out["model"] == (name or MODEL_PATH)
 
 
 async def test_completion_shape_and_usage(stack):

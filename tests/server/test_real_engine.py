@@ -102,6 +102,6 @@ def test_stream_disconnect_frees_the_engine_and_flush_works(url):
 
 
 def generated_tokens(url) -> float:
-    prefix = 'sglang:generation_tokens_total{model_name="tiny"} '
+    prefix = 'sglang:generation_tokens_total{model_name="/models/tiny"} '  # served name
     metrics = httpx.get(f"{url}/metrics").text.splitlines()
     return float(next(line for line in metrics if line.startswith(prefix))[len(prefix) :])
