@@ -1,16 +1,23 @@
-"""What may fail in the soak: a request hit by an injected fault, or one in flight
-when a process was killed.
+"""What may fail in the soak: a request in flight when a process was killed, or a
+stream whose answer an injected reset cut after it reached the client.
 
 Every soak request that does not end ``ok`` (or ``aborted``, by the client's own
 injected abort) must be accounted for. A process kill takes down whatever was in
 flight: a request counts as in flight at a kill when its life (first attempt to
 verdict, retries included) overlaps the kill's window, from the SIGKILL until the
 restarted process is up plus ``STALE_S`` (a keep-alive connection or a health view
-still pointing at the dead process). Every other failure needs a proxy fault that
-can fail a request: a reset, drop or blackhole (a delay or a slow link must be
-absorbed by the router's retries and timeouts, so it excuses nothing). A proxy
-fault hits the next matching exchange, which may belong to another request than
-the one it was planned with, so the bound counts faults, not requests.
+still pointing at the dead process).
+
+Outside the kills only one injected fault can correctly fail a request: a reset of
+decode's answer once SSE events were relayed to the client, which must end the
+stream with an error event (``stream_error``). Everything else the router absorbs:
+a cut or swallowed request, an answer cut before the client saw a byte, prefill's
+answer (read whole before anything is relayed), every fault on the bootstrap hop
+(decode retries or the router retries the pair before answering), a delay, a slow
+link, a pause (the fault matrix checks each on its own). So a lost retry or an
+unabsorbed delay shows up as a failure with nothing to explain it. A proxy fault
+hits the next matching exchange, which may belong to another request than the one
+it was planned with, so the bound counts faults, not requests.
 """
 
 from __future__ import annotations
@@ -18,9 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 FAILED_KINDS = ("error", "stream_error", "router_gone")
-# Proxy faults after which a clear error can be the right answer (the request or its
-# answer was cut, or swallowed, and the router cannot always tell whether to retry).
-FAULTS_THAT_MAY_FAIL = ("reset", "drop", "blackhole")
+# (injected fault key, the failure it may correctly cause outside a kill)
+FAULT_THAT_MAY_FAIL = ("decode reset", "stream_error")
 STALE_S = 1.0
 
 
@@ -44,41 +50,41 @@ class FailureBound:
     failed_in_flight_at_kills: int
     failed_otherwise: int
     in_flight_at_kills: int
-    faults_that_may_fail: int
+    decode_resets: int
     faults_injected: int
-    unexplained: list = field(default_factory=list)  # failures outside every kill
-
-    def figures(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k != "unexplained"}
+    outside_kills: list = field(default_factory=list)  # the failures outside every kill
 
     def explained(self) -> bool:
-        """Failures outside kills within the faults that may fail a request; all
-        failures within the injected faults plus the requests in flight at kills."""
+        """Every failure outside kills a stream a decode reset cut (at most one each),
+        and all failures within the injected faults plus the requests in flight at kills."""
+        _, failure = FAULT_THAT_MAY_FAIL
         return (
-            self.failed_otherwise <= self.faults_that_may_fail
+            all(o.kind == failure for o in self.outside_kills)
+            and self.failed_otherwise <= self.decode_resets
             and self.failed <= self.faults_injected + self.in_flight_at_kills
         )
+
+    def figures(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "outside_kills"}
 
 
 def bound(outcomes, kills: list[Kill], injected: dict[str, int]) -> FailureBound:
     """``outcomes``: the soak's ``Outcome``s; ``injected``: faults that took effect,
-    keyed ``"<proxy> <kind>"`` (and ``"client abort"``)."""
+    keyed ``"<proxy> <kind>"`` and ``"client abort"``."""
 
     def at_a_kill(o) -> bool:
         return any(k.overlaps(o.began, o.began + o.elapsed) for k in kills)
 
     failed = [o for o in outcomes if o.kind in FAILED_KINDS]
     at_kills = [o for o in failed if at_a_kill(o)]
-    may_fail = sum(
-        n for key, n in injected.items() if key.rsplit(" ", 1)[-1] in FAULTS_THAT_MAY_FAIL
-    )
-    proxy_faults = sum(n for key, n in injected.items() if key != "client abort")
+    otherwise = [o for o in failed if not at_a_kill(o)]
+    fault, _ = FAULT_THAT_MAY_FAIL
     return FailureBound(
         failed=len(failed),
         failed_in_flight_at_kills=len(at_kills),
-        failed_otherwise=len(failed) - len(at_kills),
+        failed_otherwise=len(otherwise),
         in_flight_at_kills=sum(at_a_kill(o) for o in outcomes),
-        faults_that_may_fail=may_fail,
-        faults_injected=proxy_faults,
-        unexplained=[o for o in failed if not at_a_kill(o)],
+        decode_resets=injected.get(fault, 0),
+        faults_injected=sum(n for key, n in injected.items() if key != "client abort"),
+        outside_kills=otherwise,
     )
