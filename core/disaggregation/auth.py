@@ -174,8 +174,12 @@ def open_reply(
     Raises ``AuthError`` for anything but a reply sealed with ``key``, bound to that
     request, fresh and (with ``guard``) not seen before."""
     if data[:4] != REPLY_MAGIC:
-        what = "a request envelope" if data[:4] == MAGIC else "no reply envelope"
-        raise AuthError(f"{UNAUTHENTICATED}: {what} where a sealed reply must be")
+        if data[:4] == MAGIC:
+            raise AuthError(
+                f"{UNAUTHENTICATED}: a request envelope where a sealed reply must be "
+                "(a request played back, or a peer running an older pdcore)"
+            )
+        raise AuthError(f"{UNAUTHENTICATED}: no reply envelope where a sealed reply must be")
     if len(data) < REPLY_HEADER_BYTES:
         raise AuthError(f"{UNAUTHENTICATED}: truncated reply envelope ({len(data)} bytes)")
     _, ts, nonce, bound, mac = _REPLY_HEADER.unpack_from(data)
