@@ -13,11 +13,12 @@ decode's answer once SSE events were relayed to the client, which must end the
 stream with an error event (``stream_error``). Everything else the router absorbs:
 a cut or swallowed request, an answer cut before the client saw a byte, prefill's
 answer (read whole before anything is relayed), every fault on the bootstrap hop
-(decode retries or the router retries the pair before answering), a delay, a slow
-link, a pause (the fault matrix checks each on its own). So a lost retry or an
-unabsorbed delay shows up as a failure with nothing to explain it. A proxy fault
-hits the next matching exchange, which may belong to another request than the one
-it was planned with, so the bound counts faults, not requests.
+(the room fails before decode's answer starts, and the router retries the pair), a
+delay, a slow link, a pause (the fault matrix checks the proxy faults one by one).
+So a lost retry or an unabsorbed delay shows up as a failure with nothing to
+explain it. A proxy fault hits the next matching exchange, which may belong to
+another request than the one it was planned with, so the bound counts faults, not
+requests.
 """
 
 from __future__ import annotations

@@ -341,8 +341,9 @@ def acceptable(hop: str, fault: Fault, api: str) -> tuple[str, ...]:
     ``ok`` too). Nothing else may fail: a request cut, dropped or blackholed, or an
     answer cut before the client saw a byte, the router retries; prefill's answer it
     reads whole before relaying anything; a fault on a transfer request or heartbeats
-    decode's retries and the router's retries absorb; a delay or a slow link is only
-    slower. So ``error`` is never acceptable here.
+    fails the room before decode's answer starts, and the router retries the pair; a
+    delay or a slow link is only slower. So ``error`` is never acceptable here (with
+    ``--max-retries 0`` every fault but the delays and slow links ends in one).
     """
     if hop == "decode" and fault.kind == "reset" and fault.answer_only and api.endswith("_stream"):
         return ("ok", "stream_error")
