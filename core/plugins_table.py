@@ -8,7 +8,8 @@ from pdcore.registry import KINDS, Registry
 
 
 def plugin_rows(registry: Registry) -> list[dict]:
-    """One row per registration, plus one per skipped or failed plugin."""
+    """One row per registration, plus one per skipped or failed plugin; a transfer
+    backend's row says whether its data plane authenticates peers."""
     conflicts = registry.conflicts()
     rows = []
     for reg in registry.all():
@@ -19,15 +20,18 @@ def plugin_rows(registry: Registry) -> list[dict]:
             others = [str(r.provider) for r in conflicts[(reg.kind, reg.name)] if r is not reg]
             status = "CONFLICT"
             detail = f"also provided by {', '.join(others)}"
-        rows.append(
-            {
-                "kind": reg.kind,
-                "name": reg.name,
-                "provider": str(reg.provider),
-                "available": status,
-                "detail": detail,
-            }
-        )
+        row = {
+            "kind": reg.kind,
+            "name": reg.name,
+            "provider": str(reg.provider),
+            "available": status,
+            "detail": detail,
+        }
+        if reg.kind == "transfer":
+            note = reg.spec.data_plane_note()
+            row["detail"] = f"{detail}; {note}" if detail and note else detail or note
+            row["data_plane_authenticated"] = reg.spec.data_plane_authenticated
+        rows.append(row)
     for p in registry.problems:
         rows.append(
             {

@@ -210,3 +210,12 @@ def uninstall_from(site, dist_dir_prefix: str) -> None:
         if path.is_file():
             path.unlink()
     assert not list(site.glob(f"{dist_dir_prefix}-*.dist-info/METADATA"))
+
+
+@pytest.mark.parametrize("name", ["mooncake", "nixl"])
+def test_plugins_says_mooncake_and_nixl_data_planes_are_unauthenticated(plugin_rows, name):
+    row = plugin_rows[("transfer", name)]
+    assert row["data_plane_authenticated"] is False, row
+    assert "data plane unauthenticated: keep on a private network" in row["detail"], (
+        f"{name} accepts any peer whatever --disaggregation-secret; the table must say so: {row}"
+    )

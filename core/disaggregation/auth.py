@@ -12,6 +12,15 @@ constant time before the payload is decoded, refuses messages older or newer
 than ``MAX_SKEW_S`` and nonces it has already seen inside that window, so a
 captured message cannot be replayed. The secret itself never leaves this module
 in any string (errors, logs, reprs).
+
+A reply is bound to the request it answers, so a sealed reply recorded for one
+request cannot pass as the answer to another (nor a request as a reply)::
+
+    REPLY_MAGIC(4) | timestamp_ms(8) | nonce(16) | request_nonce(16) | HMAC-SHA256(32) | payload
+
+The MAC also covers ``request_nonce``; ``open_reply`` refuses a reply whose
+bound nonce is not the one the caller sent, like a bad MAC, and (with a guard)
+a reply nonce it has already seen.
 """
 
 from __future__ import annotations
@@ -27,9 +36,13 @@ from collections import OrderedDict
 from pdcore.errors import PdcoreError
 
 MAGIC = b"PDA1"  # a msgpack control message starts with a map byte (0x8X): never this
+REPLY_MAGIC = b"PDR1"  # a reply: a request envelope never opens as one, nor the reverse
 MAX_SKEW_S = 60.0
+NONCE_BYTES = 16
 _HEADER = struct.Struct(">4sQ16s32s")
 HEADER_BYTES = _HEADER.size
+_REPLY_HEADER = struct.Struct(">4sQ16s16s32s")
+REPLY_HEADER_BYTES = _REPLY_HEADER.size
 SECRET_FLAG = "--disaggregation-secret"
 UNAUTHENTICATED = "PD control message not authenticated"
 
@@ -39,7 +52,8 @@ class AuthError(PdcoreError):
 
 
 def is_sealed(data: bytes) -> bool:
-    return data[:4] == MAGIC
+    """Whether ``data`` is an envelope (a request's or a reply's), not plain msgpack."""
+    return data[:4] in (MAGIC, REPLY_MAGIC)
 
 
 def to_key(secret: str | bytes | None) -> bytes | None:
@@ -49,19 +63,38 @@ def to_key(secret: str | bytes | None) -> bytes | None:
     return secret.encode() if isinstance(secret, str) else bytes(secret)
 
 
-def _mac(key: bytes, ts: int, nonce: bytes, payload: bytes) -> bytes:
-    h = hmac.new(key, MAGIC, hashlib.sha256)
+def _mac(key: bytes, ts: int, nonce: bytes, payload: bytes, magic: bytes = MAGIC) -> bytes:
+    h = hmac.new(key, magic, hashlib.sha256)
     h.update(struct.pack(">Q", ts))
     h.update(nonce)
     h.update(payload)
     return h.digest()
 
 
+def _timestamp_ms(now: float | None) -> int:
+    return int((time.time() if now is None else now) * 1000)
+
+
 def seal(key: bytes, payload: bytes, now: float | None = None) -> bytes:
     """``payload`` wrapped with a fresh timestamp, nonce and MAC."""
-    ts = int((time.time() if now is None else now) * 1000)
-    nonce = os.urandom(16)
+    ts = _timestamp_ms(now)
+    nonce = os.urandom(NONCE_BYTES)
     return _HEADER.pack(MAGIC, ts, nonce, _mac(key, ts, nonce, payload)) + payload
+
+
+def nonce_of(sealed: bytes) -> bytes:
+    """The nonce of a request envelope (what its reply must be bound to)."""
+    return _HEADER.unpack_from(sealed)[2]
+
+
+def seal_reply(key: bytes, payload: bytes, request_nonce: bytes, now: float | None = None) -> bytes:
+    """``payload`` sealed as the reply to the request whose nonce is ``request_nonce``."""
+    if len(request_nonce) != NONCE_BYTES:
+        raise ValueError(f"a request nonce has {NONCE_BYTES} bytes, not {len(request_nonce)}")
+    ts = _timestamp_ms(now)
+    nonce = os.urandom(NONCE_BYTES)
+    mac = _mac(key, ts, nonce + request_nonce, payload, REPLY_MAGIC)
+    return _REPLY_HEADER.pack(REPLY_MAGIC, ts, nonce, request_nonce, mac) + payload
 
 
 class ReplayGuard:
@@ -99,6 +132,8 @@ def open_sealed(
             f"{UNAUTHENTICATED}: it carries no MAC, but this side requires "
             f"{SECRET_FLAG}; set the same {SECRET_FLAG} on prefill and decode"
         )
+    if data[:4] == REPLY_MAGIC:
+        raise AuthError(f"{UNAUTHENTICATED}: a reply envelope where a request must be")
     if len(data) < HEADER_BYTES:
         raise AuthError(f"{UNAUTHENTICATED}: truncated envelope ({len(data)} bytes)")
     _, ts, nonce, mac = _HEADER.unpack_from(data)
@@ -108,6 +143,13 @@ def open_sealed(
             f"{UNAUTHENTICATED}: bad MAC; prefill and decode must be started with "
             f"the same {SECRET_FLAG} (or PDCORE_DISAGGREGATION_SECRET)"
         )
+    _check_fresh(ts, nonce, guard, now, max_skew_s)
+    return payload
+
+
+def _check_fresh(
+    ts: int, nonce: bytes, guard: ReplayGuard | None, now: float | None, max_skew_s: float
+) -> None:
     now = time.time() if now is None else now
     skew = now - ts / 1000
     if abs(skew) > max_skew_s:
@@ -117,6 +159,41 @@ def open_sealed(
         )
     if guard is not None and not guard.first_time(nonce, now):
         raise AuthError(f"{UNAUTHENTICATED}: replayed message (nonce seen before)")
+
+
+def open_reply(
+    key: bytes,
+    data: bytes,
+    request_nonce: bytes,
+    guard: ReplayGuard | None = None,
+    now: float | None = None,
+    max_skew_s: float = MAX_SKEW_S,
+) -> bytes:
+    """The payload of a sealed reply to the request whose nonce is ``request_nonce``.
+
+    Raises ``AuthError`` for anything but a reply sealed with ``key``, bound to that
+    request, fresh and (with ``guard``) not seen before."""
+    if data[:4] != REPLY_MAGIC:
+        if data[:4] == MAGIC:
+            raise AuthError(
+                f"{UNAUTHENTICATED}: a request envelope where a sealed reply must be "
+                "(a request played back, or a peer running an older pdcore)"
+            )
+        raise AuthError(f"{UNAUTHENTICATED}: no reply envelope where a sealed reply must be")
+    if len(data) < REPLY_HEADER_BYTES:
+        raise AuthError(f"{UNAUTHENTICATED}: truncated reply envelope ({len(data)} bytes)")
+    _, ts, nonce, bound, mac = _REPLY_HEADER.unpack_from(data)
+    payload = data[REPLY_HEADER_BYTES:]
+    if not hmac.compare_digest(mac, _mac(key, ts, nonce + bound, payload, REPLY_MAGIC)):
+        raise AuthError(
+            f"{UNAUTHENTICATED}: bad MAC on the reply; prefill and decode must be started "
+            f"with the same {SECRET_FLAG} (or PDCORE_DISAGGREGATION_SECRET)"
+        )
+    if not hmac.compare_digest(bound, request_nonce):
+        raise AuthError(
+            f"{UNAUTHENTICATED}: the reply answers another request (a recorded reply played back)"
+        )
+    _check_fresh(ts, nonce, guard, now, max_skew_s)
     return payload
 
 

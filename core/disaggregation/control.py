@@ -7,7 +7,9 @@ learns decode died and how decode's heartbeats find prefill offline.
 With a ``key`` (``--disaggregation-secret``) every body, request and reply, is
 sealed (``auth.py``) and verified before it is decoded; a message that fails is
 answered with an unsealed ``ErrorReply(code="unauthenticated")`` and reaches no
-handler. Without one, messages are plain and unauthenticated (as in SGLang).
+handler. A sealed reply is bound to the nonce of the request it answers, and the
+caller refuses one bound to another request or seen before. Without a key,
+messages are plain and unauthenticated (as in SGLang).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from pdcore.disaggregation.auth import (
     AuthError,
     ReplayGuard,
     is_sealed,
+    nonce_of,
+    open_reply,
     open_sealed,
     seal,
+    seal_reply,
     unexpected_seal,
 )
 from pdcore.disaggregation.protocol import ErrorReply, Message, decode, encode
@@ -69,7 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.server.key
         try:
             if key is not None:
-                data = open_sealed(key, data, self.server.replay_guard)
+                sealed, data = data, open_sealed(key, data, self.server.replay_guard)
+                request_nonce = nonce_of(sealed)  # the reply is bound to it
             elif is_sealed(data):
                 raise AuthError(unexpected_seal())
         except AuthError as e:
@@ -87,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("control handler failed on %s", type(msg).__name__)
             reply = ErrorReply(f"{type(e).__name__}: {e}")
         body = encode(reply)
-        self._reply(200, seal(key, body) if key is not None else body)
+        self._reply(200, seal_reply(key, body, request_nonce) if key is not None else body)
 
     def _reply(self, status: int, body: bytes, ctype: str = CONTENT_TYPE) -> None:
         self.send_response(status)
@@ -144,6 +150,11 @@ class ControlServer:
         self._thread.join(5)
 
 
+# Reply nonces this process has accepted: a reply played back twice is refused
+# even if it were bound to a request nonce that repeats (it has its own lock).
+_reply_guard = ReplayGuard()
+
+
 def split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
@@ -152,14 +163,14 @@ def split_addr(addr: str) -> tuple[str, int]:
 def request(addr: str, msg: Message, timeout: float, key: bytes | None = None) -> Message:
     """POST ``msg`` to ``addr`` (``host:port``) and return the reply message.
 
-    With ``key`` the message is sealed and the reply must be too; only an
-    ``ErrorReply`` may come back unsealed (a peer that could not verify us cannot
-    seal, and an error can only make things fail).
+    With ``key`` the message is sealed and the reply must be too, bound to this
+    request and not seen before; only an ``ErrorReply`` may come back unsealed (a
+    peer that could not verify us cannot seal, and an error can only make things fail).
     """
     host, port = split_addr(addr)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    body = encode(msg) if key is None else seal(key, encode(msg))
     try:
-        body = encode(msg) if key is None else seal(key, encode(msg))
         conn.request("POST", PATH, body, {"Content-Type": CONTENT_TYPE})
         resp = conn.getresponse()
         data = resp.read(MAX_BODY + 1)
@@ -170,7 +181,7 @@ def request(addr: str, msg: Message, timeout: float, key: bytes | None = None) -
     sealed = is_sealed(data)
     if key is not None and sealed:
         try:
-            data = open_sealed(key, data)
+            data = open_reply(key, data, nonce_of(body), _reply_guard)
         except AuthError as e:
             raise ControlError(f"{addr} answered with a bad seal: {e}") from e
     try:

@@ -57,6 +57,7 @@ from pdcore.disaggregation.transfer import (
     MemoryRegion,
     TransferConfig,
     TransferError,
+    unauthenticated_data_plane_warning,
 )
 from pdcore.envs import DisaggregationEnv
 from pdcore.errors import PdcoreError
@@ -183,7 +184,10 @@ class KVManager:
             device_id=args.device_id,
             options=options,
         )
-        self.engine = get_registry().get("transfer", backend).factory(config)
+        registration = get_registry().get("transfer", backend)
+        if self._key is not None and (warning := unauthenticated_data_plane_warning(registration)):
+            log.warning(warning)  # once per manager: one per PD server (DP leader)
+        self.engine = registration.factory(config)
         # Engines that carry a notification with the data (NIXL) tell decode that
         # a chunk arrived in band; the others use a control-plane ChunkDone.
         self.in_band_notices = bool(self.engine.supports_notifications)

@@ -420,6 +420,12 @@ class TransferBackend:
 
     ``factory(config)`` builds the engine and may import the native library;
     ``check()`` says whether that library loads here, with the reason if not.
+
+    ``data_plane_authenticated``: set True only if the engine itself refuses a
+    peer that cannot prove it belongs to the deployment (``--disaggregation-secret``
+    seals the control plane only; nothing pdcore does reaches the engine's own
+    ports). Left False, ``pdcore plugins`` says the data plane is unauthenticated
+    and a PD server started with a secret warns that the secret does not cover it.
     """
 
     name: str
@@ -427,5 +433,28 @@ class TransferBackend:
     memory_kinds: tuple[MemoryKind, ...] = (MemoryKind.DRAM,)
     check: Callable[[], Availability] = field(default=lambda: Availability.yes())
     description: str = ""
+    data_plane_authenticated: bool = False
 
     kind = "transfer"
+
+    def data_plane_note(self) -> str:
+        """What ``pdcore plugins`` says about the data plane ("" if authenticated)."""
+        if self.data_plane_authenticated:
+            return ""
+        return UNAUTHENTICATED_DATA_PLANE
+
+
+UNAUTHENTICATED_DATA_PLANE = "data plane unauthenticated: keep on a private network"
+
+
+def unauthenticated_data_plane_warning(backend: TransferBackend) -> str:
+    """The start-up warning for a secret that does not cover ``backend``'s data plane
+    ("" when it does)."""
+    if backend.data_plane_authenticated:
+        return ""
+    return (
+        f"--disaggregation-secret authenticates the PD control plane only: the "
+        f"{backend.name} transfer engine accepts KV reads and writes from any peer that "
+        "reaches its ports, and moves KV bytes unencrypted; keep prefill and decode "
+        "on a private network"
+    )

@@ -79,7 +79,9 @@ def post_raw(addr: str, body: bytes) -> tuple[int, object]:
         data = resp.read()
     finally:
         conn.close()
-    return resp.status, decode(open_sealed(KEY, data) if auth.is_sealed(data) else data)
+    if auth.is_sealed(data):
+        data = auth.open_reply(KEY, data, auth.nonce_of(body))
+    return resp.status, decode(data)
 
 
 # ---- the envelope -------------------------------------------------------------

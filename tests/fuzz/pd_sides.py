@@ -15,7 +15,7 @@ import socket
 
 from disaggregation.pd_peer import ENV, MODEL, SHAPE, make_pool
 
-from pdcore.disaggregation.auth import is_sealed, open_sealed, to_key
+from pdcore.disaggregation.auth import is_sealed, nonce_of, open_reply, to_key
 from pdcore.disaggregation.bootstrap import BootstrapServer
 from pdcore.disaggregation.control import PATH
 from pdcore.disaggregation.kv_args import KVArgs
@@ -92,7 +92,8 @@ def count_handled(control_server) -> list:
 
 
 def post(addr: str, body: bytes, key: bytes | None = None, path: str = PATH, headers=None):
-    """``(status, reply)``: the reply decoded (``None`` if not msgpack, e.g. a 404)."""
+    """``(status, reply)``: the reply decoded (``None`` if not msgpack, e.g. a 404);
+    a sealed reply is opened as the answer to ``body``."""
     host, port = addr.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=REPLY_TIMEOUT_S)
     try:
@@ -104,7 +105,7 @@ def post(addr: str, body: bytes, key: bytes | None = None, path: str = PATH, hea
     if resp.getheader("Content-Type") != "application/msgpack":
         return resp.status, None
     if key is not None and is_sealed(data):
-        data = open_sealed(key, data)
+        data = open_reply(key, data, nonce_of(body))
     return resp.status, decode(data)
 
 

@@ -65,6 +65,7 @@ def test_ascend_transfer_names_the_driver_and_the_cann_library(rows):
         "mf_adapter: Ascend driver does not support mf: LD_LIBRARY_PATH is not set, so "
         "memfabric cannot find the driver (source /usr/local/Ascend/ascend-toolkit/set_env.sh); "
         f"torch_npu not importable: {LIBHCCL}; the ascend engine moves NPU memory [{MF_NOTE}]"
+        "; data plane unauthenticated: keep on a private network"
     )
 
 

@@ -49,5 +49,9 @@ def pdcore_transfer_backends():
             check=check,
             description="Mooncake Transfer Engine: TCP or RDMA, P2P handshake; "
             "VRAM needs a CUDA build; no notifications",
+            # Its P2P handshake (RPC) port and TCP transport port take any peer and
+            # bind every interface whatever --host; --disaggregation-secret does not
+            # reach them.
+            data_plane_authenticated=False,
         )
     ]

@@ -46,5 +46,9 @@ def pdcore_transfer_backends():
             memory_kinds=(MemoryKind.DRAM, MemoryKind.VRAM),
             check=check,
             description="NVIDIA NIXL over UCX: DRAM or VRAM, with notifications",
+            # UCX listens on ephemeral ports of the interfaces it picks
+            # (UCX_NET_DEVICES) and takes any peer; --disaggregation-secret seals the
+            # in-band notices, not the WRITEs.
+            data_plane_authenticated=False,
         )
     ]
