@@ -101,6 +101,9 @@ class ModelRunner:
     ) -> torch.Tensor | None:
         """Float32 logits ``[rows to sample, vocab]``, or None when no row samples.
 
+        When the plan has ``prompt_spans`` (prompt logprobs), the logits of those
+        positions follow the sampled rows, in row order.
+
         Under tensor parallelism the leader broadcasts the pass first, so every
         follower (``follow``) runs it in step. ``dp_tokens``: DP attention's token
         counts of every DP group in this pass.
@@ -157,6 +160,8 @@ class ModelRunner:
             hidden = self.model(input_ids, positions, self.ctx)
             ends = torch.tensor(plan.extend_lens).cumsum(0) - 1
             picked = ends[torch.tensor(plan.sample, dtype=torch.bool)]
+            if plan.prompt_spans:
+                picked = torch.cat([picked, _span_rows(plan)])
             if picked.numel() == 0:
                 return None
             return self.model.compute_logits(hidden[picked.to(hidden.device)]).float()
@@ -169,3 +174,10 @@ class ModelRunner:
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         with torch.inference_mode():
             self.model(empty, empty, self.ctx)
+
+
+def _span_rows(plan: StepPlan) -> torch.Tensor:
+    """Flat token indices of every row's ``prompt_spans`` positions, in row order."""
+    starts = np.cumsum(plan.extend_lens) - np.asarray(plan.extend_lens)
+    idx = [np.arange(s + lo, s + hi) for s, (lo, hi) in zip(starts, plan.prompt_spans, strict=True)]
+    return torch.from_numpy(np.concatenate(idx).astype(np.int64))

@@ -27,13 +27,17 @@ class StepPlan:
     # (``KVStage``), so followers take part in one more collective.
     pd_stage: bool = False
     dp_tokens: list[int] | None = None  # DP attention: every DP group's tokens this forward
+    # Per row, offsets ``[lo, hi)`` of its fed tokens whose logits are wanted too (prompt
+    # logprobs); the forward returns them after the sampled rows, row by row.
+    prompt_spans: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
     def from_batch(cls, batch, page_size: int) -> StepPlan:
-        tokens, pages = [], []
+        tokens, pages, spans = [], [], []
         for req, start, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens, strict=True):
             tokens.extend(req.tokens(start, start + ext))
             pages.append(list(req.pages[: -(-(start + ext) // page_size)]))
+            spans.append(req.prompt_logprob_span(start, ext))
         return cls(
             is_decode=batch.is_decode,
             tokens=tokens,
@@ -41,6 +45,7 @@ class StepPlan:
             extend_lens=list(batch.extend_lens),
             pages=pages,
             sample=list(batch.sample),
+            prompt_spans=spans if any(hi for _, hi in spans) else [],
         )
 
     @property
