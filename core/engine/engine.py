@@ -449,11 +449,9 @@ class Engine:
                 logits = self.runner.forward(batch, dp_tokens)
             staged = self.runner.stage_after  # followers now wait for the KV gather
             rows = [r for r, s in zip(batch.reqs, batch.sample, strict=True) if s]
-            if logits is not None and logits.shape[0] > len(rows):  # prompt logprobs follow
-                add_prompt_logprobs(
-                    logits[len(rows) :], batch.reqs, batch.prefix_lens, batch.extend_lens
-                )
-                logits = logits[: len(rows)]
+            scores = self.runner.take_prompt_scores()
+            if scores is not None:
+                add_prompt_logprobs(scores, batch.reqs, batch.prefix_lens, batch.extend_lens)
             sampled = self.sampler(logits, rows, self.model_config.eos_token_ids) if rows else []
             self._commit(batch, sampled)
         finally:

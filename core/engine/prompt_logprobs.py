@@ -1,50 +1,74 @@
 """Prompt logprobs: ``log_softmax`` of the logits at prompt positions, scored on the next token.
 
-The forward returns, after the sampled rows, the logits of every position a row's
-``Req.prompt_logprob_span`` names (see ``StepPlan.prompt_spans``); the logits at
-prompt position ``p`` score prompt token ``p + 1``. Like output logprobs these are
-taken from the raw logits (no temperature or penalties), as SGLang and vLLM
-report them. Each position also gets the token's rank in the distribution (1:
-the most likely), which vLLM's ``prompt_logprobs`` reports.
+A forward whose plan has ``prompt_spans`` scores those positions: the logits at
+prompt position ``p`` score prompt token ``p + 1`` (``StepPlan.prompt_targets``).
+Like output logprobs these come from the raw logits (no temperature or
+penalties), as SGLang and vLLM report them; each position also gets the token's
+rank (1: the most likely), which vLLM's ``prompt_logprobs`` reports. Logits are
+made ``SCORE_CHUNK`` positions at a time, so a long prompt never holds a
+``[prompt, vocab]`` float32 tensor (SGLang chunks its prompt logits too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from pdcore.scheduler.request import Req
 
+SCORE_CHUNK = 1024  # positions per logits tensor: 1024 x 152k vocab x 4 B = 0.6 GB
+
+
+@dataclass
+class PromptScores:
+    """Per scored position, in plan order: the target's logprob and rank, the top-k."""
+
+    logprobs: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+    top_ids: list[list[int]] = field(default_factory=list)
+    top_logprobs: list[list[float]] = field(default_factory=list)
+
+
+def score_positions(
+    compute_logits: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    top_n: int,
+) -> PromptScores:
+    """Score ``targets[i]`` with the logits of ``hidden[i]``, a chunk at a time."""
+    out = PromptScores()
+    for at in range(0, hidden.shape[0], SCORE_CHUNK):
+        logp = torch.log_softmax(compute_logits(hidden[at : at + SCORE_CHUNK]).float(), dim=-1)
+        chosen = logp.gather(1, targets[at : at + SCORE_CHUNK, None])
+        out.ranks.extend(((logp > chosen).sum(-1) + 1).tolist())
+        out.logprobs.extend(chosen.squeeze(1).tolist())
+        if top_n:
+            vals, ids = logp.topk(top_n, dim=-1)
+            out.top_logprobs.extend(vals.tolist())
+            out.top_ids.extend(ids.tolist())
+    return out
+
 
 def add_prompt_logprobs(
-    logits: torch.Tensor, reqs: Sequence[Req], prefix_lens: Sequence[int], extend_lens
+    scores: PromptScores, reqs: Sequence[Req], prefix_lens: Sequence[int], extend_lens
 ) -> None:
-    """Append to each request the logprobs its span of ``logits`` rows gives."""
-    spans, targets = [], []
+    """Append each request's share of ``scores`` (its ``prompt_logprob_span``, in order)."""
+    at = 0
     for req, start, ext in zip(reqs, prefix_lens, extend_lens, strict=True):
         lo, hi = req.prompt_logprob_span(start, ext)
-        spans.append(hi - lo)
-        targets.extend(req.input_ids[start + lo + 1 : start + hi + 1])
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    target = torch.tensor(targets, dtype=torch.int64, device=logp.device)
-    chosen = logp.gather(1, target[:, None])
-    ranks = ((logp > chosen).sum(-1) + 1).tolist()
-    chosen = chosen.squeeze(1).tolist()
-    top_n = max((r.top_logprobs_num for r, n in zip(reqs, spans, strict=True) if n), default=0)
-    if top_n:
-        top_vals, top_ids = logp.topk(top_n, dim=-1)
-        top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
-    at = 0
-    for req, n in zip(reqs, spans, strict=True):
+        n = hi - lo
         if not n:
             continue
-        req.input_logprobs.extend(chosen[at : at + n])
-        req.input_ranks.extend(ranks[at : at + n])
+        req.input_logprobs.extend(scores.logprobs[at : at + n])
+        req.input_ranks.extend(scores.ranks[at : at + n])
         if req.top_logprobs_num:
             k = req.top_logprobs_num
             req.input_top_logprobs.extend(
                 [[t, v] for t, v in zip(ids[:k], vals[:k], strict=True)]
-                for ids, vals in zip(top_ids[at : at + n], top_vals[at : at + n], strict=True)
+                for ids, vals in zip(
+                    scores.top_ids[at : at + n], scores.top_logprobs[at : at + n], strict=True
+                )
             )
         at += n

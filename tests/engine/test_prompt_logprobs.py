@@ -115,3 +115,13 @@ def test_logprob_start_len_outside_the_prompt_is_an_error(start):
     outs = run(make_engine(), lp_req("a", start))["a"]
     assert len(outs) == 1 and isinstance(outs[0], EngineError), outs
     assert "logprob_start_len" in outs[0].message and outs[0].status == 400
+
+
+def test_scoring_a_few_positions_at_a_time_gives_the_same_values(monkeypatch):
+    """Long prompts are scored in slices (no [prompt, vocab] logits at once)."""
+    from pdcore.engine import prompt_logprobs as scoring
+
+    monkeypatch.setattr(scoring, "SCORE_CHUNK", 5)
+    values, tops = prompt_logprobs(run(make_engine(), lp_req("a", 0, top=2))["a"])
+    assert torch.allclose(torch.tensor(values[1:]), reference().float(), atol=1e-5)
+    assert len(tops) == len(PROMPT) and all(len(step) == 2 for step in tops[1:])
