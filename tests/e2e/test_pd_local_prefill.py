@@ -56,17 +56,19 @@ class NullEngine:
         self.engine = _build_engine(dataclasses.asdict(args), None)
         self.lock = threading.Lock()
 
-    def generate(self, prompt: list[int]) -> dict:
+    def generate(self, prompt: list[int], logprob_start_len: int = -1) -> dict:
         """``/generate``'s JSON for ``gen_body(prompt)`` (the parts the tests read)."""
         sampling = gen_body(prompt)["sampling_params"]
-        tokens, logprobs, top = [], [], []
+        tokens, logprobs, top, inputs = [], [], [], []
         with self.lock:
-            self.engine.add_request(GenerateReq("ref", prompt, sampling, True, 2))
+            req = GenerateReq("ref", prompt, sampling, True, 2, logprob_start_len=logprob_start_len)
+            self.engine.add_request(req)
             while self.engine.has_work():
                 for out in self.engine.step():
                     assert isinstance(out, TokenOut), out
                     tokens += out.token_ids
                     logprobs += out.logprobs
+                    inputs += out.input_logprobs
                     top += [[[lp, int(t), None] for t, lp in step] for step in out.top_logprobs]
         pairs = zip(logprobs, tokens, strict=True)
         return {
@@ -74,6 +76,9 @@ class NullEngine:
             "meta_info": {
                 "output_token_logprobs": [[lp, t, None] for lp, t in pairs],
                 "output_top_logprobs": top,
+                "input_token_logprobs": [
+                    [lp, t, None] for lp, t in zip(inputs, prompt[-len(inputs) :], strict=True)
+                ],
             },
         }
 
@@ -192,8 +197,12 @@ def test_router_answers_a_short_request_with_decodes_logprobs(servers):
     meta = got.json()["meta_info"]
     assert meta["pd_local_prefill"] is True and meta["finish_reason"]["type"] == "length"
     assert_same_greedy(got.json(), want, "through the router")
-    # pdcore servers report no input logprobs (null mode neither): none may come from prefill.
-    assert "input_token_logprobs" not in meta
+    # Decode prefilled this prompt itself: its own input logprobs stand (prefill has none).
+    ref_in = null.generate(prompt, logprob_start_len=0)["meta_info"]["input_token_logprobs"]
+    got_in = meta["input_token_logprobs"]
+    assert [t for _, t, _ in got_in] == prompt, "each prompt token once, from decode"
+    assert got_in[0][0] is None
+    assert max(abs(a[0] - b[0]) for a, b in zip(got_in[1:], ref_in[1:], strict=True)) < 1e-4
     lp, ref = meta["output_token_logprobs"], want["meta_info"]["output_token_logprobs"]
     assert [t for _, t, _ in lp] == [t for _, t, _ in ref]
     assert max(abs(a[0] - b[0]) for a, b in zip(lp, ref, strict=True)) < 1e-4
