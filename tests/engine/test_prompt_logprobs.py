@@ -72,7 +72,7 @@ def test_logprob_start_len_is_where_the_entries_start_the_first_one_none(start):
     assert torch.allclose(torch.tensor(values[1:]), reference()[start:].float(), atol=1e-5)
 
 
-def test_default_start_gives_one_none_entry_and_computes_nothing():
+def test_default_start_gives_one_entry_the_last_prompt_token_with_none():
     values, _ = prompt_logprobs(run(make_engine(), lp_req("a", -1))["a"])
     assert values == [None], "-1: only the last prompt token's entry, with logprob None"
 
