@@ -33,6 +33,7 @@ from pdcore.engine.io_struct import EngineError, EngineStats, GenerateReq, Token
 from pdcore.engine.model_runner import ModelRunner
 from pdcore.engine.overlap import LaunchedStep, TokenReadback
 from pdcore.engine.pd import build_pd_queues
+from pdcore.engine.prompt_logprobs import add_prompt_logprobs
 from pdcore.engine.sampler import Sampler
 from pdcore.engine.step_plan import StepPlan
 from pdcore.errors import PdcoreError
@@ -232,8 +233,13 @@ class Engine:
             self._pending.append(EngineError(msg.rid, str(e), 400))
             return
         if req.params.max_new_tokens == 0:
-            req.finish(finish_reason("length"))
-            self._pending.append(self._token_out(req))
+            if not (req.return_logprob and self.server_args.disaggregation_mode != "decode"):
+                req.finish(finish_reason("length"))
+                self._pending.append(self._token_out(req))
+                return
+            # Prompt logprobs only: a prefill here and no output token (in PD mode too:
+            # prefill scores the prompt alone, decode answers at once with nothing).
+            self.scheduler.add(req)
             return
         if self.pd is None:
             self.scheduler.add(req)
@@ -277,7 +283,20 @@ class Engine:
         error = self.scheduler.admission_error(len(ids))
         if error:
             raise ValueError(error)
-        return Req(msg.rid, list(ids), params, msg.return_logprob, msg.top_logprobs_num)
+        start = msg.logprob_start_len
+        if start != -1 and not 0 <= start < len(ids):
+            raise ValueError(
+                f"logprob_start_len must be -1 or in [0, {len(ids)}) for a prompt of "
+                f"{len(ids)} tokens, got {start}"
+            )
+        return Req(
+            msg.rid,
+            list(ids),
+            params,
+            msg.return_logprob,
+            msg.top_logprobs_num,
+            logprob_start_len=start,
+        )
 
     def abort(self, rid: str) -> None:
         """Stop ``rid`` and free its pages now; unknown or finished rids are ignored.
@@ -435,6 +454,9 @@ class Engine:
                 logits = self.runner.forward(batch, dp_tokens)
             staged = self.runner.stage_after  # followers now wait for the KV gather
             rows = [r for r, s in zip(batch.reqs, batch.sample, strict=True) if s]
+            scores = self.runner.take_prompt_scores()
+            if scores is not None:
+                add_prompt_logprobs(scores, batch.reqs, batch.prefix_lens, batch.extend_lens)
             sampled = self.sampler(logits, rows, self.model_config.eos_token_ids) if rows else []
             self._commit(batch, sampled)
         finally:
@@ -477,7 +499,21 @@ class Engine:
     def _token_out(self, req: Req) -> TokenOut:
         start = req.sent_tokens
         req.sent_tokens = len(req.output_ids)
+        inputs: dict = {}
+        if req.return_logprob and req.input_logprobs_done and not req.input_logprobs_sent:
+            # Once, with the first output; SGLang's None for the token at logprob_start_len.
+            req.input_logprobs_sent = True
+            dropped = req.pd_local_prefill and self.server_args.disaggregation_mode == "prefill"
+            if not dropped:  # a prefill whose room decode served itself reports nothing
+                inputs = dict(
+                    input_logprobs=[None, *req.input_logprobs],
+                    input_top_logprobs=[None, *req.input_top_logprobs]
+                    if req.top_logprobs_num
+                    else [],
+                    input_ranks=[None, *req.input_ranks],
+                )
         return TokenOut(
+            **inputs,
             rid=req.rid,
             token_ids=req.output_ids[start:],
             logprobs=req.logprobs[start:],

@@ -16,6 +16,9 @@ class GenerateReq(msgspec.Struct, tag=True):
     sampling: dict  # SamplingParams.to_dict(), already validated
     return_logprob: bool = False
     top_logprobs_num: int = 0
+    # SGLang's: prompt logprobs from this prompt position on (-1: the last prompt token,
+    # i.e. none computed); with return_logprob only.
+    logprob_start_len: int = -1
     # PD disaggregation (SGLang's fields): where prefill's bootstrap server is, and
     # the room id both sides of this request share.
     bootstrap_host: str | None = None
@@ -102,6 +105,14 @@ class TokenOut(msgspec.Struct, tag=True):
     cached_tokens: int = 0
     completion_tokens: int = 0
     pd_local_prefill: bool = False
+    # Prompt logprobs, once (with the first output), when this engine computed the
+    # prompt: per prompt token from logprob_start_len on, its logprob (None for the
+    # first), top-k ``[token_id, logprob]`` pairs (None for the first; empty list when
+    # no top-k was asked) and rank (1: the most likely). Empty on a PD decode server:
+    # prefill reports them.
+    input_logprobs: list[float | None] = []
+    input_top_logprobs: list[list[list[float]] | None] = []
+    input_ranks: list[int | None] = []
 
 
 class EngineStats(msgspec.Struct, tag=True):

@@ -17,6 +17,7 @@ import torch
 from pdcore.attention.base import AttentionImpl, AttentionMetadata
 from pdcore.distributed.dp_attention import DPTokens
 from pdcore.distributed.state import broadcast_object, tp
+from pdcore.engine.prompt_logprobs import PromptScores, score_positions
 from pdcore.engine.step_plan import StepPlan
 from pdcore.kvcache.pool import PADDING_PAGES, KVPool
 from pdcore.model.base import CausalLM, ForwardContext
@@ -37,6 +38,7 @@ class ModelRunner:
         # followers run ``after_follow`` for their part of it.
         self.stage_after = False
         self.after_follow = None
+        self._prompt_scores: PromptScores | None = None  # see ``take_prompt_scores``
 
     def capture_decode_graphs(self, make_attention, max_bs: int, context_len: int) -> list[int]:
         """Capture decode passes up to ``max_bs`` rows; returns the captured batch sizes."""
@@ -101,6 +103,9 @@ class ModelRunner:
     ) -> torch.Tensor | None:
         """Float32 logits ``[rows to sample, vocab]``, or None when no row samples.
 
+        A plan with ``prompt_spans`` also scores those prompt positions; the scores
+        wait in ``take_prompt_scores``.
+
         Under tensor parallelism the leader broadcasts the pass first, so every
         follower (``follow``) runs it in step. ``dp_tokens``: DP attention's token
         counts of every DP group in this pass.
@@ -155,11 +160,23 @@ class ModelRunner:
             input_ids, positions, meta = self.build_inputs(plan)
             self.attn.plan(meta)
             hidden = self.model(input_ids, positions, self.ctx)
+            if plan.prompt_spans:  # every TP rank scores them (the logits gather is collective)
+                self._prompt_scores = self._score_prompt(plan, hidden)
             ends = torch.tensor(plan.extend_lens).cumsum(0) - 1
             picked = ends[torch.tensor(plan.sample, dtype=torch.bool)]
             if picked.numel() == 0:
                 return None
             return self.model.compute_logits(hidden[picked.to(hidden.device)]).float()
+
+    def take_prompt_scores(self) -> PromptScores | None:
+        """The prompt logprobs the last forward scored (once), or None."""
+        scores, self._prompt_scores = self._prompt_scores, None
+        return scores
+
+    def _score_prompt(self, plan: StepPlan, hidden: torch.Tensor) -> PromptScores:
+        rows = _span_rows(plan).to(hidden.device)
+        targets = torch.tensor(plan.prompt_targets, dtype=torch.int64, device=hidden.device)
+        return score_positions(self.model.compute_logits, hidden[rows], targets, plan.prompt_top)
 
     def _idle_pass(self, total_tokens: int) -> None:
         """No tokens here: attention is skipped, the MLP's collectives still run
@@ -169,3 +186,10 @@ class ModelRunner:
         empty = torch.zeros(0, dtype=torch.int64, device=self.device)
         with torch.inference_mode():
             self.model(empty, empty, self.ctx)
+
+
+def _span_rows(plan: StepPlan) -> torch.Tensor:
+    """Flat token indices of every row's ``prompt_spans`` positions, in row order."""
+    starts = np.cumsum(plan.extend_lens) - np.asarray(plan.extend_lens)
+    idx = [np.arange(s + lo, s + hi) for s, (lo, hi) in zip(starts, plan.prompt_spans, strict=True)]
+    return torch.from_numpy(np.concatenate(idx).astype(np.int64))

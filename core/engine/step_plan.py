@@ -27,13 +27,24 @@ class StepPlan:
     # (``KVStage``), so followers take part in one more collective.
     pd_stage: bool = False
     dp_tokens: list[int] | None = None  # DP attention: every DP group's tokens this forward
+    # Prompt logprobs (``pdcore.engine.prompt_logprobs``): per row, offsets ``[lo, hi)``
+    # of its fed tokens to score; the token each of those positions scores, row by
+    # row; and the top-k to report with them.
+    prompt_spans: list[tuple[int, int]] = field(default_factory=list)
+    prompt_targets: list[int] = field(default_factory=list)
+    prompt_top: int = 0
 
     @classmethod
     def from_batch(cls, batch, page_size: int) -> StepPlan:
-        tokens, pages = [], []
+        tokens, pages, spans, targets, top = [], [], [], [], 0
         for req, start, ext in zip(batch.reqs, batch.prefix_lens, batch.extend_lens, strict=True):
             tokens.extend(req.tokens(start, start + ext))
             pages.append(list(req.pages[: -(-(start + ext) // page_size)]))
+            lo, hi = req.prompt_logprob_span(start, ext)
+            spans.append((lo, hi))
+            if hi > lo:
+                targets.extend(req.input_ids[start + lo + 1 : start + hi + 1])
+                top = max(top, req.top_logprobs_num)
         return cls(
             is_decode=batch.is_decode,
             tokens=tokens,
@@ -41,6 +52,9 @@ class StepPlan:
             extend_lens=list(batch.extend_lens),
             pages=pages,
             sample=list(batch.sample),
+            prompt_spans=spans if targets else [],
+            prompt_targets=targets,
+            prompt_top=top,
         )
 
     @property

@@ -99,29 +99,3 @@ def rids_of(body: dict) -> list[str]:
     if isinstance(rid, list):
         return [r for r in rid if isinstance(r, str)]
     return [rid] if isinstance(rid, str) else []
-
-
-def wants_input_logprobs(body: dict) -> bool:
-    """SGLang's rule: logprobs asked for, starting inside the prompt."""
-    start = body.get("logprob_start_len", -1)
-    starts = start if isinstance(start, list) else [start]
-    return bool(body.get("return_logprob")) and any(isinstance(s, int) and s >= 0 for s in starts)
-
-
-def merge_input_logprobs(prefill: dict | list, decode: dict | list) -> dict | list:
-    """Put prefill's ``meta_info.input_token_logprobs`` in front of decode's (per prompt).
-
-    A prompt decode prefilled itself (``meta_info.pd_local_prefill``) keeps decode's
-    own: prefill computed nothing for it.
-    """
-    if isinstance(prefill, list) and isinstance(decode, list):
-        return [merge_input_logprobs(p, d) for p, d in zip(prefill, decode, strict=False)]
-    if not isinstance(prefill, dict) or not isinstance(decode, dict):
-        return decode
-    theirs = (prefill.get("meta_info") or {}).get("input_token_logprobs")
-    meta = decode.get("meta_info")
-    if isinstance(meta, dict) and meta.get("pd_local_prefill"):
-        return decode
-    if theirs and isinstance(meta, dict):
-        meta["input_token_logprobs"] = list(theirs) + list(meta.get("input_token_logprobs") or [])
-    return decode

@@ -24,7 +24,7 @@ import aiohttp
 import anyio
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from pdcore.router import pd_body
+from pdcore.router import pd_body, pd_logprobs
 from pdcore.router.health import HealthChecker
 from pdcore.router.metrics import RouterMetrics
 from pdcore.router.policies import Policy, request_key
@@ -198,18 +198,20 @@ class Proxy:
                     if failed is not None:
                         await self._abort([(p, p_task)], sent)
                         return failed
-                    answer = await self._answer(d, d_task.result(), p_task, sent)
+                    answer = await self._answer(d, d_task.result(), p_task, sent, path)
                     if isinstance(answer, Retry):
                         await self._abort([(p, p_task)], sent)
                     return answer
         finally:
             gone.cancel()
 
-    async def _answer(self, w: Worker, up: Upstream, p_task, sent) -> Response | Retry:
-        """A 2xx answer: streamed through as it comes, or whole (+ input logprobs); a
-        retry if the connection broke before the whole body came (the client saw nothing)."""
+    async def _answer(self, w: Worker, up: Upstream, p_task, sent, path: str) -> Response | Retry:
+        """A 2xx answer: streamed through as it comes, or whole (+ prefill's prompt
+        logprobs, see ``pd_logprobs``); a retry if the connection broke before the
+        whole body came (the client saw nothing)."""
+        merge = p_task is not None and pd_logprobs.wanted(path, sent)
         if (up.content_type or "").startswith("text/event-stream"):
-            return self._relay(w, up, p_task, sent)
+            return self._relay(w, up, p_task if merge else None, sent, p_task)
         try:
             content = await up.resp.read()
         except UPSTREAM_ERRORS as e:
@@ -218,26 +220,35 @@ class Proxy:
         finally:
             self._release(w, up)
         self._judge(w, up.status)
-        if p_task is not None and pd_body.wants_input_logprobs(sent):
+        if merge:
             content = await _with_prefill_logprobs(content, p_task)
         return Response(content, up.status, media_type=up.content_type)
 
-    def _relay(self, d: Worker, up: Upstream, p_task, sent) -> StreamingResponse:
+    def _relay(self, d: Worker, up: Upstream, merge_from, sent, p_task) -> StreamingResponse:
         """Pass SSE events through as they arrive; abort both sides if it did not complete.
 
         Only whole events go out (up to the last blank line), so a connection lost in
         the middle of one ends the stream with the error event, not a half event.
+        ``merge_from``: prefill's task whose prompt logprobs go into the events (None:
+        pass them as they are).
         """
 
         async def chunks():
             completed = False
             partial = b""  # the start of an event whose end has not come yet
+            merger = None
             try:
                 async for chunk in up.resp.content.iter_any():
                     partial += chunk
                     end = _events_end(partial)
                     if end:
-                        yield partial[:end]
+                        block = partial[:end]
+                        if merge_from is not None:
+                            if merger is None:
+                                prefill = await _prefill_answer(merge_from)
+                                merger = pd_logprobs.EventMerger(prefill or {})
+                            block = merger.block(block)
+                        yield block
                         partial = partial[end:]
                 if partial:
                     yield partial
@@ -290,7 +301,7 @@ class Proxy:
             failed = _failure(w, task)
             if failed is not None:
                 return failed
-            return await self._answer(w, task.result(), None, body)
+            return await self._answer(w, task.result(), None, body, path)
         finally:
             gone.cancel()
 
@@ -383,6 +394,9 @@ class _Relay(StreamingResponse):
                 await self.body_iterator.aclose()
 
 
+PREFILL_ANSWER_WAIT_S = 30  # prefill's answer for prompt logprobs; decode's stands without
+
+
 def _events_end(buf: bytes) -> int:
     """Length of the whole SSE events at the start of ``buf`` (0 if none ended yet)."""
     ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n") if (i := buf.rfind(sep)) >= 0]
@@ -434,10 +448,21 @@ def _failure(w: Worker, task: asyncio.Task) -> Response | Retry | None:
     return Response(up.body, up.status, media_type=up.content_type)
 
 
-async def _with_prefill_logprobs(content: bytes, p_task) -> bytes:
+async def _prefill_answer(p_task) -> dict | list | None:
+    """Prefill's whole answer (parsed), or None if it failed or is not JSON."""
     try:
-        p_up = await asyncio.wait_for(asyncio.shield(p_task), 30)
-        merged = pd_body.merge_input_logprobs(json.loads(p_up.body), json.loads(content))
+        p_up = await asyncio.wait_for(asyncio.shield(p_task), PREFILL_ANSWER_WAIT_S)
+        return json.loads(p_up.body) if p_up.status < 400 else None
     except Exception:  # the decode answer stands on its own
+        return None
+
+
+async def _with_prefill_logprobs(content: bytes, p_task) -> bytes:
+    prefill = await _prefill_answer(p_task)
+    if prefill is None:
+        return content
+    try:
+        merged = pd_logprobs.merge(prefill, json.loads(content))
+    except ValueError:
         return content
     return json.dumps(merged).encode()

@@ -167,6 +167,8 @@ class DecodeQueues:
         req.computed_len = len(req.input_ids)
         req.num_cached_pages, req.prefix_handle = 0, None
         req.mark_admitted()
+        # Prefill computed the prompt (and reports its logprobs): none to compute or send here.
+        req.input_logprobs_done = req.input_logprobs_sent = True
         req.output_ids.append(aux.token_id)
         if req.return_logprob:
             req.logprobs.append(aux.logprob)

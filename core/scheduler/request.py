@@ -61,6 +61,34 @@ class Req:
     # pages hold KV nobody wrote (stale data of earlier requests), so none of its
     # pages may ever enter the prefix cache, where another request would reuse them.
     cacheable: bool = True
+    # Prompt logprobs (SGLang's ``logprob_start_len``, -1 already made ``len(prompt) - 1``):
+    # logits at prompt position ``p`` score token ``p + 1``, so positions
+    # ``[logprob_start_len, len(prompt) - 1)`` are computed; the entry of the token at
+    # ``logprob_start_len`` itself is None, as SGLang reports it.
+    logprob_start_len: int = -1
+    input_logprobs: list[float] = field(default_factory=list)
+    input_top_logprobs: list[list[list[float]]] = field(default_factory=list)
+    input_ranks: list[int] = field(default_factory=list)
+    input_logprobs_done: bool = False  # the whole prompt went through the model here
+    input_logprobs_sent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.logprob_start_len < 0:
+            self.logprob_start_len = len(self.input_ids) - 1
+
+    @property
+    def wants_input_logprobs(self) -> bool:
+        """Prompt logprobs are asked for and this prompt's have not been computed."""
+        return self.return_logprob and not self.input_logprobs_done
+
+    def prompt_logprob_span(self, start: int, extend: int) -> tuple[int, int]:
+        """Offsets ``[lo, hi)`` within the fed tokens ``[start, start + extend)`` whose
+        logits score a prompt token (``(0, 0)``: none)."""
+        if not self.wants_input_logprobs:
+            return 0, 0
+        lo = max(start, self.logprob_start_len)
+        hi = min(start + extend, len(self.input_ids) - 1)
+        return (lo - start, hi - start) if lo < hi else (0, 0)
 
     @property
     def fill_ids(self) -> list[int]:

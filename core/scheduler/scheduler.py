@@ -203,8 +203,14 @@ class Scheduler:
     def _admit(self, req: Req) -> bool:
         """Give ``req`` its cached prefix and pages for its whole sequence, if they fit."""
         fill = req.fill_ids
-        # At least one token must be fed to get logits, so never match all of it.
-        cached, num_cached = self.cache.match_prefix(fill[: len(fill) - 1])
+        # At least one token must be fed to get logits, so never match all of it; and
+        # prompt logprobs need the logits of every position from logprob_start_len on,
+        # so those positions are recomputed rather than taken from the cache.
+        usable = len(fill) - 1
+        if req.wants_input_logprobs:
+            usable = min(usable, req.logprob_start_len)
+            req.input_logprobs, req.input_top_logprobs, req.input_ranks = [], [], []  # partial
+        cached, num_cached = self.cache.match_prefix(fill[:usable])
         handle = self.cache.lock(fill[:num_cached])
         need = self._pages_for(len(fill)) - len(cached)
         reserve = self.config.decode_reserve_pages * (len(self.running) + 1)
@@ -332,10 +338,16 @@ class Scheduler:
         it = iter(sampled)
         for req, ext, do_sample in zip(batch.reqs, batch.extend_lens, batch.sample, strict=True):
             req.computed_len += ext
+            if not batch.is_decode and req.computed_len >= len(req.input_ids):
+                req.input_logprobs_done = True  # its prompt logprobs are all computed
             if not do_sample:
                 self._cache_prefix(req)
                 continue
             out = next(it)
+            if req.params.max_new_tokens == 0:  # prompt scoring only: no output token
+                self._finish(req, finish_reason("length"))
+                produced.append(req)
+                continue
             req.output_ids.append(out.token_id)
             if req.return_logprob:
                 req.logprobs.append(out.logprob)

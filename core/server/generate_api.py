@@ -13,7 +13,7 @@ from fastapi import Request
 from pdcore.sampling_params import SamplingParams
 from pdcore.server.errors import RequestError
 from pdcore.server.http_utils import SSE_DONE, sse, stream, wait_or_abort
-from pdcore.server.logprobs import sglang_output_logprobs
+from pdcore.server.logprobs import sglang_input_logprobs, sglang_output_logprobs
 from pdcore.server.protocol import GenerateRequest
 from pdcore.server.request_state import GenerateInput, RequestState
 
@@ -54,6 +54,7 @@ def format_output(tm, state: RequestState, with_text: bool) -> dict:
     if state.pd_local_prefill:
         meta["pd_local_prefill"] = True
     if state.input.return_logprob:
+        meta.update(sglang_input_logprobs(tm, state, with_text))
         meta.update(sglang_output_logprobs(tm, state, with_text))
     if not tm.has_tokenizer:  # --skip-tokenizer-init: no "text", as in SGLang
         return {"output_ids": list(state.output_ids), "meta_info": meta}
@@ -82,6 +83,7 @@ def build_inputs(tm, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
     rids = _per_prompt(body.rid, count, "rid", default=None)
     logprob = _per_prompt(body.return_logprob, count, "return_logprob", default=False)
     top_n = _per_prompt(body.top_logprobs_num, count, "top_logprobs_num", default=0)
+    starts = _per_prompt(body.logprob_start_len, count, "logprob_start_len", default=-1)
     routing = {  # PD's room and prefill address, DP attention's rank
         name: _per_prompt(getattr(body, name), count, name, default=None)
         for name in ("bootstrap_host", "bootstrap_port", "bootstrap_room", "data_parallel_rank")
@@ -99,6 +101,7 @@ def build_inputs(tm, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
                     rid=base if params.n == 1 else f"{base}-{i}",
                     return_logprob=bool(logprob[p]),
                     top_logprobs_num=top_n[p],
+                    logprob_start_len=starts[p],
                     stop_trim=not raw.get("no_stop_trim", False),
                     max_tokens_given=raw.get("max_new_tokens") is not None,
                     **{name: values[p] for name, values in routing.items()},

@@ -15,7 +15,13 @@ from fastapi import APIRouter, Request
 from pdcore.server import openai_inputs as inputs
 from pdcore.server.errors import RequestError
 from pdcore.server.http_utils import SSE_DONE, sse, stream, wait_or_abort
-from pdcore.server.logprobs import chat_logprobs, completion_logprobs
+from pdcore.server.logprobs import (
+    chat_logprobs,
+    completion_logprobs,
+    completion_prompt_logprobs,
+    prompt_text_len,
+    vllm_prompt_logprobs,
+)
 from pdcore.server.protocol import ChatCompletionRequest, CompletionRequest
 from pdcore.server.request_state import RequestState
 
@@ -46,9 +52,13 @@ def openai_router(tm) -> APIRouter:
         inputs.check_model(tm, body.model)
         prompts, texts = inputs.completion_prompts(tm, body)
         params, given = inputs.sampling_params(tm, body, inputs.COMPLETIONS_DEFAULT_MAX_TOKENS)
+        prompt_top = inputs.prompt_top(body)
         rid = body.rid or f"cmpl-{tm.new_id()}"
-        group = tm.submit(inputs.expand(prompts, params, given, rid, body, body.logprobs))
+        group = tm.submit(
+            inputs.expand(prompts, params, given, rid, body, body.logprobs, prompt_top)
+        )
         view = _View(tm, rid, "text_completion", body, params.n, body.logprobs is not None)
+        view.vllm_prompt_logprobs = body.prompt_logprobs is not None
         if body.echo:
             view.prefixes = [texts[i // params.n] for i in range(len(group.states))]
         if body.stream:
@@ -86,7 +96,8 @@ class _View:
         self.logprobs = logprobs
         self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
         self.n = n
-        self.prefixes: list[str] | None = None
+        self.prefixes: list[str] | None = None  # echo: each choice's prompt text
+        self.vllm_prompt_logprobs = False  # add vLLM's choices[].prompt_logprobs
 
     def response(self, group, chat: bool) -> dict:
         choices = []
@@ -98,7 +109,10 @@ class _View:
             else:
                 prefix = self.prefixes[i] if self.prefixes else ""
                 choice["text"] = prefix + state.visible_text
-                choice["logprobs"] = self._completion_lp(state, 0, len(prefix))
+                offset = prompt_text_len(self.tm, state) if prefix and self.logprobs else 0
+                choice["logprobs"] = self._echo_lp(state, self._completion_lp(state, 0, offset))
+                if self.vllm_prompt_logprobs:
+                    choice["prompt_logprobs"] = vllm_prompt_logprobs(self.tm, state)
             choices.append({**choice, **_finish(state)})
         return {**self.base, "choices": choices, "usage": self.usage(group.states)}
 
@@ -114,13 +128,19 @@ class _View:
             for i in range(len(group.states)):
                 delta = {"role": "assistant", "content": ""}
                 yield sse({**base, "choices": [_chunk_choice(i, delta, None, None)]})
-        elif self.prefixes:
+        elif self.prefixes and not self.logprobs:
             for i, prefix in enumerate(self.prefixes):
                 yield sse({**base, "choices": [_text_choice(i, prefix, None, None)]})
                 offsets[i] = len(prefix)
+        echoed = [not self.prefixes or not self.logprobs] * len(group.states)
         async for i, state in group.updates():
             if state.error is not None:
                 raise state.error
+            if not echoed[i]:  # the prompt's logprobs come with the first output
+                echoed[i] = True
+                lp = self._echo_lp(state, None)
+                yield sse({**base, "choices": [_text_choice(i, self.prefixes[i], lp, None)]})
+                offsets[i] = prompt_text_len(self.tm, state)
             text = state.visible_text[sent[i] :]
             sent[i] += len(text)
             lp, end = None, len(state.logprobs)
@@ -164,9 +184,23 @@ class _View:
         return chat_logprobs(self.tm, state, start, len(state.logprobs))
 
     def _completion_lp(self, state: RequestState, start: int, offset: int):
+        """Output logprobs from token ``start``, the first at text ``offset``."""
         if not self.logprobs:
             return None
         return completion_logprobs(self.tm, state, start, len(state.logprobs), offset)
+
+    def _echo_lp(self, state: RequestState, outputs: dict | None) -> dict | None:
+        """``outputs`` with the echoed prompt's logprobs in front (echo + logprobs only)."""
+        if not (self.prefixes and self.logprobs):
+            return outputs
+        prompt = completion_prompt_logprobs(self.tm, state)
+        if outputs is None:
+            return prompt
+        for key in ("tokens", "token_logprobs", "text_offset"):
+            prompt[key] = prompt[key] + outputs[key]
+        if prompt["top_logprobs"] is not None:
+            prompt["top_logprobs"] = prompt["top_logprobs"] + (outputs["top_logprobs"] or [])
+        return prompt
 
 
 def _finish(state: RequestState) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pdcore.sampling_params import SamplingParams
+from pdcore.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 from pdcore.server.errors import RequestError
 from pdcore.server.protocol import ChatCompletionRequest, CompletionRequest, _OpenAISampling
 from pdcore.server.request_state import GenerateInput
@@ -81,6 +81,17 @@ def completion_prompts(tm, req: CompletionRequest) -> tuple[list[list[int]], lis
     return ids, texts
 
 
+def prompt_top(req: CompletionRequest) -> int | None:
+    """The prompt logprobs' top-k a completions request asks for (None: none): vLLM's
+    ``prompt_logprobs``, or ``echo`` with ``logprobs`` (OpenAI's echoed prompt scores)."""
+    top = req.prompt_logprobs
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise RequestError(f"prompt_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {top}")
+    if req.echo and req.logprobs is not None:
+        return top or 0
+    return top
+
+
 def chat_prompt(tm, req: ChatCompletionRequest) -> list[int]:
     if not req.messages:
         raise RequestError("messages is empty")
@@ -113,16 +124,23 @@ def expand(
     request_id: str,
     req: _OpenAISampling,
     top_logprobs: int | None,
+    prompt_top: int | None = None,
 ) -> list[GenerateInput]:
-    """One input per (prompt, choice); rids ``<id>`` or ``<id>-<choice index>``."""
+    """One input per (prompt, choice); rids ``<id>`` or ``<id>-<choice index>``.
+
+    ``top_logprobs``: output logprobs with that top-k (None: none); ``prompt_top``:
+    prompt logprobs from the first token on, with that top-k (None: none).
+    """
     n, total = params.n, len(prompts) * params.n
     return [
         GenerateInput(
             input_ids=ids,
             params=SamplingParams(**params.to_dict()),
             rid=request_id if total == 1 else f"{request_id}-{p * n + i}",
-            return_logprob=top_logprobs is not None,
+            return_logprob=top_logprobs is not None or prompt_top is not None,
             top_logprobs_num=top_logprobs or 0,
+            logprob_start_len=-1 if prompt_top is None else 0,
+            prompt_top_logprobs_num=prompt_top or 0,
             stop_trim=not (req.no_stop_trim or req.include_stop_str_in_output),
             max_tokens_given=max_given,
             # One room per request: PD serves single-choice, single-prompt requests.

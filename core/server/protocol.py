@@ -79,7 +79,7 @@ class GenerateRequest(_Request):
     stream: bool = False
     return_logprob: bool | list[bool] = False
     top_logprobs_num: Int | list[Int] = 0
-    logprob_start_len: Int | list[Int] = -1
+    logprob_start_len: Int | list[Int] | None = -1
     return_text_in_logprobs: bool = False
     stream_options: StreamOptions | None = None
     model: str | None = None
@@ -129,6 +129,7 @@ class CompletionRequest(_OpenAISampling):
     prompt: str | list[str] | TokenIds | list[TokenIds]
     logprobs: Int | None = None
     echo: bool = False
+    prompt_logprobs: Int | None = None  # vLLM's: top-k per prompt token (choices[].prompt_logprobs)
 
 
 class ContentPart(_Lenient):

@@ -27,6 +27,10 @@ class GenerateInput:
     rid: str = ""
     return_logprob: bool = False
     top_logprobs_num: int = 0
+    # Prompt logprobs (with return_logprob): SGLang's start position (-1: the last
+    # prompt token only), and vLLM's ``prompt_logprobs`` top-k count when it differs.
+    logprob_start_len: int = -1
+    prompt_top_logprobs_num: int = 0
     stop_trim: bool = True  # False: keep a matched stop string/token in the text
     max_tokens_given: bool = True  # False: cap max_new_tokens at the context left
     bootstrap_host: str | None = None  # PD: prefill's bootstrap server and the room id
@@ -53,6 +57,11 @@ class RequestState:
         self.output_ids: list[int] = []
         self.logprobs: list[float] = []
         self.top_logprobs: list[list[tuple[int, float]]] = []
+        # Prompt logprobs from logprob_start_len on (first entry None); empty until the
+        # engine sends them, and on a PD decode server (prefill reports them).
+        self.input_logprobs: list[float | None] = []
+        self.input_top_logprobs: list[list[tuple[int, float]] | None] = []
+        self.input_ranks: list[int | None] = []
         self.text = ""
         self.visible_len = 0
         self.cached_tokens = 0
@@ -74,6 +83,12 @@ class RequestState:
         return len(self.input.input_ids)
 
     @property
+    def logprob_start(self) -> int:
+        """The prompt position the input logprobs start at (-1 made the last one)."""
+        start = self.input.logprob_start_len
+        return len(self.input.input_ids) - 1 if start < 0 else start
+
+    @property
     def completion_tokens(self) -> int:
         return len(self.output_ids)
 
@@ -92,6 +107,13 @@ class RequestState:
             self.last_token_time = now
         self.output_ids.extend(ids)
         if self.input.return_logprob:
+            if out.input_logprobs:
+                self.input_logprobs = list(out.input_logprobs)
+                self.input_ranks = list(out.input_ranks)
+                self.input_top_logprobs = [
+                    None if step is None else [(int(t), float(lp)) for t, lp in step]
+                    for step in out.input_top_logprobs
+                ]
             self.logprobs.extend(out.logprobs)
             self.top_logprobs.extend(
                 [(int(t), float(lp)) for t, lp in step] for step in out.top_logprobs

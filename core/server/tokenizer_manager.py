@@ -273,6 +273,12 @@ class TokenizerManager:
             raise RequestError(
                 f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {inp.top_logprobs_num}"
             )
+        start = inp.logprob_start_len
+        if start != -1 and not 0 <= start < prompt_len:
+            raise RequestError(
+                f"logprob_start_len must be -1 (no prompt logprobs) or a prompt position in "
+                f"[0, {prompt_len}) for this {prompt_len}-token prompt, got {start}"
+            )
         self._check_bootstrap(inp)
         sampling = params.to_dict()
         sampling["n"] = 1
@@ -281,7 +287,10 @@ class TokenizerManager:
             input_ids=inp.input_ids,
             sampling=sampling,
             return_logprob=inp.return_logprob,
-            top_logprobs_num=inp.top_logprobs_num if inp.return_logprob else 0,
+            top_logprobs_num=(
+                max(inp.top_logprobs_num, inp.prompt_top_logprobs_num) if inp.return_logprob else 0
+            ),
+            logprob_start_len=start if inp.return_logprob else -1,
             bootstrap_host=inp.bootstrap_host,
             bootstrap_port=inp.bootstrap_port,
             bootstrap_room=inp.bootstrap_room,

@@ -24,17 +24,19 @@ class NullEngine:
         self.engine = _build_engine(dataclasses.asdict(args), None)
         self.lock = threading.Lock()
 
-    def generate(self, prompt: list[int]) -> dict:
+    def generate(self, prompt: list[int], logprob_start_len: int = -1) -> dict:
         """``/generate``'s JSON for ``gen_body(prompt)`` (the parts the tests read)."""
         sampling = gen_body(prompt)["sampling_params"]
-        tokens, logprobs, top = [], [], []
+        tokens, logprobs, top, inputs = [], [], [], []
         with self.lock:
-            self.engine.add_request(GenerateReq("ref", prompt, sampling, True, 2))
+            req = GenerateReq("ref", prompt, sampling, True, 2, logprob_start_len=logprob_start_len)
+            self.engine.add_request(req)
             while self.engine.has_work():
                 for out in self.engine.step():
                     assert isinstance(out, TokenOut), out
                     tokens += out.token_ids
                     logprobs += out.logprobs
+                    inputs += out.input_logprobs
                     top += [[[lp, int(t), None] for t, lp in step] for step in out.top_logprobs]
         pairs = zip(logprobs, tokens, strict=True)
         return {
@@ -42,5 +44,8 @@ class NullEngine:
             "meta_info": {
                 "output_token_logprobs": [[lp, t, None] for lp, t in pairs],
                 "output_top_logprobs": top,
+                "input_token_logprobs": [
+                    [lp, t, None] for lp, t in zip(inputs, prompt[-len(inputs) :], strict=True)
+                ],
             },
         }

@@ -156,8 +156,12 @@ def test_router_answers_a_short_request_with_decodes_logprobs(servers):
     meta = got.json()["meta_info"]
     assert meta["pd_local_prefill"] is True and meta["finish_reason"]["type"] == "length"
     assert_same_greedy(got.json(), want, "through the router")
-    # pdcore servers report no input logprobs (null mode neither): none may come from prefill.
-    assert "input_token_logprobs" not in meta
+    # Decode prefilled this prompt itself: its own input logprobs stand (prefill has none).
+    ref_in = null.generate(prompt, logprob_start_len=0)["meta_info"]["input_token_logprobs"]
+    got_in = meta["input_token_logprobs"]
+    assert [t for _, t, _ in got_in] == prompt, "each prompt token once, from decode"
+    assert got_in[0][0] is None
+    assert max(abs(a[0] - b[0]) for a, b in zip(got_in[1:], ref_in[1:], strict=True)) < 1e-4
     lp, ref = meta["output_token_logprobs"], want["meta_info"]["output_token_logprobs"]
     assert [t for _, t, _ in lp] == [t for _, t, _ in ref]
     assert max(abs(a[0] - b[0]) for a, b in zip(lp, ref, strict=True)) < 1e-4

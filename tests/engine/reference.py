@@ -31,6 +31,11 @@ class DenseCausalAttention(AttentionImpl):
 
 def full_logits(model, token_ids: list[int]) -> torch.Tensor:
     """Float32 logits of the last position of ``token_ids``."""
+    return all_logits(model, token_ids)[-1]
+
+
+def all_logits(model, token_ids: list[int]) -> torch.Tensor:
+    """Float32 logits ``[len(token_ids), vocab]`` of every position of ``token_ids``."""
     cfg = model.config
     attn = DenseCausalAttention(
         AttentionConfig(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, 1)
@@ -39,7 +44,7 @@ def full_logits(model, token_ids: list[int]) -> torch.Tensor:
     with torch.inference_mode():
         ids = torch.tensor(token_ids)
         hidden = model(ids, torch.arange(len(ids)), ctx)
-        return model.compute_logits(hidden[-1:])[0]
+        return model.compute_logits(hidden)
 
 
 def greedy_reference(

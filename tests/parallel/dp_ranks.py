@@ -5,7 +5,7 @@ ranks in ``dp_size`` DP groups. Each DP leader serves its own prompts greedily
 in lockstep with the other leaders (``Engine.dp_schedule``, ``dp_lockstep.trade``,
 ``Engine.dp_forward``, as the engine process does) until no group has tokens, then stops its
 followers. Returns per DP rank ``(outputs, info)``: outputs as ``tp_ranks``
-(output ids, logprob per step) and info with the forwards it joined, how many
+(output ids, logprob per step, prompt logprobs) and info with the forwards it joined, how many
 of those it idled through, and its final KV usage.
 """
 
@@ -44,7 +44,7 @@ def _rank_main(folder, rank, size, dp, port, prompts_per_dp, max_new, results) -
         prompts = prompts_per_dp[info.dp_rank]
         for i, ids in enumerate(prompts):
             sampling = {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}
-            engine.add_request(GenerateReq(f"r{i}", ids, sampling, True))
+            engine.add_request(GenerateReq(f"r{i}", ids, sampling, True, logprob_start_len=0))
         idle = {"n": 0}
         run_idle = engine.runner.idle
 
@@ -53,7 +53,7 @@ def _rank_main(folder, rank, size, dp, port, prompts_per_dp, max_new, results) -
             run_idle(counts)
 
         engine.runner.idle = counted_idle
-        out = {f"r{i}": ([], []) for i in range(len(prompts))}
+        out = {f"r{i}": ([], [], []) for i in range(len(prompts))}
         forwards = 0
         while True:
             batch = engine.dp_schedule()
@@ -65,6 +65,7 @@ def _rank_main(folder, rank, size, dp, port, prompts_per_dp, max_new, results) -
                 assert hasattr(o, "token_ids"), f"engine error: {o}"
                 out[o.rid][0].extend(o.token_ids)
                 out[o.rid][1].extend(o.logprobs)
+                out[o.rid][2].extend(o.input_logprobs[1:])  # the first is None
             if not any(counts):
                 break
         usage = engine.kv_usage()

@@ -23,10 +23,13 @@ PROMPTS = [list(range(3, 40)), [5, 9, 11, 200, 7, 7, 1], list(range(100, 123)), 
 
 
 def _assert_equal(case: str, got, want) -> None:
-    for i, ((ids, lp), (ref_ids, ref_lp)) in enumerate(zip(got, want, strict=True)):
+    for i, ((ids, lp, inp), (ref_ids, ref_lp, ref_inp)) in enumerate(zip(got, want, strict=True)):
         assert ids == ref_ids, f"{case}: prompt {i}: {ids} != {ref_ids}"
         worst = max(abs(a - b) for a, b in zip(lp, ref_lp, strict=True))
         assert worst < 1e-4, f"{case}: prompt {i} logprobs differ by {worst:.2e}"
+        assert len(inp) == len(ref_inp) > 0, f"{case}: prompt {i}: prompt logprobs missing"
+        worst = max(abs(a - b) for a, b in zip(inp, ref_inp, strict=True))
+        assert worst < 1e-4, f"{case}: prompt {i} prompt logprobs differ by {worst:.2e}"
 
 
 @pytest.fixture(scope="module")

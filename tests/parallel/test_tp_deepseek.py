@@ -23,7 +23,9 @@ def test_tp2_equals_tp1(tmp_path, case):
     make_checkpoint(tmp_path, family, seed=3, **overrides)
     one = run_group(str(tmp_path), 1, PROMPTS)
     two = run_group(str(tmp_path), 2, PROMPTS)
-    for i, ((ids1, lp1), (ids2, lp2)) in enumerate(zip(one, two, strict=True)):
+    for i, ((ids1, lp1, in1), (ids2, lp2, in2)) in enumerate(zip(one, two, strict=True)):
         assert ids2 == ids1, f"{case}: prompt {i} differs at TP=2: {ids2} != {ids1}"
         worst = max(abs(a - b) for a, b in zip(lp1, lp2, strict=True))
         assert worst < 1e-4, f"{case}: prompt {i} logprobs differ by {worst:.2e}"
+        worst = max(abs(a - b) for a, b in zip(in1, in2, strict=True))
+        assert worst < 1e-4, f"{case}: prompt {i} prompt logprobs differ by {worst:.2e}"

@@ -2,7 +2,7 @@
 
 ``run_group(folder, size, prompts)`` spawns ``size`` ranks: each loads the
 checkpoint's shard and builds an ``Engine``; rank 0 serves the prompts greedily
-and returns ``(output ids per prompt, top logprob per step)``; followers run
+and returns per prompt ``(output ids, logprob per step, prompt logprobs)``; followers run
 each forward the leader broadcasts, then stop when told.
 """
 
@@ -44,14 +44,15 @@ def _rank_main(folder, rank, size, port, prompts, max_new, results) -> None:
             return
         for i, ids in enumerate(prompts):
             sampling = {"temperature": 0.0, "max_new_tokens": max_new, "ignore_eos": True}
-            engine.add_request(GenerateReq(f"r{i}", ids, sampling, True))
-        out = {f"r{i}": ([], []) for i in range(len(prompts))}
+            engine.add_request(GenerateReq(f"r{i}", ids, sampling, True, logprob_start_len=0))
+        out = {f"r{i}": ([], [], []) for i in range(len(prompts))}
         done = set()
         while len(done) < len(prompts):
             for o in engine.step():
                 assert hasattr(o, "token_ids"), f"engine error: {o}"
                 out[o.rid][0].extend(o.token_ids)
                 out[o.rid][1].extend(o.logprobs)
+                out[o.rid][2].extend(o.input_logprobs[1:])  # the first is None
                 if o.finish_reason is not None:
                     done.add(o.rid)
         engine.kv_usage().check()

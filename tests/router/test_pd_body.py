@@ -61,21 +61,6 @@ def test_what_pd_servers_cannot_serve_is_refused(path, body, message):
         pd_body.check_pd_body(path, body)
 
 
-def test_input_logprobs_wanted_only_with_a_start_inside_the_prompt():
-    assert pd_body.wants_input_logprobs({"return_logprob": True, "logprob_start_len": 0})
-    assert not pd_body.wants_input_logprobs({"return_logprob": True})
-    assert not pd_body.wants_input_logprobs({"logprob_start_len": 0})
-
-
-def test_prefill_input_logprobs_go_in_front_of_decodes():
-    prefill = {"meta_info": {"input_token_logprobs": [[None, 1, None], [-0.5, 2, None]]}}
-    decode = {"meta_info": {"output_token_logprobs": [[-0.1, 3, None]]}}
-    merged = pd_body.merge_input_logprobs(prefill, decode)
-    assert merged["meta_info"]["input_token_logprobs"] == [[None, 1, None], [-0.5, 2, None]]
-    batch = pd_body.merge_input_logprobs([prefill, prefill], [decode, {"meta_info": {}}])
-    assert all("input_token_logprobs" in m["meta_info"] for m in batch)
-
-
 def test_a_pinned_data_parallel_rank_picks_a_room_every_dp_size_agrees_with():
     """Servers under DP attention route a PD request to DP rank room % dp_size and refuse
     a data_parallel_rank that disagrees: the router's room must carry the client's pin."""

@@ -6,11 +6,13 @@ the router runs as its own process (``python -m pdcore.launch_router``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import httpx
 import pytest
+import torch
 from e2e.pd_helpers import COMMON, assert_idle, pd_servers, sse_events, wait_idle
 from e2e.server_process import ServerProcess
 from router.router_process import RouterProcess
@@ -220,3 +222,107 @@ def test_prefill_500_makes_router_abort_decode_at_once(cluster):
     finally:
         router.stop()
         stub.stop()
+
+
+# ---- prompt logprobs: prefill computes them, the router merges them into decode's answer
+
+
+@pytest.fixture(scope="module")
+def hf_logprobs(qwen3_path):
+    """``logprobs(ids)``: HF transformers' float32 log-softmax of every position."""
+    from model.model_helpers import load_hf
+
+    hf = load_hf(qwen3_path)
+
+    def logprobs(ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.log_softmax(hf(torch.tensor([ids])).logits[0].double(), -1)
+
+    return logprobs
+
+
+LONG = "Once upon a time there was a little fox who lived by a river and liked to count stones."
+
+
+def test_generate_input_logprobs_through_pd_equal_null_mode_and_hf(cluster, hf_logprobs):
+    prefill, decode, _, null, router = cluster
+    body = {"text": LONG, "return_logprob": True, "logprob_start_len": 0,
+            "top_logprobs_num": 2, "sampling_params": GREEDY}  # fmt: skip
+    got = router.post("/generate", body)
+    assert got.status_code == 200, got.text
+    meta, want = got.json()["meta_info"], null.post("/generate", body).json()["meta_info"]
+    ids = [e[1] for e in want["input_token_logprobs"]]
+    assert [e[1] for e in meta["input_token_logprobs"]] == ids, "every prompt token, once"
+    assert meta["input_token_logprobs"][0][0] is None
+    logp = hf_logprobs(ids)
+    for i in range(1, len(ids)):
+        lp = meta["input_token_logprobs"][i][0]
+        assert abs(lp - want["input_token_logprobs"][i][0]) < 1e-4, f"position {i} vs null mode"
+        assert abs(lp - float(logp[i - 1, ids[i]])) < 1e-4, f"position {i} vs HF"
+    assert len(meta["input_top_logprobs"]) == len(ids) and meta["input_top_logprobs"][0] is None
+    assert len(meta["output_token_logprobs"]) == GREEDY["max_new_tokens"], "decode's outputs"
+    default = router.post("/generate", {**body, "logprob_start_len": -1}).json()["meta_info"]
+    assert default["input_token_logprobs"] == [[None, ids[-1], None]], "SGLang's default"
+    assert_idle(prefill, decode)
+
+
+def test_decode_answers_empty_input_logprobs_for_sglangs_router_to_merge(cluster):
+    """SGLang's router concatenates prefill's and decode's input_token_logprobs."""
+    prefill, decode, port, null, _ = cluster
+    body = {"text": LONG, "return_logprob": True, "logprob_start_len": 0,
+            "sampling_params": GREEDY}  # fmt: skip
+    sent = {**body, "bootstrap_host": "127.0.0.1", "bootstrap_port": port,
+            "bootstrap_room": 4242 + int(time.time()) % 1000}  # fmt: skip
+
+    async def both():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                client.post(prefill.url + "/generate", json=sent),
+                client.post(decode.url + "/generate", json=sent),
+            )
+
+    p, d = asyncio.run(both())
+    assert p.status_code == d.status_code == 200, (p.text, d.text)
+    want = null.post("/generate", body).json()["meta_info"]["input_token_logprobs"]
+    assert d.json()["meta_info"]["input_token_logprobs"] == [], "decode never ran the prompt"
+    merged = p.json()["meta_info"]["input_token_logprobs"]
+    assert [e[1] for e in merged] == [e[1] for e in want], "prefill has all of them"
+    assert_idle(prefill, decode)
+
+
+def test_streamed_generate_through_pd_carries_the_input_logprobs(cluster):
+    prefill, decode, _, null, router = cluster
+    body = {"text": LONG, "return_logprob": True, "logprob_start_len": 0,
+            "sampling_params": GREEDY}  # fmt: skip
+    want = null.post("/generate", body).json()["meta_info"]["input_token_logprobs"]
+    with httpx.stream("POST", router.url + "/generate", json={**body, "stream": True},
+                      timeout=60) as r:  # fmt: skip
+        assert r.status_code == 200
+        events = sse_events(list(r.iter_lines()))
+    assert events, "no events"
+    for event in events:
+        got = event["meta_info"]["input_token_logprobs"]
+        assert [e[1] for e in got] == [e[1] for e in want], "each event has the prompt's"
+    assert_idle(prefill, decode)
+
+
+@pytest.mark.parametrize("max_tokens", [0, 1])
+def test_completions_echo_logprobs_through_pd_equal_null_mode(cluster, max_tokens):
+    prefill, decode, _, null, router = cluster
+    body = {"prompt": LONG, "max_tokens": max_tokens, "echo": True, "logprobs": 1,
+            "temperature": 0, "prompt_logprobs": 1}  # fmt: skip
+    got = router.post("/v1/completions", body)
+    assert got.status_code == 200, got.text
+    choice = got.json()["choices"][0]
+    want = null.post("/v1/completions", body).json()["choices"][0]
+    assert choice["text"] == want["text"]
+    lp, ref = choice["logprobs"], want["logprobs"]
+    assert lp["tokens"] == ref["tokens"] and lp["text_offset"] == ref["text_offset"]
+    assert lp["token_logprobs"][0] is None
+    diffs = [abs(a - b) for a, b in zip(lp["token_logprobs"][1:], ref["token_logprobs"][1:],
+                                         strict=True)]  # fmt: skip
+    assert max(diffs) < 1e-4, "echoed prompt logprobs through PD equal null mode's"
+    assert [sorted(p) if p else p for p in choice["prompt_logprobs"]] == [
+        sorted(p) if p else p for p in want["prompt_logprobs"]
+    ], "vLLM's prompt_logprobs come from prefill"
+    assert_idle(prefill, decode)

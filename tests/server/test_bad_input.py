@@ -61,6 +61,22 @@ CASES = {
         {"text": "Hi", "return_logprob": True, "top_logprobs_num": 50},
     ),
     "generate-stream-bad": ("/generate", {"text": "", "stream": True}),
+    "generate-logprob-start-beyond-prompt": (
+        "/generate",
+        {"text": "Hi", "return_logprob": True, "logprob_start_len": 50},
+    ),
+    "generate-logprob-start-negative": (
+        "/generate",
+        {"text": "Hi", "return_logprob": True, "logprob_start_len": -2},
+    ),
+    "generate-logprob-start-list-length": (
+        "/generate",
+        {"text": ["a", "b"], "return_logprob": True, "logprob_start_len": [0]},
+    ),
+    "generate-top-logprobs-negative": (
+        "/generate",
+        {"text": "Hi", "return_logprob": True, "top_logprobs_num": -1},
+    ),
     # /v1/completions
     "completions-no-prompt": (COMPLETIONS, {"model": "default"}),
     "completions-empty-prompt": (COMPLETIONS, {"prompt": ""}),
@@ -77,6 +93,9 @@ CASES = {
     "completions-n-zero": (COMPLETIONS, {"prompt": "Hi", "n": 0}),
     "completions-n-huge": (COMPLETIONS, {"prompt": "Hi", "n": 100}),
     "completions-logprobs-too-many": (COMPLETIONS, {"prompt": "Hi", "logprobs": 50}),
+    "completions-logprobs-negative": (COMPLETIONS, {"prompt": "Hi", "echo": True, "logprobs": -1}),
+    "completions-prompt-logprobs-too-many": (COMPLETIONS, {"prompt": "Hi", "prompt_logprobs": 21}),
+    "completions-prompt-logprobs-negative": (COMPLETIONS, {"prompt": "Hi", "prompt_logprobs": -1}),
     "completions-empty-stop": (COMPLETIONS, {"prompt": "Hi", "stop": [""]}),
     "completions-stop-wrong-type": (COMPLETIONS, {"prompt": "Hi", "stop": 5}),
     "completions-prompt-over-context": (COMPLETIONS, {"prompt": "x" * 300}),
@@ -141,6 +160,10 @@ MESSAGES = {
     "completions-temperature-high": ["temperature"],
     "generate-malformed-json": ["JSON"],
     "chat-template-rejects": ["chat template"],
+    "generate-logprob-start-beyond-prompt": ["logprob_start_len", "50"],
+    "generate-logprob-start-negative": ["logprob_start_len", "-2"],
+    "completions-prompt-logprobs-too-many": ["prompt_logprobs", "21"],
+    "completions-prompt-logprobs-negative": ["prompt_logprobs"],
 }
 
 
