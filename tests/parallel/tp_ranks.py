@@ -23,10 +23,9 @@ def _rank_main(folder, rank, size, port, prompts, max_new, results) -> None:
 
     torch.set_num_threads(1)
     from pdcore.config import ServerArgs
-    from pdcore.distributed.state import broadcast_object, destroy_tp, init_tp
+    from pdcore.distributed.state import destroy_tp, init_tp
     from pdcore.engine.engine import Engine
     from pdcore.engine.io_struct import GenerateReq
-    from pdcore.engine.step_plan import StepPlan
     from pdcore.model.loader import load_model
 
     try:
@@ -55,7 +54,7 @@ def _rank_main(folder, rank, size, port, prompts, max_new, results) -> None:
                 if o.finish_reason is not None:
                     done.add(o.rid)
         engine.kv_usage().check()
-        broadcast_object(StepPlan(stop=True))
+        engine.runner.stop_followers()
         results.put([out[f"r{i}"] for i in range(len(prompts))])
     except BaseException as e:
         results.put(f"rank {rank}: {type(e).__name__}: {e}")
