@@ -50,7 +50,7 @@ def ip_towards(host: str) -> str:
 @dataclass(frozen=True)
 class Group:
     """Consecutive ranks that split a layer: my rank in it, its size, its process
-    groups (tensors; gloo for Python objects) and the global rank of its rank 0."""
+    groups (tensors; gloo for messages, ``wire``) and the global rank of its rank 0."""
 
     rank: int = 0
     size: int = 1
@@ -64,7 +64,7 @@ class TPInfo:
     rank: int = 0
     size: int = 1
     group: object = None  # torch.distributed ProcessGroup for tensors (None at TP=1)
-    cpu_group: object = None  # gloo group for Python objects (step plans)
+    cpu_group: object = None  # gloo group for messages (step plans; see ``wire``)
     # This rank's attention group (DP attention; else the same as the TP group).
     attn_rank: int = 0
     attn_size: int = 1

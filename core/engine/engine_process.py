@@ -107,11 +107,15 @@ def run_engine(
 
 def _follow(engine, ready_conn) -> None:
     """A follower rank: run the leader's forwards until it says stop (or dies)."""
+    from pdcore.distributed.wire import WireError
+
     ready_conn.send(("ready", {"pid": os.getpid(), "tp_rank": engine.tp.rank}))
     ready_conn.close()
     try:
         while engine.runner.follow():
             pass
+    except WireError as e:  # a bad message: never run a forward the leader did not send
+        logger.error("TP rank %d stops: %s", engine.tp.rank, e)
     except Exception as e:  # the leader is gone: its sockets closed under the collective
         logger.warning("TP rank %d stops: %s", engine.tp.rank, e)
     finally:
