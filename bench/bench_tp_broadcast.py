@@ -17,12 +17,19 @@ follower's time is from the barrier to holding the plan (what delays its
 forward), the leader's from the barrier to its send returning. Median and
 10th/90th percentiles over ``--steps`` steps after ``--warmup``.
 
+``--codec`` measures instead, in one process and without the network, only the
+host work of both encodings for the same steps: pickle dumps+loads of the plan
+(what the object collective does on each side) against delta building, msgpack
+encode, HMAC seal and check (with ``--secret``), typed decode and the mirror's
+rebuild. On a loaded machine this is the steadier number.
+
     python bench/bench_tp_broadcast.py --out bench/results/tp_broadcast.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -143,6 +150,43 @@ def _rank_main(rank, port, cfg, results) -> None:
     destroy_tp()
 
 
+def _codec(cfg) -> dict:
+    """Host cost per step of each encoding, in one process (see the docstring)."""
+    import pickle  # the encoding the object collectives used: measured, never received
+
+    import msgspec
+
+    from pdcore.distributed.wire import decode, seal, unseal
+    from pdcore.engine.step_delta import WHAT, PlanMirror, PlanSender, StepDelta
+    from pdcore.engine.step_plan import StepPlan
+
+    key = hashlib.sha256(cfg["secret"].encode()).digest() if cfg["secret"] else None
+    ps, out = cfg["page_size"], {}
+    for bs in cfg["batch_sizes"]:
+        reqs, next_page = _requests(bs, cfg["prompt_len"], ps, 1)
+        sender, mirror = PlanSender(), PlanMirror(ps)
+        old, new = [], []
+        for step in range(cfg["warmup"] + cfg["steps"]):
+            batch, next_page = _decode_batch(reqs, ps, next_page)
+            plan = StepPlan.from_batch(batch, ps)
+            t0 = time.perf_counter()
+            pickle.loads(pickle.dumps(plan))
+            t1 = time.perf_counter()
+            data = seal(key, msgspec.msgpack.encode(sender.delta(plan, batch.reqs)))
+            got = mirror.apply(decode(unseal(key, data, WHAT), StepDelta, WHAT))
+            t2 = time.perf_counter()
+            assert got.pages == plan.pages, "the mirror must rebuild the plan"
+            if step >= cfg["warmup"]:
+                old.append((t1 - t0) * 1e3)
+                new.append((t2 - t1) * 1e3)
+        out[bs] = {
+            name: {"median_ms": statistics.median(xs), "p10_ms": _pct(xs, 0.1),
+                   "p90_ms": _pct(xs, 0.9)}
+            for name, xs in (("pickle", old), ("delta", new))
+        }  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch-sizes", default="1,32,256")
@@ -154,6 +198,7 @@ def main() -> None:
     ap.add_argument("--secret", default=None, help="seal the deltas (HMAC) with this secret")
     ap.add_argument("--label", default=None, help="name of this run in the output JSON")
     ap.add_argument("--out", default=None, help="append this run to this JSON file")
+    ap.add_argument("--codec", action="store_true", help="in-process encode/decode cost only")
     a = ap.parse_args()
     mode = a.mode if a.mode != "auto" else ("delta" if _has_delta() else "pickle")
     if mode == "pickle" and a.secret:
@@ -167,21 +212,18 @@ def main() -> None:
         "steps": a.steps,
         "warmup": a.warmup,
     }
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, port, cfg, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(results.get(timeout=1800) for _ in procs)
-    for p in procs:
-        p.join(60)
+    if a.codec:
+        if not _has_delta():
+            ap.error("--codec needs this checkout's pdcore (it compares both encodings)")
+        parts = {"codec": _codec(cfg)}
+        mode = "codec"
+    else:
+        parts = _two_ranks(cfg)
     run = {
         "label": a.label or (mode + (" +hmac" if a.secret else "")),
         "mode": mode,
         "sealed": bool(a.secret),
-        "leader": got[0],
-        "follower": got[1],
+        **parts,
         "config": {k: v for k, v in cfg.items() if k != "secret"},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -195,6 +237,19 @@ def main() -> None:
                 runs = json.load(f)["runs"]
         with open(a.out, "w") as f:
             json.dump({"bench": "tp_broadcast", "runs": [*runs, run]}, f, indent=1)
+
+
+def _two_ranks(cfg) -> dict:
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, port, cfg, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(results.get(timeout=1800) for _ in procs)
+    for p in procs:
+        p.join(60)
+    return {"leader": got[0], "follower": got[1]}
 
 
 if __name__ == "__main__":
