@@ -132,7 +132,7 @@ class ModelRunner:
         """DP attention: take part in a forward that only other DP groups feed."""
         self._lead(StepPlan(), [], dp_tokens)
 
-    def _lead(self, plan: StepPlan, reqs: list, dp_tokens: list[int] | None):
+    def _lead(self, plan: StepPlan, reqs: list, dp_tokens: list[int] | None) -> torch.Tensor | None:
         plan.pd_stage = self.stage_after
         plan.dp_tokens = dp_tokens
         if tp().attn_size > 1:
