@@ -243,9 +243,11 @@ class ServerArgs:
         g.add_argument(
             "--disaggregation-secret",
             default=d.disaggregation_secret,
-            help="shared secret that authenticates (HMAC) every PD control message; "
-            "the same on prefill and decode (default: $PDCORE_DISAGGREGATION_SECRET or "
-            "$SGLANG_DISAGGREGATION_SECRET; unset: unauthenticated, as in SGLang)",
+            help="shared secret that authenticates (HMAC) every PD control message and, "
+            "under --tp-size > 1, every rank joining at --dist-init-addr and every step "
+            "plan between ranks; the same on prefill and decode and on every node "
+            "(default: $PDCORE_DISAGGREGATION_SECRET or $SGLANG_DISAGGREGATION_SECRET; "
+            "unset: unauthenticated, as in SGLang)",
         )
         g.add_argument(
             "--disaggregation-local-prefill-threshold",

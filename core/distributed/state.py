@@ -50,7 +50,7 @@ def ip_towards(host: str) -> str:
 @dataclass(frozen=True)
 class Group:
     """Consecutive ranks that split a layer: my rank in it, its size, its process
-    groups (tensors; gloo for Python objects) and the global rank of its rank 0."""
+    groups (tensors; gloo for messages, ``wire``) and the global rank of its rank 0."""
 
     rank: int = 0
     size: int = 1
@@ -64,7 +64,7 @@ class TPInfo:
     rank: int = 0
     size: int = 1
     group: object = None  # torch.distributed ProcessGroup for tensors (None at TP=1)
-    cpu_group: object = None  # gloo group for Python objects (step plans)
+    cpu_group: object = None  # gloo group for messages (step plans; see ``wire``)
     # This rank's attention group (DP attention; else the same as the TP group).
     attn_rank: int = 0
     attn_size: int = 1
@@ -90,6 +90,9 @@ class TPInfo:
 
 
 _TP = TPInfo()
+# The key that seals messages between ranks (``handshake``; None without a secret).
+# Set once by ``init_tp`` before any message is sent, cleared by ``destroy_tp``.
+_SESSION_KEY: bytes | None = None
 
 
 def tp() -> TPInfo:
@@ -102,17 +105,34 @@ def set_tp(info: TPInfo) -> None:
     _TP = info
 
 
-def init_tp(backend: str, init_method: str, rank: int, size: int, dp_size: int = 1) -> TPInfo:
+def session_key() -> bytes | None:
+    """The key that seals this server's messages between ranks (None: no secret)."""
+    return _SESSION_KEY
+
+
+def init_tp(
+    backend: str,
+    init_method: str,
+    rank: int,
+    size: int,
+    dp_size: int = 1,
+    secret: str | bytes | None = None,
+) -> TPInfo:
     """Join the TP group (blocks until all ``size`` ranks joined or the timeout);
-    ``dp_size`` > 1: DP attention over ``dp_size`` attention groups."""
+    ``dp_size`` > 1: DP attention over ``dp_size`` attention groups. With a
+    ``secret`` (``--disaggregation-secret``) every rank must prove it holds the
+    same one before anything else is exchanged, else ``AuthError`` on every rank."""
     import torch.distributed as dist
+
+    from pdcore.distributed.handshake import authenticate_group
+
+    global _NODE_IP, _SESSION_KEY
 
     if size == 1:
         set_tp(TPInfo())
         return _TP
     if size % dp_size:
         raise ValueError(f"--dp-size {dp_size} must divide --tp-size {size}")
-    global _NODE_IP
     _NODE_IP = ip_towards(urlsplit(init_method).hostname or "127.0.0.1")
     timeout = timedelta(seconds=INIT_TIMEOUT_S)
     dist.init_process_group(
@@ -120,6 +140,11 @@ def init_tp(backend: str, init_method: str, rank: int, size: int, dp_size: int =
     )
     group = dist.group.WORLD
     cpu_group = group if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
+    try:
+        _SESSION_KEY = authenticate_group(secret, rank, size, cpu_group)
+    except BaseException:
+        dist.destroy_process_group()
+        raise
     if dp_size == 1:
         info = TPInfo(rank, size, group, cpu_group, rank, size, group, cpu_group)
     else:
@@ -160,6 +185,9 @@ def _dp_attention_groups(world: TPInfo, backend: str, dp_size: int, timeout) -> 
 def destroy_tp() -> None:
     import torch.distributed as dist
 
+    global _SESSION_KEY
+    _SESSION_KEY = None
+
     if _TP.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
     set_tp(TPInfo())
@@ -190,19 +218,9 @@ def all_gather_last(x: torch.Tensor, group: Group | None = None) -> torch.Tensor
     return torch.cat(parts, dim=-1)
 
 
-# Engine-level collectives (step plans, page counts, PD endpoints) run over the
-# attention group: one engine per group (the whole TP group without DP attention).
-
-
-def broadcast_object(obj=None):
-    """Leader's ``obj`` to every rank of its engine (followers pass None, get it back)."""
-    if _TP.attn_size == 1:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=_TP.rank - _TP.attn_rank, group=_TP.attn_cpu_group)
-    return box[0]
+# Engine-level collectives run over the attention group: one engine per group
+# (the whole TP group without DP attention). Messages (step plans, PD endpoints)
+# go through ``wire``: typed bytes, never pickled objects.
 
 
 def min_over_ranks(value: int) -> int:
@@ -214,17 +232,6 @@ def min_over_ranks(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_TP.attn_cpu_group)
     return int(t.item())
-
-
-def gather_objects(obj) -> list | None:
-    """Every rank's ``obj`` on its engine's leader (rank order); None on followers."""
-    if _TP.attn_size == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * _TP.attn_size if _TP.is_leader else None
-    dist.gather_object(obj, out, dst=_TP.rank - _TP.attn_rank, group=_TP.attn_cpu_group)
-    return out
 
 
 # DP leaders only (one per attention group), over their gloo group.
@@ -240,17 +247,6 @@ def leaders_gather(values: list[int]) -> list[list[int]]:
     parts = [torch.empty_like(mine) for _ in range(_TP.dp_size)]
     dist.all_gather(parts, mine, group=_TP.leaders_group)
     return [p.tolist() for p in parts]
-
-
-def leaders_gather_objects(obj) -> list:
-    """Every DP leader's ``obj``, in DP rank order."""
-    if _TP.dp_size == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * _TP.dp_size
-    dist.all_gather_object(out, obj, group=_TP.leaders_group)
-    return out
 
 
 def shard_range(total: int, rank: int, size: int) -> tuple[int, int]:

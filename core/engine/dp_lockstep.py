@@ -23,7 +23,8 @@ import os
 import socket
 import traceback
 
-from pdcore.distributed.state import leaders_gather, leaders_gather_objects, node_ip, tp
+from pdcore.distributed.state import leaders_gather, node_ip, tp
+from pdcore.distributed.wire import leaders_gather_msgs
 from pdcore.engine.io_struct import encode
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ class LeaderWake:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((node_ip(), 0))
         self.sock.setblocking(False)
-        addrs = leaders_gather_objects(self.sock.getsockname())
+        addrs = leaders_gather_msgs(
+            self.sock.getsockname(), tuple[str, int], "wake-up address of a DP leader"
+        )
         self.peers = [a for rank, a in enumerate(addrs) if rank != tp().dp_rank]
 
     def fileno(self) -> int:

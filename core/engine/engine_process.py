@@ -107,11 +107,15 @@ def run_engine(
 
 def _follow(engine, ready_conn) -> None:
     """A follower rank: run the leader's forwards until it says stop (or dies)."""
+    from pdcore.distributed.wire import WireError
+
     ready_conn.send(("ready", {"pid": os.getpid(), "tp_rank": engine.tp.rank}))
     ready_conn.close()
     try:
         while engine.runner.follow():
             pass
+    except WireError as e:  # a bad message: never run a forward the leader did not send
+        logger.error("TP rank %d stops: %s", engine.tp.rank, e)
     except Exception as e:  # the leader is gone: its sockets closed under the collective
         logger.warning("TP rank %d stops: %s", engine.tp.rank, e)
     finally:
@@ -128,12 +132,11 @@ def _attn_tp_size(server_args_dict: dict) -> int:
 
 
 def _stop_followers(engine) -> None:
-    from pdcore.distributed.state import broadcast_object, destroy_tp
-    from pdcore.engine.step_plan import StepPlan
+    from pdcore.distributed.state import destroy_tp
 
     if engine.tp.attn_size > 1:
         try:
-            broadcast_object(StepPlan(stop=True))
+            engine.runner.stop_followers()
         except Exception as e:
             logger.warning("could not tell TP followers to stop: %s", e)
     if engine.tp.size > 1:
@@ -168,7 +171,10 @@ def _build_engine(
         if platform.device_type == "cpu":  # ranks share the cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // (args.tp_size // args.nnodes)))
         backend = platform.dist_backend or "gloo"
-        init_tp(backend, dist_init_method, tp_rank, args.tp_size, args.dp_attention_groups)
+        from pdcore.envs import disaggregation_secret
+
+        secret = args.disaggregation_secret or disaggregation_secret()
+        init_tp(backend, dist_init_method, tp_rank, args.tp_size, args.dp_attention_groups, secret)
     if model_factory:
         module, _, func = model_factory.partition(":")
         loaded = getattr(importlib.import_module(module), func)(args, device)

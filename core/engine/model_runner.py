@@ -16,8 +16,9 @@ import torch
 
 from pdcore.attention.base import AttentionImpl, AttentionMetadata
 from pdcore.distributed.dp_attention import DPTokens
-from pdcore.distributed.state import broadcast_object, tp
+from pdcore.distributed.state import tp
 from pdcore.engine.prompt_logprobs import PromptScores, score_positions
+from pdcore.engine.step_delta import PlanMirror, PlanSender
 from pdcore.engine.step_plan import StepPlan
 from pdcore.kvcache.pool import PADDING_PAGES, KVPool
 from pdcore.model.base import CausalLM, ForwardContext
@@ -39,6 +40,10 @@ class ModelRunner:
         self.stage_after = False
         self.after_follow = None
         self._prompt_scores: PromptScores | None = None  # see ``take_prompt_scores``
+        # Under TP the leader sends each forward as a delta of the followers' copy
+        # of the running requests' pages (``step_delta``).
+        self.sender = PlanSender()
+        self.mirror = PlanMirror(pool.page_size)
 
     def capture_decode_graphs(self, make_attention, max_bs: int, context_len: int) -> list[int]:
         """Capture decode passes up to ``max_bs`` rows; returns the captured batch sizes."""
@@ -110,7 +115,8 @@ class ModelRunner:
         follower (``follow``) runs it in step. ``dp_tokens``: DP attention's token
         counts of every DP group in this pass.
         """
-        return self._lead(StepPlan.from_batch(batch, self.pool.page_size), dp_tokens)
+        plan = StepPlan.from_batch(batch, self.pool.page_size)
+        return self._lead(plan, batch.reqs, dp_tokens)
 
     def can_overlap(self, batch_size: int, max_seq_len: int) -> bool:
         """A decode step of this size can be launched from device tokens: captured
@@ -129,17 +135,23 @@ class ModelRunner:
 
     def idle(self, dp_tokens: list[int]) -> None:
         """DP attention: take part in a forward that only other DP groups feed."""
-        self._lead(StepPlan(), dp_tokens)
+        self._lead(StepPlan(), [], dp_tokens)
 
-    def _lead(self, plan: StepPlan, dp_tokens: list[int] | None) -> torch.Tensor | None:
+    def _lead(self, plan: StepPlan, reqs: list, dp_tokens: list[int] | None) -> torch.Tensor | None:
         plan.pd_stage = self.stage_after
         plan.dp_tokens = dp_tokens
-        broadcast_object(plan)
+        if tp().attn_size > 1:
+            self.sender.send(self.sender.delta(plan, reqs))
         return self.execute(plan)
+
+    def stop_followers(self) -> None:
+        """Leader: tell this engine's followers to exit their ``follow`` loop."""
+        if tp().attn_size > 1:
+            self.sender.send(self.sender.stop())
 
     def follow(self) -> bool:
         """Follower ranks: run the leader's next pass; False when told to stop."""
-        plan = broadcast_object(None)
+        plan = self.mirror.receive()
         if plan.stop:
             return False
         self.execute(plan)

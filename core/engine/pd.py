@@ -17,7 +17,8 @@ from pdcore.disaggregation.bootstrap import BootstrapServer
 from pdcore.disaggregation.fake import FAKE_BACKEND
 from pdcore.disaggregation.kv_args import KVArgs
 from pdcore.disaggregation.kv_manager import KVManager
-from pdcore.distributed.state import kv_head_range, leaders_gather_objects, node_ip, tp
+from pdcore.distributed.state import kv_head_range, node_ip, tp
+from pdcore.distributed.wire import leaders_gather_msgs
 from pdcore.engine.pd_tp import KVStage, RankReceiver, exchange_rank_endpoints
 from pdcore.envs import disaggregation_secret
 from pdcore.model.config import ModelConfig
@@ -122,7 +123,7 @@ def _bootstrap_server(args: ServerArgs, secret) -> BootstrapServer:
 def _link_dp_bootstrap(server: BootstrapServer) -> None:
     """Every prefill DP leader calls this once: rank 0 learns the others' servers."""
     mine = None if tp().dp_rank == 0 else f"{node_ip()}:{server.port}"
-    addrs = leaders_gather_objects(mine)
+    addrs = leaders_gather_msgs(mine, str | None, "bootstrap address of a DP leader")
     if tp().dp_rank == 0:
         server.forward_to(addrs[1:])
 

@@ -18,9 +18,12 @@ import torch
 from pdcore.disaggregation.protocol import RankEndpoint
 from pdcore.disaggregation.staging import assemble_heads, select_pages
 from pdcore.disaggregation.transfer import MemoryRegion, TransferConfig
-from pdcore.distributed.state import broadcast_object, gather_objects, tp
+from pdcore.distributed.state import tp
+from pdcore.distributed.wire import broadcast_msg, gather_msgs
 
 logger = logging.getLogger(__name__)
+
+STAGE_PAGES = "pages to stage from the TP leader"
 
 
 class RankReceiver:
@@ -57,8 +60,9 @@ class RankReceiver:
 
 def exchange_rank_endpoints(receiver: RankReceiver | None) -> list[RankEndpoint]:
     """Every rank calls this once at startup; the leader gets the others' endpoints."""
-    got = gather_objects(receiver.endpoint if receiver is not None else None)
-    return [e for e in (got or [])[1:] if e is not None]
+    mine = receiver.endpoint if receiver is not None else None
+    got = gather_msgs(mine, RankEndpoint | None, "KV endpoint of a TP rank")
+    return [e for e in got[1:] if e is not None] if tp().is_leader else []
 
 
 class KVStage:
@@ -73,7 +77,7 @@ class KVStage:
         """Leader: stage the chunks queued by this step (broadcasts when TP > 1)."""
         pages = manager.take_staging_pages() if manager is not None else []
         if tp().attn_size > 1:
-            broadcast_object(pages)
+            broadcast_msg(pages, list[list[int]], STAGE_PAGES)
         if not pages:
             return
         started = time.monotonic()
@@ -83,7 +87,7 @@ class KVStage:
 
     def follow(self) -> None:
         """Follower: hand the leader our heads of the pages it names."""
-        pages = broadcast_object(None)
+        pages = broadcast_msg(None, list[list[int]], STAGE_PAGES)
         if pages:
             self._gather(self._local(pages))
 

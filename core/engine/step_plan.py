@@ -1,12 +1,13 @@
 """``StepPlan``: one forward pass as plain data, so every TP rank can run it.
 
 The leader's scheduler turns a ``ScheduledBatch`` into a plan; under tensor
-parallelism the plan is broadcast and each follower builds the very same
-inputs from it (token ids, positions, page table), so all ranks run identical
-forwards over their shard of the weights and KV heads. A plan with
-``stop=True`` tells followers to exit. Under DP attention a plan may have no
-rows (its group idles while another computes) and carries every DP group's
-token count (``dp_tokens``), which the DP leaders traded before broadcasting it.
+parallelism each follower gets the same plan (sent as a delta of the running
+requests, ``step_delta``) and builds the very same inputs from it (token ids,
+positions, page table), so all ranks run identical forwards over their shard
+of the weights and KV heads. A plan with ``stop=True`` tells followers to exit.
+Under DP attention a plan may have no rows (its group idles while another
+computes) and carries every DP group's token count (``dp_tokens``), which the
+DP leaders traded before sending it.
 """
 
 from __future__ import annotations

@@ -21,11 +21,10 @@ def _rank_main(folder, rank, size, dp, port, prompts_per_dp, max_new, results) -
 
     torch.set_num_threads(1)
     from pdcore.config import ServerArgs
-    from pdcore.distributed.state import broadcast_object, destroy_tp, init_tp, tp
+    from pdcore.distributed.state import destroy_tp, init_tp, tp
     from pdcore.engine.dp_lockstep import trade
     from pdcore.engine.engine import Engine
     from pdcore.engine.io_struct import GenerateReq
-    from pdcore.engine.step_plan import StepPlan
     from pdcore.model.loader import load_model
 
     try:
@@ -71,7 +70,7 @@ def _rank_main(folder, rank, size, dp, port, prompts_per_dp, max_new, results) -
         usage = engine.kv_usage()
         usage.check()
         if info.attn_size > 1:
-            broadcast_object(StepPlan(stop=True))
+            engine.runner.stop_followers()
         meta = {"forwards": forwards, "idle": idle["n"], "cached_pages": usage.cached}
         results.put((info.dp_rank, [out[f"r{i}"] for i in range(len(prompts))], meta))
     except BaseException as e:

@@ -113,9 +113,10 @@ def test_out_of_range_rank_is_a_400_naming_the_field(dp_server, prompts, path):
 
 def test_dp_attention_over_two_nodes_equals_tp1(qwen3_path, prompts, tp1_outputs):
     """DP rank 1's leader runs on "node 1" (no HTTP): it reaches node 0's front end
-    over TCP at --dist-init-addr's PORT+2 / PORT+3, and both ranks serve requests."""
+    over TCP at --dist-init-addr's PORT+2 / PORT+3, and both ranks serve requests.
+    The nodes share a --disaggregation-secret: the DP leaders' messages travel sealed."""
     addr = f"127.0.0.1:{free_port_run(4)}"
-    dist = (*DP, "--nnodes", "2", "--dist-init-addr", addr)
+    dist = (*DP, "--nnodes", "2", "--dist-init-addr", addr, "--disaggregation-secret", "dp-nodes")
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     node1 = subprocess.Popen(
         [sys.executable, "-m", "pdcore.launch_server", "--model-path", qwen3_path,

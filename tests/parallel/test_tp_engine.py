@@ -44,3 +44,18 @@ def test_kv_head_ranges():
         kv_head_range(2, 0, 3)
     with pytest.raises(ValueError, match="does not split evenly"):
         kv_head_range(4, 0, 3)
+
+
+def test_tp2_equals_tp1_through_retraction_and_shared_pages(tmp_path):
+    """A KV budget too small for all three requests forces a retraction, and two
+    equal prompts share cached pages (the prefix cache swaps a running request's
+    pages in place): the followers' mirrored page lists must follow every change."""
+    make_checkpoint(tmp_path, "qwen3", seed=3, num_key_value_heads=2)
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[2]]
+    stats1, stats2 = {}, {}
+    tight = dict(max_new=24, max_total_tokens=96)
+    one = run_group(str(tmp_path), 1, prompts, stats=stats1, **tight)
+    two = run_group(str(tmp_path), 2, prompts, stats=stats2, **tight)
+    assert stats2["retractions"] >= 1, f"the budget must force a retraction at TP=2: {stats2}"
+    for i, ((ids1, _), (ids2, _)) in enumerate(zip(one, two, strict=True)):
+        assert ids2 == ids1, f"prompt {i} differs at TP=2 after a retraction: {ids2} != {ids1}"

@@ -18,22 +18,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(folder, rank, size, port, prompts, max_new, results) -> None:
+def _rank_main(folder, rank, size, port, prompts, max_new, max_total, results) -> None:
     import torch
 
     torch.set_num_threads(1)
     from pdcore.config import ServerArgs
-    from pdcore.distributed.state import broadcast_object, destroy_tp, init_tp
+    from pdcore.distributed.state import destroy_tp, init_tp
     from pdcore.engine.engine import Engine
     from pdcore.engine.io_struct import GenerateReq
-    from pdcore.engine.step_plan import StepPlan
     from pdcore.model.loader import load_model
 
     try:
         init_tp("gloo", f"tcp://127.0.0.1:{port}", rank, size)
         loaded = load_model(folder, torch.float32, "cpu", load_tokenizer=False)
         args = ServerArgs(
-            model_path=folder, max_total_tokens=2048, page_size=4, chunked_prefill_size=16,
+            model_path=folder, max_total_tokens=max_total, page_size=4, chunked_prefill_size=16,
             tp_size=size,
         )  # fmt: skip
         # The registry's torch backend for the model's KV kind (MHA, or MLA for DeepSeek).
@@ -56,8 +55,9 @@ def _rank_main(folder, rank, size, port, prompts, max_new, results) -> None:
                 if o.finish_reason is not None:
                     done.add(o.rid)
         engine.kv_usage().check()
-        broadcast_object(StepPlan(stop=True))
-        results.put([out[f"r{i}"] for i in range(len(prompts))])
+        engine.runner.stop_followers()
+        outputs = [out[f"r{i}"] for i in range(len(prompts))]
+        results.put({"outputs": outputs, "retractions": engine.scheduler.num_retractions})
     except BaseException as e:
         results.put(f"rank {rank}: {type(e).__name__}: {e}")
         raise
@@ -65,12 +65,24 @@ def _rank_main(folder, rank, size, port, prompts, max_new, results) -> None:
         destroy_tp()
 
 
-def run_group(folder: str, size: int, prompts: list[list[int]], max_new: int = 8):
+def run_group(
+    folder: str,
+    size: int,
+    prompts: list[list[int]],
+    max_new: int = 8,
+    max_total_tokens: int = 2048,
+    stats: dict | None = None,
+):
+    """Rank 0's ``(output ids, logprobs)`` per prompt; ``stats`` (if given) gets the
+    leader's ``retractions``."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
     procs = [
-        ctx.Process(target=_rank_main, args=(folder, r, size, port, prompts, max_new, results))
+        ctx.Process(
+            target=_rank_main,
+            args=(folder, r, size, port, prompts, max_new, max_total_tokens, results),
+        )
         for r in range(size)
     ]
     for p in procs:
@@ -84,4 +96,6 @@ def run_group(folder: str, size: int, prompts: list[list[int]], max_new: int = 8
                 p.kill()
     if isinstance(got, str):
         raise AssertionError(got)
-    return got
+    if stats is not None:
+        stats["retractions"] = got["retractions"]
+    return got["outputs"]
