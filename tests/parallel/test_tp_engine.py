@@ -57,5 +57,5 @@ def test_tp2_equals_tp1_through_retraction_and_shared_pages(tmp_path):
     one = run_group(str(tmp_path), 1, prompts, stats=stats1, **tight)
     two = run_group(str(tmp_path), 2, prompts, stats=stats2, **tight)
     assert stats2["retractions"] >= 1, f"the budget must force a retraction at TP=2: {stats2}"
-    for i, ((ids1, _), (ids2, _)) in enumerate(zip(one, two, strict=True)):
+    for i, ((ids1, *_), (ids2, *_)) in enumerate(zip(one, two, strict=True)):
         assert ids2 == ids1, f"prompt {i} differs at TP=2 after a retraction: {ids2} != {ids1}"

@@ -73,8 +73,8 @@ def run_group(
     max_total_tokens: int = 2048,
     stats: dict | None = None,
 ):
-    """Rank 0's ``(output ids, logprobs)`` per prompt; ``stats`` (if given) gets the
-    leader's ``retractions``."""
+    """Rank 0's ``(output ids, logprobs, prompt logprobs)`` per prompt; ``stats``
+    (if given) gets the leader's ``retractions``."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
