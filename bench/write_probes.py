@@ -1,4 +1,4 @@
-"""Probes behind issue 4's NIXL finding (BENCHMARKS.md, session 8): what makes one
+"""Probes behind the NIXL finding of BENCHMARKS.md's round 8: what makes one
 transfer-engine write of a 2048-token chunk of SmolLM2's KV (60 buffers x 128 pages x
 12 KiB = 94 MB) slow on this machine.
 
