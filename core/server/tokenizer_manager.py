@@ -276,8 +276,8 @@ class TokenizerManager:
         start = inp.logprob_start_len
         if start != -1 and not 0 <= start < prompt_len:
             raise RequestError(
-                f"logprob_start_len must be -1 (no prompt logprobs) or a prompt position in "
-                f"[0, {prompt_len}) for this {prompt_len}-token prompt, got {start}"
+                "logprob_start_len must be -1 (the last prompt token only) or a prompt "
+                f"position in [0, {prompt_len}) for this {prompt_len}-token prompt, got {start}"
             )
         self._check_bootstrap(inp)
         sampling = params.to_dict()
