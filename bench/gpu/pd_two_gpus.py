@@ -1,4 +1,4 @@
-"""PD on two GPUs of one host, and the raw GPU0 -> GPU1 KV copy rate (issue 6).
+"""PD on two GPUs of one host, and the raw GPU0 -> GPU1 KV copy rate.
 
 1. Correctness: a null-mode server on GPU 0 answers 8 greedy requests; then a
    prefill server on GPU 0 and a decode server with ``--base-gpu-id 1`` answer
