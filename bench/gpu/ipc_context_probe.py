@@ -1,4 +1,4 @@
-"""Which way of copying out of a CUDA IPC mapping reaches NVLink speed? (issue 6)
+"""Which way of copying out of a CUDA IPC mapping reaches NVLink speed?
 
 The parent shares 2 GiB on GPU 0 through pdcore's driver helpers (``cuIpcGetMemHandle``)
 and through torch (``torch.multiprocessing``); a child copies it into its own GPU 1

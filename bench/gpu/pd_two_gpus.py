@@ -1,4 +1,4 @@
-"""PD on two GPUs of one host, and the raw GPU0 -> GPU1 KV copy rate (issue 6).
+"""PD on two GPUs of one host, and the raw GPU0 -> GPU1 KV copy rate.
 
 1. Correctness: a null-mode server on GPU 0 answers 8 greedy requests; then a
    prefill server on GPU 0 and a decode server with ``--base-gpu-id 1`` answer
@@ -236,8 +236,8 @@ def rate_two_processes(backend: str, nregions: int = 1, options: dict | None = N
     merge across a region boundary: 1 region = one 2 GiB run; 64 = pdcore's pool
     for this model (one region per layer's K or V buffer, 32 MiB runs). The runs
     are what pdcore's KV manager hands the engine for this prompt in a fresh pool
-    (one per buffer; an earlier version passed one run per page, 65,536, and
-    the Python merging of those dominated the time). Timed by spinning on the
+    (one per buffer, not one per page: 65,536 page runs would make Python's
+    merging of them dominate the time). Timed by spinning on the
     handle's status (no back-off sleeps in the measurement).
     """
     import multiprocessing as mp

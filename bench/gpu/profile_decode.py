@@ -1,4 +1,4 @@
-"""Where a batch-1 decode step's time goes (issue 6's floor ratio), on one GPU.
+"""Where a batch-1 decode step's time goes (its ratio to the HBM floor), on one GPU.
 
 Same model as ``run_all.py`` (Llama-3.1-8B architecture, random bf16 weights):
 

@@ -1,4 +1,4 @@
-"""GPU benchmarks of issue 6, all in one run on one card (results/gpu_<card>.json).
+"""Single-GPU benchmarks, all in one run on one card (results/gpu_<card>.json).
 
 The model is the real Llama-3.1-8B-Instruct architecture (config shipped next to
 this file) with random bf16 weights made on the GPU: no hub, no checkpoint. HF
