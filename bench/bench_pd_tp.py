@@ -1,4 +1,4 @@
-"""Heterogeneous-TP KV transfer on one CPU machine (issue 7 benchmark).
+"""Heterogeneous-TP KV transfer on one CPU machine.
 
 A random Qwen3-architecture checkpoint (8 layers, 8 query / 2 KV heads of 64,
 float32: 8 KiB of KV per token) is served by a prefill and a decode server in

@@ -1,4 +1,4 @@
-"""PD with tensor parallelism on one 4-GPU host (issue 7).
+"""PD with tensor parallelism on one 4-GPU host.
 
 Prefill TP=2 on GPUs 0-1 and decode TP=2 on GPUs 2-3 (NCCL inside each
 server, KV over NIXL/UCX between them), then the heterogeneous shapes prefill
