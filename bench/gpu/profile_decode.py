@@ -121,7 +121,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="result file (default: results/...)")
     args = ap.parse_args()
     card = torch.cuda.get_device_name()
-    result: dict = {"card": card, "torch": torch.__version__, "copy_GBps": copy_bandwidth()["best_GBps"]}
+    result: dict = {
+        "card": card,
+        "torch": torch.__version__,
+        "copy_GBps": copy_bandwidth()["best_GBps"],
+    }
     _, ours, config = models()  # HF's copy is dropped: only pdcore runs here
     torch.cuda.empty_cache()
     result["gemv"] = gemv_rates(config)
