@@ -72,9 +72,12 @@ def make_compiled(hf) -> str:
     ``generate()`` itself once the cache is static; older ones need the forward
     compiled by hand (their docs' recipe). Either way: ``mode="reduce-overhead"``,
     ``fullgraph=True``."""
+    import torch._dynamo
+
     hf.generation_config.cache_implementation = "static"
-    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else None
-    setattr(torch._dynamo.config, limit or "cache_size_limit", 64)  # one graph per shape
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, 64)  # one graph per batch size and cache length
     try:
         from transformers import CompileConfig
     except ImportError:

@@ -83,3 +83,30 @@ def test_floor_seconds_at_3010_gb_per_s_is_5_03_ms_where_the_old_count_gave_5_38
 def test_bad_batch_is_refused():
     with pytest.raises(ValueError, match="batch >= 1"):
         floor.decode_step_bytes(LLAMA, BF16, batch=0, context=1024)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_floor_weights_are_the_weights_pdcore_multiplies(tied, tmp_path):
+    """On a tiny Llama built by pdcore on CPU: the floor's weight bytes equal the linear
+    weights the cuBLAS reference multiplies plus the norms, and ``parameter_bytes`` is
+    the model's size, tied head or not."""
+    torch = pytest.importorskip("torch")
+    from pdcore.model.loader import _build, load_model_config
+    from pdcore.model.registry import get_model_class
+
+    refs = load_script("bench/gpu/gpu_references.py")
+    tiny = {**CONFIG, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2}
+    tiny.update(num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=300)
+    tiny["tie_word_embeddings"] = tied
+    (tmp_path / "config.json").write_text(json.dumps(tiny))
+    config = load_model_config(str(tmp_path))
+    model = _build(get_model_class(config.architecture), config, torch.float32, "cpu")
+    dims, f32 = floor.Dims.from_config(tiny), 4
+    step = floor.decode_step_bytes(dims, f32, batch=1, context=0)
+    multiplied = sum(w.numel() * f32 for _, w in refs.linear_weights(model))
+    norms = sum(p.numel() * f32 for p in model.parameters() if p.dim() == 1)
+    assert multiplied + norms == step["layers"] + step["lm_head"], (
+        "the floor must count exactly the weights a step multiplies and the norms"
+    )
+    every = sum(p.numel() * f32 for p in model.parameters())
+    assert every == floor.parameter_bytes(dims, f32), "parameter_bytes is the model's size"
