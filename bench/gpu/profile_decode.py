@@ -1,4 +1,4 @@
-"""Where a batch-1 decode step's time goes (its ratio to the HBM floor), on one GPU.
+"""Where a batch-1 decode step's time goes (the floor ratio of run_all.py), on one GPU.
 
 Same model as ``run_all.py`` (Llama-3.1-8B architecture, random bf16 weights):
 
@@ -121,7 +121,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="result file (default: results/...)")
     args = ap.parse_args()
     card = torch.cuda.get_device_name()
-    result: dict = {"card": card, "torch": torch.__version__, "copy_GBps": copy_bandwidth() / 1e9}
+    result: dict = {
+        "card": card,
+        "torch": torch.__version__,
+        "copy_GBps": copy_bandwidth()["best_GBps"],
+    }
     _, ours, config = models()  # HF's copy is dropped: only pdcore runs here
     torch.cuda.empty_cache()
     result["gemv"] = gemv_rates(config)

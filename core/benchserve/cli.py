@@ -53,7 +53,9 @@ def build_parser(prog: str) -> FlagParser:
         "--random-range-ratio",
         type=float,
         default=0.0,
-        help="lengths are drawn from [len*ratio, len] (default 0.0; 1.0 = exact)",
+        help="prompt and output lengths are drawn uniformly from [max(len*ratio, 1), len], "
+        "as SGLang's bench_serving: the default 0.0 draws anywhere from 1 to len, 1.0 gives "
+        "exactly len (the run's header prints the lengths drawn)",
     )
     data.add_argument(
         "--sharegpt-output-len",
@@ -95,7 +97,12 @@ def build_parser(prog: str) -> FlagParser:
     )
     out = p.add_argument_group("results")
     out.add_argument("--output-file", default=None, help="write the JSON report here")
-    out.add_argument("--plot-dir", default=None, help="write PNG plots here (needs matplotlib)")
+    out.add_argument(
+        "--plot-dir",
+        default=None,
+        help="write PNG plots here (needs matplotlib): latency CDFs with p50/p90/p99 and the "
+        "--slo-* limits marked, and throughput over time",
+    )
     out.add_argument("--slo-ttft-ms", type=float, default=None, help="goodput: TTFT limit")
     out.add_argument("--slo-tpot-ms", type=float, default=None, help="goodput: TPOT limit")
     out.add_argument(

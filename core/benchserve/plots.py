@@ -1,4 +1,5 @@
-"""PNG plots of a report: latency CDFs and throughput over time.
+"""PNG plots of a report: latency CDFs (p50/p90/p99 and the --slo-* limits marked) and
+throughput over time.
 
 matplotlib is imported only here and only when plots are asked for, with the Agg
 backend (no display needed); ``require()`` lets the CLI fail before a long run.
@@ -35,7 +36,7 @@ def write_plots(report: dict, folder: str | Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     title = _title(report)
     paths = []
-    for name, draw in ((LATENCY_PNG, _latency_cdfs), (THROUGHPUT_PNG, _throughput)):
+    for name, draw in ((LATENCY_PNG, latency_cdfs), (THROUGHPUT_PNG, _throughput)):
         fig = draw(plt, report)
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
@@ -55,8 +56,19 @@ def _title(report: dict) -> str:
     )
 
 
-def _latency_cdfs(plt, report: dict):
-    """One CDF per metric, from the per-request values in the report."""
+# CDF panel title -> (key in the report's latency_ms, the config key of its SLO).
+PANELS = {
+    "TTFT": ("ttft", "slo_ttft_ms"),
+    "TPOT": ("tpot", "slo_tpot_ms"),
+    "ITL": ("itl", None),
+    "E2E latency": ("e2e", None),
+}
+PERCENTILE_STYLE = {"p50": "C2", "p90": "C1", "p99": "C3"}
+
+
+def latency_cdfs(plt, report: dict):
+    """One CDF per metric, from the per-request values in the report, with its
+    p50/p90/p99 (dotted) and the SLO passed with ``--slo-*`` (dashed) marked."""
     ok = [r for r in report["requests"] if r["success"]]
     series = {
         "TTFT": [r["ttft_ms"] for r in ok],
@@ -74,9 +86,23 @@ def _latency_cdfs(plt, report: dict):
             ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
             continue
         xs = sorted(values)
-        ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post")
+        ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post", label=name)
         ax.set_ylim(0, 1.02)
+        _mark_percentiles_and_slo(ax, report, name)
     return fig
+
+
+def _mark_percentiles_and_slo(ax, report: dict, panel: str) -> None:
+    key, slo_key = PANELS[panel]
+    stats = report["latency_ms"][key]
+    for stat, color in PERCENTILE_STYLE.items():
+        if stats.get(stat) is not None:
+            value = stats[stat]
+            ax.axvline(value, color=color, linestyle=":", label=f"{stat} {value:.1f} ms")
+    slo = report["config"].get(slo_key) if slo_key else None
+    if slo is not None:
+        ax.axvline(slo, color="black", linestyle="--", label=f"SLO {slo:g} ms")
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def _throughput(plt, report: dict):

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import pdcore
-from pdcore.benchserve import metrics
+from pdcore.benchserve import lengths, metrics
 from pdcore.benchserve.client import RequestResult
 from pdcore.benchserve.load import LoadRun
 
@@ -78,6 +78,7 @@ def text_summary(report: dict) -> str:
         ("Backend", c["backend"]),
         ("Base URL", c["base_url"]),
         ("Dataset", c["dataset_name"]),
+        *_length_rows(report),
         ("Request rate (req/s)", c["request_rate"]),
         ("Max concurrency", c["max_concurrency"] or "unlimited"),
         ("Successful requests", s["completed"]),
@@ -107,6 +108,20 @@ def text_summary(report: dict) -> str:
         lines.append(f"error x{e['count']}: {e['error']}")
     lines.append("=" * 56)
     return "\n".join(lines)
+
+
+def _length_rows(report: dict) -> list[tuple[str, str]]:
+    """The range ratio (for the datasets it shapes) and the lengths the measured
+    requests were given, min/median/max."""
+    c, requests = report["config"], report["requests"]
+    rows = []
+    if c["dataset_name"] in lengths.RATIO_DATASETS:
+        rows.append(("Random range ratio", f"{c['random_range_ratio']:g}"))
+    inputs = [r["prompt_tokens"] for r in requests]
+    outputs = [r["requested_output_tokens"] for r in requests]
+    rows.append(("Input len min/median/max", lengths.spread(inputs)))
+    rows.append(("Output len min/median/max", lengths.spread(outputs)))
+    return rows
 
 
 def _row(name: str, value) -> str:

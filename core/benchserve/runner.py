@@ -9,7 +9,7 @@ import math
 import sys
 from collections.abc import Callable
 
-from pdcore.benchserve import client, datasets, profile, report
+from pdcore.benchserve import client, datasets, lengths, profile, report
 from pdcore.benchserve.client import ClientOptions, ServerError
 from pdcore.benchserve.datasets import RequestSpec
 from pdcore.benchserve.load import LoadRun, run_load, warm_up
@@ -38,6 +38,16 @@ def run_benchmark(args, prog: str = "pdcore bench serving") -> int:
         f"requests, rate {_rate(args.request_rate)} req/s, "
         f"max concurrency {args.max_concurrency or 'unlimited'}"
     )
+    say(
+        lengths.header(
+            args.dataset_name,
+            args.random_input_len,
+            args.random_output_len,
+            args.random_range_ratio,
+            [s.prompt_len for s in specs],
+            [s.output_len for s in specs],
+        )
+    )
     run, traces = asyncio.run(_measure(args, opts, specs, warm, say))
     result = report.build(_config(args, opts.model), server, run)
     if traces is not None:
@@ -46,6 +56,8 @@ def run_benchmark(args, prog: str = "pdcore bench serving") -> int:
         from pdcore.benchserve.plots import write_plots
 
         result["plots"] = write_plots(result, args.plot_dir)
+        for path in result["plots"]:
+            say(f"wrote plot {path}")
     if args.output_file:
         report.write_json(result, args.output_file)
         say(f"wrote {args.output_file}")

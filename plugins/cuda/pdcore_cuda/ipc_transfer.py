@@ -8,7 +8,7 @@ it) and, for each ``write``, copies the runs into its own registered memory on
 streams of its own, then answers over a loopback TCP socket.
 
 The copy itself runs at NVLink speed (a 2 GiB pull took 5.5 ms on two H200s, 390
-GB/s, as torch's own peer copy; bench/gpu/ipc_context_probe.py found every context
+GB/s, as torch's own peer copy; a one-off probe, in git history, found every context
 and stream choice equal). What once made this engine look 5x slower was the
 caller's Python merging of 65,536 page runs per write, now done in numpy
 (``pdcore.disaggregation.runs``).
