@@ -296,18 +296,24 @@ def main() -> None:
         "parameter_bytes_from_config": parameter_bytes(dims, DTYPE_BYTES),
         "floor_method": "bytes a step reads (decode_floor.py) / best copy bandwidth",
     }
+    slug = card.lower().replace("nvidia ", "").replace(" ", "-")
+    out = Path(args.out) if args.out else HERE / "results" / f"gpu_{slug}.json"
+    out.parent.mkdir(exist_ok=True)
+
+    def save() -> None:
+        # Written after every section, so a run cut short keeps what it measured.
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
     engine = engine_for(ours, config, args.attention, 64, graphs=True)
     result["attention_backend"] = engine.attention_name  # prefill+decode where they differ
     result["cuda_graph_batch_sizes"] = engine.cuda_graph_sizes
     result["decode_1k_context"] = decode_against_references(engine, ours, dims, bandwidth)
+    save()
     result["prefill_8k"] = prefill_against_peak(engine, config, peak)
+    save()
     result["decode_vs_hf_128_context"] = decode_against_hf(engine, hf, args.hf_compile_budget)
-    text = json.dumps(result, indent=2)
-    print(text)
-    slug = card.lower().replace("nvidia ", "").replace(" ", "-")
-    out = Path(args.out) if args.out else HERE / "results" / f"gpu_{slug}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text + "\n")
+    save()
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
