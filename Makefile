@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pdcore-setup
 DEPS   := scripts/setup.sh pyproject.toml $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo clean wheels
 
 setup: $(STAMP)
 
@@ -23,5 +23,9 @@ demo: setup
 	$(VENV)/bin/pdcore plugins
 	$(PY) scripts/demo.py
 
+# Wheels of pdcore and the five first-party plugins, built offline into dist/.
+wheels: setup
+	PYTHON=$(PY) bash scripts/build_wheels.sh dist
+
 clean:
-	rm -rf $(VENV) build .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache
