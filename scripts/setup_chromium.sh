@@ -14,5 +14,5 @@ if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null
   exit 0
 fi
 # --no-install-recommends: the browser alone, no desktop extras.
-optional_step "chromium for the dashboard screenshot test (apt, ~100 MB download)" \
+optional_step "chromium for the dashboard screenshot test (apt, ~120 MB)" \
   "the dashboard screenshot test will skip" apt_install chromium
