@@ -65,7 +65,7 @@ fi
 echo "[setup] ok: $("$VENV/bin/pdcore" --version) in $VENV, took $(human_duration $((SECONDS - START)))"
 # The same next steps as `make demo` prints, with the venv path as seen from the caller.
 VENV_ABS=$(cd "$VENV" && pwd)
-(cd "$CALLER_DIR" && "$VENV_ABS/bin/python" -c \
+(cd "$CALLER_DIR" && PYTHONDONTWRITEBYTECODE=1 "$VENV_ABS/bin/python" -c \
   'import sys; sys.path.insert(0, sys.argv[1]); import demo; print(demo.next_steps(sys.argv[2]))' \
   "$ROOT/scripts" "$VENV_ABS")
 echo "or 'make demo': one question through a PD cluster that then stops"
