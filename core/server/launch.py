@@ -24,6 +24,7 @@ from pdcore.config import ServerArgs, masked
 from pdcore.errors import ConfigError, PdcoreError
 from pdcore.server.engine_group import EngineGroup, EngineStartError
 from pdcore.server.http_server import create_app
+from pdcore.server.ports import check_engine_ports
 from pdcore.server.startup_notes import log_flag_notes
 from pdcore.server.tokenizer_manager import TokenizerManager
 
@@ -88,6 +89,7 @@ def serve(
     ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
     try:
         in_addr, out_addr = engine_addrs(server_args, ipc_dir)
+        check_engine_ports(server_args)
         http_socket = _bind_http(server_args)
     except ConfigError as e:
         shutil.rmtree(ipc_dir, ignore_errors=True)

@@ -1,0 +1,51 @@
+"""Ports the server's engine processes bind, checked before the model loads.
+
+The HTTP port is taken by the front end itself (``launch._bind_http``). The
+prefill bootstrap server and the TP rendezvous (``--dist-init-addr``) are bound
+by engine processes once the model has loaded: a busy one would otherwise be
+found only then, as a traceback. These checks find it in a second and name the
+flag. (The engine binds the port a moment later, so a port taken in between is
+still reported by the engine.)
+"""
+
+from __future__ import annotations
+
+import socket
+
+from pdcore.config import ServerArgs
+from pdcore.errors import ConfigError
+
+
+def port_busy(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (an address-reusing server's view),
+    or None if it can."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def engine_ports(args: ServerArgs) -> list[tuple[str, str, int]]:
+    """``(flag, host, port)`` of each port this node's engine processes will listen on."""
+    ports = []
+    if args.disaggregation_mode == "prefill" and args.node_rank == 0:
+        ports.append(
+            ("--disaggregation-bootstrap-port", args.host, args.disaggregation_bootstrap_port)
+        )
+    if args.tp_size > 1 and args.node_rank == 0 and args.dist_init_addr:
+        # torch's TCP store of the TP ranks listens on every interface
+        port = int(args.dist_init_addr.rsplit(":", 1)[1])
+        ports.append(("--dist-init-addr", "0.0.0.0", port))
+    return ports
+
+
+def check_engine_ports(args: ServerArgs) -> None:
+    """Raise a ``ConfigError`` naming the flag of the first busy port."""
+    for flag, host, port in engine_ports(args):
+        busy = port_busy(host, port)
+        if busy:
+            raise ConfigError(flag, f"cannot listen on {host}:{port}: {busy}")
