@@ -276,26 +276,43 @@ def run(argv: list[str], prog: str = "python -m pdcore.launch_router") -> int:
 
 def serve(args: RouterArgs) -> int:
     """Run the router until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+    import asyncio
     import logging
 
     import uvicorn
 
+    from pdcore.listen import listen_socket
     from pdcore.router.app import build_app
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:  # taken before uvicorn starts: a busy port is one line, not uvicorn's log
+        sock = listen_socket(args.host, args.port, "--port")
+    except ConfigError as e:
+        print(
+            f"pdcore router: error: {e} (choose another --port, or --host)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    app = build_app(args)
+    url = f"http://{args.host}:{args.port}"
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if self.started:
-                print(
-                    f"router ready on http://{args.host}:{args.port}", file=sys.stderr, flush=True
-                )
+                self.announcer = asyncio.create_task(_announce_ready(app.readiness, url))
+
+        async def shutdown(self, sockets=None) -> None:
+            announcer = getattr(self, "announcer", None)
+            if announcer is not None:
+                announcer.cancel()
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(
-        build_app(args),
+        app,
         host=args.host,
         port=args.port,
         log_level="warning",
@@ -304,8 +321,32 @@ def serve(args: RouterArgs) -> int:
         loop=_pick("uvloop", "asyncio"),
     )
     server = _Server(config)
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0 if server.started else 1
+
+
+READY_POLL_S = 0.2
+
+
+async def _announce_ready(readiness, url: str) -> None:
+    """Print "router ready on URL" once it can route; until then, what it waits for."""
+    import asyncio
+
+    state = readiness()
+    if not state.ready:
+        print(
+            f"router listening on {url}; not ready yet: {state.message} (waiting for "
+            "health checks; /health answers 503 until then)",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not state.ready:
+            await asyncio.sleep(READY_POLL_S)
+            state = readiness()
+    print(f"router ready on {url}", file=sys.stderr, flush=True)
 
 
 def _pick(fast: str, fallback: str) -> str:

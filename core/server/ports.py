@@ -10,23 +10,9 @@ still reported by the engine.)
 
 from __future__ import annotations
 
-import socket
-
 from pdcore.config import ServerArgs
 from pdcore.errors import ConfigError
-
-
-def port_busy(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be listened on (an address-reusing server's view),
-    or None if it can."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host.strip("[]"), port))
-        except OSError as e:
-            return e.strerror or str(e)
-    return None
+from pdcore.listen import port_busy
 
 
 def engine_ports(args: ServerArgs) -> list[tuple[str, str, int]]:
