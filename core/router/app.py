@@ -56,10 +56,15 @@ def build_app(args):
     for url in args.worker_urls:
         pool.add(url, "regular")
     rng = random.Random()
+    thresholds = {
+        "cache_threshold": args.cache_threshold,
+        "balance_abs": args.balance_abs_threshold,
+        "balance_rel": args.balance_rel_threshold,
+    }
     policies = {
-        "prefill": make_policy(args.prefill_policy or args.policy, rng),
-        "decode": make_policy(args.decode_policy or args.policy, rng),
-        "regular": make_policy(args.policy, rng),
+        "prefill": make_policy(args.prefill_policy or args.policy, rng, **thresholds),
+        "decode": make_policy(args.decode_policy or args.policy, rng, **thresholds),
+        "regular": make_policy(args.policy, rng, **thresholds),
     }
     metrics = RouterMetrics()
     state: dict = {}
