@@ -85,23 +85,42 @@ def _send(router, prompts: list[str]) -> None:
     assert all(r.status_code == 200 for r in asyncio.run(go()))
 
 
-def test_cache_aware_spreads_random_prompts_over_two_prefills(two_prefills):
-    router, prefills = two_prefills
+def _spread(router, prefills, send) -> list[float]:
+    """Requests per prefill while ``send()`` runs."""
     before = request_counts(router)
-    rng = random.Random(11)
-    _send(router, [_random_prompt(rng) for _ in range(40)])
+    send()
     after = request_counts(router)
-    got = [after.get(p.url, 0) - before.get(p.url, 0) for p in prefills]
+    return [after.get(p.url, 0) - before.get(p.url, 0) for p in prefills]
+
+
+def test_cache_aware_spreads_random_prompts_sent_concurrently(two_prefills):
+    router, prefills = two_prefills
+    rng = random.Random(11)
+    got = _spread(router, prefills, lambda: _send(router, [_random_prompt(rng) for _ in range(40)]))
+    assert sum(got) == 40, got
+    assert max(got) <= 24, f"40 unrelated prompts split {got} over 2 prefills (at most 60%)"
+
+
+def test_cache_aware_spreads_random_prompts_arriving_one_by_one(two_prefills):
+    """A light load: each request is answered before the next comes, so both prefills
+    have load 0 at every pick. The tie must not always go to the first one."""
+    router, prefills = two_prefills
+    rng = random.Random(13)
+
+    def one_by_one():
+        for _ in range(40):
+            r = router.post("/generate", {"text": _random_prompt(rng)})
+            assert r.status_code == 200, r.text
+
+    got = _spread(router, prefills, one_by_one)
     assert sum(got) == 40, got
     assert max(got) <= 24, f"40 unrelated prompts split {got} over 2 prefills (at most 60%)"
 
 
 def test_cache_aware_keeps_a_shared_prefix_on_one_prefill(two_prefills):
     router, prefills = two_prefills
-    before = request_counts(router)
     rng = random.Random(12)
     system = "You are a terse assistant; answer with one word only, no punctuation. " * 5
-    _send(router, [system + _random_prompt(rng)[:60] for _ in range(20)])
-    after = request_counts(router)
-    got = sorted(after.get(p.url, 0) - before.get(p.url, 0) for p in prefills)
+    prompts = [system + _random_prompt(rng)[:60] for _ in range(20)]
+    got = sorted(_spread(router, prefills, lambda: _send(router, prompts)))
     assert got == [0, 20], f"prompts sharing a long prefix were split {got} over 2 prefills"
