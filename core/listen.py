@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from pdcore.errors import ConfigError
@@ -14,7 +15,8 @@ def listen_socket(host: str, port: int, flag: str = "--port") -> socket.socket:
     try:
         return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
     except OSError as e:
-        raise ConfigError(flag, f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        why = os.strerror(e.errno) if e.errno else str(e)
+        raise ConfigError(flag, f"cannot listen on {host}:{port}: {why}") from None
 
 
 def port_busy(host: str, port: int) -> str | None:
