@@ -156,9 +156,11 @@ class RouterArgs:
             "--balance-abs-threshold",
             type=int,
             default=d.balance_abs_threshold,
-            help="cache_aware: loads (requests in flight) count as imbalanced when the "
-            "busiest worker has more than this many more than the idlest, and "
-            "--balance-rel-threshold holds too; then the least loaded worker is picked",
+            help="cache_aware: loads count as imbalanced when the busiest worker has more "
+            "than this many more than the idlest, and --balance-rel-threshold holds too; "
+            "then the least loaded worker is picked. A worker's load: this router's requests "
+            "in flight on it plus the running and waiting ones it reported at its last "
+            "health check",
         )
         g.add_argument(
             "--balance-rel-threshold",
