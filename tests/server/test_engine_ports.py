@@ -3,6 +3,7 @@ as one line naming the flag, before any engine process starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import pytest
@@ -11,6 +12,7 @@ from server.harness import free_port
 
 from pdcore.config import ServerArgs
 from pdcore.server import launch
+from pdcore.server.ports import engine_ports
 
 
 class _NoEngineGroup:
@@ -94,3 +96,20 @@ def test_decode_does_not_check_the_bootstrap_port(no_engine, capsys):
         )
         _serve(args)
     assert no_engine.started, "decode refused a bootstrap port it never binds"
+
+
+def test_multi_node_dp_attention_checks_the_engine_socket_ports():
+    args = ServerArgs(
+        model_path="/models/Fake-Model-1B",
+        tp_size=4,
+        dp_size=2,
+        enable_dp_attention=True,
+        nnodes=2,
+        dist_init_addr="10.0.0.1:5000",
+    )
+    got = [(flag, port) for flag, _, port in engine_ports(args)]
+    assert got == [("--dist-init-addr", p) for p in (5000, 5001, 5002, 5003)], (
+        "node 0 listens on the rendezvous port and PORT+1..PORT+groups+1 for its engines"
+    )
+    follower = dataclasses.replace(args, node_rank=1)
+    assert engine_ports(follower) == [], "other nodes bind none of these"
