@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
-from pdcore.argparse_utils import FlagParser
+from pdcore.argparse_utils import DefaultsShown, FlagParser
 from pdcore.body_limit import DEFAULT_MAX_PAYLOAD_SIZE
 from pdcore.errors import ConfigError
 
@@ -32,6 +32,10 @@ class RouterArgs:
     policy: str = "cache_aware"
     prefill_policy: str | None = None
     decode_policy: str | None = None
+    # cache_aware's knobs, with sgl-router's defaults
+    cache_threshold: float = 0.3
+    balance_abs_threshold: int = 64
+    balance_rel_threshold: float = 1.5
     max_retries: int = 2
     health_check_interval_secs: float = 5.0
     health_check_timeout_secs: float = 5.0
@@ -64,103 +68,166 @@ class RouterArgs:
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
+        """sgl-router's flag names and meanings where it has them; every default shown."""
+        d = RouterArgs
+        g = parser.add_argument_group("workers")
+        g.add_argument(
             "--pd-disaggregation",
             action="store_true",
-            help="route each request to a prefill and a decode worker",
+            help="route each request to a prefill and a decode worker (with --prefill/--decode)",
         )
-        parser.add_argument(
+        g.add_argument(
             "--prefill",
             nargs="+",
             action="append",
             default=[],
             metavar=("URL", "BOOTSTRAP_PORT"),
-            help="prefill worker URL and optional bootstrap port (repeatable)",
+            help="prefill worker URL and its bootstrap port (a port, 'none' or omitted: "
+            "asked from the worker's /get_server_info); repeat for each prefill "
+            "(default: none)",
         )
-        parser.add_argument(
+        g.add_argument(
             "--decode",
             nargs=1,
             action="append",
             default=[],
             metavar="URL",
-            help="decode worker URL (repeatable)",
+            help="decode worker URL; repeat for each decode (default: none)",
         )
-        parser.add_argument(
+        g.add_argument(
             "--worker-urls",
             nargs="+",
             default=[],
             metavar="URL",
-            help="workers of a regular (non-PD) router",
+            help="workers of a regular (non-PD) router (default: none)",
         )
-        parser.add_argument("--host", default=RouterArgs.host)
-        parser.add_argument("--port", type=int, default=RouterArgs.port)
-        parser.add_argument("--policy", default=RouterArgs.policy, choices=POLICIES)
-        parser.add_argument("--prefill-policy", choices=POLICIES, default=None)
-        parser.add_argument("--decode-policy", choices=POLICIES, default=None)
-        parser.add_argument(
+        g = parser.add_argument_group("HTTP server")
+        g.add_argument(
+            "--host",
+            default=d.host,
+            help="address to listen on; 0.0.0.0 or :: for every interface (sgl-router "
+            "listens on 0.0.0.0 unless told; pdcore stays on loopback)",
+        )
+        g.add_argument("--port", type=int, default=d.port, help="port to listen on")
+        g.add_argument(
+            "--max-payload-size",
+            "--max-request-body-bytes",
+            dest="max_payload_size",
+            type=int,
+            default=d.max_payload_size,
+            help="largest request body in bytes; a larger one is refused with 413 before it "
+            "is read in full (default: 64 MiB)",
+        )
+        g.add_argument(
+            "--log-level",
+            default=d.log_level,
+            choices=("debug", "info", "warn", "warning", "error", "critical"),
+            help="the router's log level (warn = warning, sgl-router's name)",
+        )
+        g = parser.add_argument_group("routing policy")
+        g.add_argument(
+            "--policy",
+            default=d.policy,
+            choices=POLICIES,
+            help="how a worker is picked; in PD mode for prefill and decode unless "
+            "--prefill-policy/--decode-policy say otherwise",
+        )
+        g.add_argument(
+            "--prefill-policy",
+            choices=POLICIES,
+            default=None,
+            help="policy for prefill workers in PD mode (default: --policy)",
+        )
+        g.add_argument(
+            "--decode-policy",
+            choices=POLICIES,
+            default=None,
+            help="policy for decode workers in PD mode (default: --policy)",
+        )
+        g.add_argument(
+            "--cache-threshold",
+            type=float,
+            default=d.cache_threshold,
+            help="cache_aware: a request goes to the worker that served its longest cached "
+            "prefix when that prefix is more than this fraction of the prompt; otherwise to "
+            "the worker with the least cached text",
+        )
+        g.add_argument(
+            "--balance-abs-threshold",
+            type=int,
+            default=d.balance_abs_threshold,
+            help="cache_aware: loads count as imbalanced when the busiest worker has more "
+            "than this many more than the idlest, and --balance-rel-threshold holds too; "
+            "then the least loaded worker is picked. A worker's load: this router's requests "
+            "in flight on it plus the running and waiting ones it reported at its last "
+            "health check",
+        )
+        g.add_argument(
+            "--balance-rel-threshold",
+            type=float,
+            default=d.balance_rel_threshold,
+            help="cache_aware: loads count as imbalanced when the busiest worker has more "
+            "than this times the idlest's load, and --balance-abs-threshold holds too",
+        )
+        g = parser.add_argument_group("retries, health checks, circuit breaker")
+        g.add_argument(
             "--max-retries",
             "--retry-max-retries",
             type=int,
-            default=RouterArgs.max_retries,
+            default=d.max_retries,
             help="retries on a new worker pair after a connection error or 5xx (before the "
             "first byte reached the client)",
         )
-        parser.add_argument(
+        g.add_argument(
             "--health-check-interval-secs",
             type=float,
-            default=RouterArgs.health_check_interval_secs,
+            default=d.health_check_interval_secs,
+            help="seconds between health checks (GET /health, then /get_server_info for "
+            "load and PD stats) of every worker",
         )
-        parser.add_argument(
-            "--health-check-timeout-secs", type=float, default=RouterArgs.health_check_timeout_secs
+        g.add_argument(
+            "--health-check-timeout-secs",
+            type=float,
+            default=d.health_check_timeout_secs,
+            help="seconds a health check may take before it counts as a failure",
         )
-        parser.add_argument(
+        g.add_argument(
             "--cb-failure-threshold",
             "--health-failure-threshold",
             type=int,
-            default=RouterArgs.cb_failure_threshold,
+            default=d.cb_failure_threshold,
             help="consecutive failures (requests or health checks) that take a worker out",
         )
-        parser.add_argument(
+        g.add_argument(
             "--cb-timeout-duration-secs",
             dest="cb_cooldown_secs",
+            metavar="SECS",
             type=float,
-            default=RouterArgs.cb_cooldown_secs,
+            default=d.cb_cooldown_secs,
             help="seconds before an unhealthy worker may be tried again by a request",
         )
-        parser.add_argument(
-            "--log-level",
-            default=RouterArgs.log_level,
-            choices=("debug", "info", "warning", "error", "critical"),
-        )
-        parser.add_argument(
+        g = parser.add_argument_group("API keys")
+        g.add_argument(
             "--api-key",
             default=None,
             help="require 'Authorization: Bearer KEY' from clients (all routes but /health, "
-            "/health_generate, /metrics); also the admin key unless --admin-api-key is given, "
-            "and sent to workers unless --worker-api-key is given",
+            "/liveness, /readiness, /health_generate, /metrics); also the admin key unless "
+            "--admin-api-key is given, and sent to workers unless --worker-api-key is given "
+            "(default: none, no key needed)",
         )
-        parser.add_argument(
+        g.add_argument(
             "--worker-api-key",
             default=None,
             help="the --api-key of the workers, sent on every call to them (requests, aborts, "
             "health checks); default: --api-key",
         )
-        parser.add_argument(
+        g.add_argument(
             "--admin-api-key",
             default=None,
             help="require 'Authorization: Bearer KEY' on /add_worker, /remove_worker, "
             "/start_profile and /stop_profile (default: --api-key). Without either, those "
             "routes answer 403 unless the router listens on a loopback address and holds no "
             "--worker-api-key",
-        )
-        parser.add_argument(
-            "--max-payload-size",
-            "--max-request-body-bytes",
-            dest="max_payload_size",
-            type=int,
-            default=RouterArgs.max_payload_size,
-            help="largest request body in bytes; a larger one is refused with 413 before it "
-            "is read in full (default: 64 MiB)",
         )
 
     @classmethod
@@ -180,6 +247,9 @@ class RouterArgs:
         tuning = {
             name: getattr(ns, name)
             for name in (
+                "cache_threshold",
+                "balance_abs_threshold",
+                "balance_rel_threshold",
                 "max_retries",
                 "health_check_interval_secs",
                 "health_check_timeout_secs",
@@ -208,6 +278,16 @@ class RouterArgs:
     def validate(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ConfigError("--port", f"must be a TCP port in 1..65535, got {self.port}")
+        if not 0 <= self.cache_threshold <= 1:
+            raise ConfigError("--cache-threshold", f"must be in 0..1, got {self.cache_threshold}")
+        if self.balance_abs_threshold < 0:
+            raise ConfigError(
+                "--balance-abs-threshold", f"must be >= 0, got {self.balance_abs_threshold}"
+            )
+        if self.balance_rel_threshold < 1:
+            raise ConfigError(
+                "--balance-rel-threshold", f"must be >= 1, got {self.balance_rel_threshold}"
+            )
         if self.max_retries < 0:
             raise ConfigError("--max-retries", f"must be >= 0, got {self.max_retries}")
         if self.max_payload_size < 1:
@@ -249,14 +329,23 @@ def _check_url(url: str, flag: str) -> str:
     return url.rstrip("/")
 
 
-def parse_router_args(argv: list[str], prog: str) -> tuple[RouterArgs, bool]:
-    parser = FlagParser(prog=prog, description="Start the pdcore router.")
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = FlagParser(
+        prog=prog,
+        description="Start the pdcore router (sgl-router's flags and HTTP API).",
+        formatter_class=DefaultsShown,
+    )
     RouterArgs.add_cli_args(parser)
     parser.add_argument(
         "--check-config",
         action="store_true",
         help="validate the flags, print the resolved config, exit",
     )
+    return parser
+
+
+def parse_router_args(argv: list[str], prog: str) -> tuple[RouterArgs, bool]:
+    parser = build_parser(prog)
     ns = parser.parse_args(argv)
     try:
         args = RouterArgs.from_cli_args(ns)
@@ -276,26 +365,43 @@ def run(argv: list[str], prog: str = "python -m pdcore.launch_router") -> int:
 
 def serve(args: RouterArgs) -> int:
     """Run the router until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+    import asyncio
     import logging
 
     import uvicorn
 
+    from pdcore.listen import listen_socket
     from pdcore.router.app import build_app
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:  # taken before uvicorn starts: a busy port is one line, not uvicorn's log
+        sock = listen_socket(args.host, args.port, "--port")
+    except ConfigError as e:
+        print(
+            f"pdcore router: error: {e} (choose another --port, or --host)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    app = build_app(args)
+    url = f"http://{args.host}:{args.port}"
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if self.started:
-                print(
-                    f"router ready on http://{args.host}:{args.port}", file=sys.stderr, flush=True
-                )
+                self.announcer = asyncio.create_task(_announce_ready(app.readiness, url))
+
+        async def shutdown(self, sockets=None) -> None:
+            announcer = getattr(self, "announcer", None)
+            if announcer is not None:
+                announcer.cancel()
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(
-        build_app(args),
+        app,
         host=args.host,
         port=args.port,
         log_level="warning",
@@ -304,8 +410,32 @@ def serve(args: RouterArgs) -> int:
         loop=_pick("uvloop", "asyncio"),
     )
     server = _Server(config)
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0 if server.started else 1
+
+
+READY_POLL_S = 0.2
+
+
+async def _announce_ready(readiness, url: str) -> None:
+    """Print "router ready on URL" once it can route; until then, what it waits for."""
+    import asyncio
+
+    state = readiness()
+    if not state.ready:
+        print(
+            f"router listening on {url}; not ready yet: {state.message} (waiting for "
+            "health checks; /health answers 503 until then)",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not state.ready:
+            await asyncio.sleep(READY_POLL_S)
+            state = readiness()
+    print(f"router ready on {url}", file=sys.stderr, flush=True)
 
 
 def _pick(fast: str, fallback: str) -> str:

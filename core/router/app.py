@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import pdcore
@@ -33,9 +33,12 @@ from pdcore.router.metrics import RouterMetrics
 from pdcore.router.policies import make_policy
 from pdcore.router.profile import profile_router
 from pdcore.router.proxy import UPSTREAM_ERRORS, Proxy, error, make_session
+from pdcore.router.readiness import readiness
 from pdcore.router.workers import CircuitBreaker, WorkerPool
 
 GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
+# Probes that answer without --api-key, like /health (sgl-router's /liveness, /readiness).
+PROBE_PATHS = frozenset(("/liveness", "/readiness"))
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
@@ -53,10 +56,15 @@ def build_app(args):
     for url in args.worker_urls:
         pool.add(url, "regular")
     rng = random.Random()
+    thresholds = {
+        "cache_threshold": args.cache_threshold,
+        "balance_abs": args.balance_abs_threshold,
+        "balance_rel": args.balance_rel_threshold,
+    }
     policies = {
-        "prefill": make_policy(args.prefill_policy or args.policy, rng),
-        "decode": make_policy(args.decode_policy or args.policy, rng),
-        "regular": make_policy(args.policy, rng),
+        "prefill": make_policy(args.prefill_policy or args.policy, rng, **thresholds),
+        "decode": make_policy(args.decode_policy or args.policy, rng, **thresholds),
+        "regular": make_policy(args.policy, rng, **thresholds),
     }
     metrics = RouterMetrics()
     state: dict = {}
@@ -71,6 +79,7 @@ def build_app(args):
         state["proxy"] = Proxy(
             pool, policies, session, metrics, checker, args.pd_disaggregation, args.max_retries, rng
         )
+        await checker.check_all()  # so readiness is known before the first request
         checker.start()
         yield
         await checker.stop()
@@ -142,9 +151,27 @@ def build_app(args):
     async def model_info():
         return await from_one("/get_model_info")
 
+    def ready() -> JSONResponse:
+        """200 when every role has a healthy worker, else 503 saying which has none."""
+        state = readiness(pool, roles)
+        if state.ready:
+            return JSONResponse(state.body())
+        response = error(503, f"router cannot route: {state.message}")
+        body = {**json.loads(response.body), **state.body()}
+        return JSONResponse(body, status_code=503)
+
     @app.api_route("/health", methods=["GET", "POST"])
     async def health():
-        return Response(status_code=200)
+        return ready()
+
+    @app.get("/readiness")
+    async def readiness_route():
+        return ready()
+
+    @app.get("/liveness")
+    async def liveness():
+        """The router process answers (whatever its workers do)."""
+        return {"status": "alive"}
 
     @app.api_route("/health_generate", methods=["GET", "POST"])
     async def health_generate():
@@ -180,6 +207,9 @@ def build_app(args):
                 "host": args.host,
                 "port": args.port,
                 "policies": {role: policies[role].name for role in roles},
+                "cache_threshold": args.cache_threshold,
+                "balance_abs_threshold": args.balance_abs_threshold,
+                "balance_rel_threshold": args.balance_rel_threshold,
                 "max_retries": args.max_retries,
                 "api_key": "***" if args.api_key else None,
                 "admin_api_key": "***" if args.admin_api_key else None,
@@ -235,10 +265,12 @@ def build_app(args):
 
     outer = BodyLimitMiddleware(router_app, args.max_payload_size)
     if args.api_key:  # the admin paths are the admin guard's to check
-        outer = ApiKeyMiddleware(outer, args.api_key, open_paths=OPEN_PATHS | ADMIN_PATHS)
+        open_paths = OPEN_PATHS | PROBE_PATHS | ADMIN_PATHS
+        outer = ApiKeyMiddleware(outer, args.api_key, open_paths=open_paths)
     refused = refusal(args.admin_key, bool(args.workers_key), args.host)
     outer = AdminGuard(outer, args.admin_key, refused)
     outer.fastapi = app
+    outer.readiness = lambda: readiness(pool, roles)  # for the startup line
     return outer
 
 

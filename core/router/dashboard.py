@@ -54,7 +54,12 @@ def dashboard_router(pool: WorkerPool, args) -> APIRouter:
 
 
 def state(pool: WorkerPool, args, started: float) -> dict:
+    """What the page shows. ``totals.in_flight`` counts each request once: a PD request
+    is on a prefill and a decode at once, so only the decode side (or, without PD,
+    the regular worker) counts; ``in_flight_by_role`` has each side's count."""
     workers = pool.all()
+    by_role = {role: sum(w.in_flight for w in pool.of_role(role)) for role in ROLES}
+    answering = "decode" if args.pd_disaggregation else "regular"
     return {
         "router": {
             "version": pdcore.__version__,
@@ -67,7 +72,8 @@ def state(pool: WorkerPool, args, started: float) -> dict:
         "totals": {
             "workers": len(workers),
             "healthy": sum(w.healthy for w in workers),
-            "in_flight": sum(w.in_flight for w in workers),
+            "in_flight": by_role[answering],
+            "in_flight_by_role": by_role,
             "kv_transfer_gb_s": sum(w.kv_rate.gb_s for w in workers),
         },
         "roles": {role: [worker_state(w) for w in pool.of_role(role)] for role in ROLES},

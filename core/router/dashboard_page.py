@@ -34,6 +34,10 @@ PAGE = """<!doctype html>
   .half_open { background: #e3a008; }
   .muted { color: #889; } .err { color: #9b1c1c; white-space: normal; }
   svg.spark { vertical-align: middle; background: #f7f9fc; }
+  [title] { cursor: help; }
+  #legend dl { display: grid; grid-template-columns: max-content 1fr; gap: 3px 14px;
+               margin: 4px 0; }
+  #legend dt { font-weight: 600; color: #556; } #legend dd { margin: 0; }
 </style>
 </head>
 <body data-renders="0">
@@ -41,12 +45,38 @@ PAGE = """<!doctype html>
   <h1>pdcore router</h1>
   <span class="kpi">workers<b id="k-workers">-</b></span>
   <span class="kpi">healthy<b id="k-healthy">-</b></span>
-  <span class="kpi">in flight<b id="k-inflight">-</b></span>
-  <span class="kpi">KV transfer<b id="k-rate">-</b></span>
+  <span class="kpi" id="kpi-inflight">requests in flight<b id="k-inflight">-</b></span>
+  <span class="kpi" id="kpi-rate">KV sent<b id="k-rate">-</b></span>
   <span id="updated">connecting...</span>
 </header>
 <div id="error"></div>
-<main id="roles"></main>
+<main>
+<div id="roles"></div>
+<section id="legend">
+  <h2>What the columns mean</h2>
+  <dl>
+    <dt>requests in flight</dt><dd>requests the router is answering now; a PD request
+      is on a prefill and a decode at once and counts once (the worker tables count it on
+      each)</dd>
+    <dt>in flight</dt><dd>this router's requests on the worker now</dd>
+    <dt>load</dt><dd>what load-based policies compare: in flight plus the running and
+      waiting requests the worker reported at its last health check</dd>
+    <dt>health (circuit)</dt><dd>closed: in rotation; open: taken out after consecutive
+      failures, until its cooldown ends; half_open: the next request is a trial that
+      closes or reopens it</dd>
+    <dt>bootstrap q, prealloc q, transfer q, local prefill</dt><dd>requests in each PD
+      queue of the worker</dd>
+    <dt>held pages</dt><dd>KV cache pages held for transfers in progress</dd>
+    <dt>rooms ok, failed</dt><dd>PD transfers completed, and failed (bootstrap or
+      transfer), since the worker started</dd>
+    <dt>KV sent/s</dt><dd>KV cache bytes per second the prefill sent, between its last
+      two health checks (every <span id="interval">-</span> s): 0 B/s while requests wait
+      in queues means nothing finished sending in that window</dd>
+    <dt>speed/request</dt><dd>the transfer speed of recent requests, as the worker
+      measured it</dd>
+  </dl>
+</section>
+</main>
 <script>
 "use strict";
 const STATE_URL = "dashboard/state";  // relative: also right behind a path prefix
@@ -60,7 +90,7 @@ function el(tag, attrs, ...children) {
 }
 
 function rate(gbs) {
-  if (!gbs) return "0";
+  if (!gbs) return "0 B/s";
   if (gbs >= 1) return gbs.toFixed(2) + " GB/s";
   if (gbs >= 1e-3) return (gbs * 1e3).toFixed(1) + " MB/s";
   return (gbs * 1e6).toFixed(1) + " KB/s";
@@ -88,6 +118,28 @@ function sparkline(history) {
   return svg;
 }
 
+// What each number means, as tooltips (the legend under the tables says the same).
+const TIPS = {
+  "in flight": "this router's requests on the worker now",
+  "load": "in flight + running and waiting requests the worker reported at its last "
+    + "health check; load-based policies compare it",
+  "health": "circuit closed: in rotation; open: out after consecutive failures until its "
+    + "cooldown ends; half_open: the next request is a trial",
+  "bootstrap q": "requests waiting for decode to connect (requests)",
+  "prealloc q": "requests waiting for KV pages on decode (requests)",
+  "transfer q": "requests whose KV is being sent or received (requests)",
+  "local prefill": "short prompts decode prefilled itself (requests)",
+  "held pages": "KV cache pages held for transfers in progress",
+  "rooms ok": "transfers completed since the worker started",
+  "failed": "bootstrap and transfer failures since the worker started",
+  "KV sent/s": "KV bytes per second sent, between the last two health checks",
+  "speed/request": "transfer speed of recent requests, as the worker measured it",
+};
+document.getElementById("kpi-inflight").title = "requests the router is answering now; "
+  + "a PD request counts once (its decode side), not once per worker";
+document.getElementById("kpi-rate").title = "KV cache bytes per second all prefill workers "
+  + "sent, between their last two health checks";
+
 const QUEUES = {
   prefill: [["bootstrap_queue", "bootstrap q"], ["transfer_queue", "transfer q"]],
   decode: [["prealloc_queue", "prealloc q"], ["transfer_queue", "transfer q"],
@@ -103,14 +155,16 @@ function roleTable(role, workers) {
   if (sends) heads.push("KV sent/s", "speed/request", "sent/s history");
   heads.push("last error");
   const text = new Set(["worker", "health", "sent/s history", "last error"]);
-  const head = el("tr", {}, ...heads.map((h) => el("th", text.has(h) ? {} : {class: "num"}, h)));
+  const head = el("tr", {}, ...heads.map((h) => el("th",
+    {...(text.has(h) ? {} : {class: "num"}), ...(TIPS[h] ? {title: TIPS[h]} : {})}, h)));
   const num = (v) => el("td", {class: "num"}, v ?? "-");
   const rows = workers.map((w) => {
     const p = w.pd || {};
     const cells = [
       el("td", {}, w.url),
-      el("td", {}, el("span", {class: "dot " + w.circuit}), w.healthy ? "healthy" : "down",
-        el("span", {class: "muted"}, " (" + w.circuit + ")")),
+      el("td", {title: TIPS.health}, el("span", {class: "dot " + w.circuit}),
+        w.healthy ? "healthy" : "down",
+        el("span", {class: "muted"}, " (circuit " + w.circuit + ")")),
       num(w.in_flight),
       num(w.load),
       ...queues.map((q) => num(p[q[0]])),
@@ -135,6 +189,7 @@ function render(state) {
   document.getElementById("k-workers").textContent = t.workers;
   document.getElementById("k-healthy").textContent = t.healthy + "/" + t.workers;
   document.getElementById("k-inflight").textContent = t.in_flight;
+  document.getElementById("interval").textContent = state.router.health_check_interval_secs;
   document.getElementById("k-rate").textContent = rate(t.kv_transfer_gb_s);
   const roles = Object.entries(state.roles).filter(([, ws]) => ws.length);
   document.getElementById("roles").replaceChildren(...roles.map(([r, ws]) => roleTable(r, ws)));

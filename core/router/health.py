@@ -38,9 +38,10 @@ class HealthChecker:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _loop(self) -> None:
+        """Checks every ``interval_s``; the first round is the caller's (``check_all``)."""
         while True:
-            await self.check_all()
             await asyncio.sleep(self.interval_s)
+            await self.check_all()
 
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check(w) for w in self.pool.all()))

@@ -56,9 +56,13 @@ class PowerOfTwoPolicy(Policy):
 class CacheAwarePolicy(Policy):
     """Send a prompt where its prefix was sent before (its KV is likely cached there).
 
-    Falls back to the least-loaded worker when the loads are imbalanced (max - min
-    > ``balance_abs`` and max > min * ``balance_rel``) or the best match covers less
-    than ``cache_threshold`` of the key (SGLang's router uses the same three knobs).
+    sgl-router's rule, with its defaults: when the loads (requests in flight) are
+    imbalanced (max - min > ``balance_abs`` and max > min * ``balance_rel``), the least
+    loaded worker. Otherwise the worker holding the longest cached prefix of the key if
+    it covers more than ``cache_threshold`` of the key, else the worker with the least
+    cached text (so prompts without a shared prefix are spread evenly, instead of all
+    going to whichever worker a load tie favours); ties go to the less loaded, then
+    to a random one.
     """
 
     name = "cache_aware"
@@ -66,9 +70,9 @@ class CacheAwarePolicy(Policy):
     def __init__(
         self,
         rng=None,
-        cache_threshold: float = 0.5,
-        balance_abs: int = 32,
-        balance_rel: float = 1.0001,
+        cache_threshold: float = 0.3,
+        balance_abs: int = 64,
+        balance_rel: float = 1.5,
         tree: PrefixTree | None = None,
     ):
         super().__init__(rng)
@@ -78,21 +82,27 @@ class CacheAwarePolicy(Policy):
         self.tree = tree or PrefixTree()
 
     def pick(self, workers, key=None):
-        least = min(workers, key=lambda w: w.load)
-        if not key:
-            return least
         loads = [w.load for w in workers]
         imbalanced = (
             max(loads) - min(loads) > self.balance_abs
             and max(loads) > min(loads) * self.balance_rel
         )
-        choice = least
-        if not imbalanced:
+        if imbalanced or not key:
+            choice = self._least(workers, lambda w: (w.load,))
+        else:
             depth, owners = self.tree.match(key, {w.url for w in workers})
-            if owners and depth >= self.cache_threshold * min(len(key), self.tree.max_key):
-                choice = min((w for w in workers if w.url in owners), key=lambda w: w.load)
-        self.tree.insert(key, choice.url)
+            if owners and depth > self.cache_threshold * min(len(key), self.tree.max_key):
+                choice = self._least([w for w in workers if w.url in owners], lambda w: (w.load,))
+            else:
+                choice = self._least(workers, lambda w: (self.tree.size(w.url), w.load))
+        if key:
+            self.tree.insert(key, choice.url)
         return choice
+
+    def _least(self, workers, rank) -> Worker:
+        """The worker of lowest ``rank``; a random one among equals."""
+        best = min(rank(w) for w in workers)
+        return self.rng.choice([w for w in workers if rank(w) == best])
 
 
 POLICIES: dict[str, type[Policy]] = {
@@ -100,11 +110,13 @@ POLICIES: dict[str, type[Policy]] = {
 }
 
 
-def make_policy(name: str, rng: random.Random | None = None) -> Policy:
+def make_policy(name: str, rng: random.Random | None = None, **cache_aware) -> Policy:
+    """``cache_aware``: ``CacheAwarePolicy``'s thresholds (ignored by the other policies)."""
     try:
-        return POLICIES[name](rng)
+        cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}. Supported: {', '.join(POLICIES)}") from None
+    return cls(rng, **cache_aware) if cls is CacheAwarePolicy else cls(rng)
 
 
 def request_key(body: dict) -> Sequence | None:

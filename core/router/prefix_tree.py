@@ -2,7 +2,9 @@
 
 Keys are strings or token-id tuples, cut to ``max_key`` elements; only the
 ``max_entries`` most recent keys are kept, so memory stays bounded and stale
-affinity fades like the workers' own prefix caches do.
+affinity fades like the workers' own prefix caches do. ``size(tenant)`` is how
+many nodes (characters or tokens) a tenant holds, shared prefixes counted once:
+sgl-router's measure of how much a worker has cached.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class PrefixTree:
         self.max_entries = max_entries
         self.max_key = max_key
         self._entries: OrderedDict[tuple[str, tuple], None] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # tenant -> nodes it holds
 
     def insert(self, key: Sequence, tenant: str) -> None:
         key = tuple(key[: self.max_key])
@@ -33,10 +36,13 @@ class PrefixTree:
             self._entries.move_to_end(entry)
             return
         self._entries[entry] = None
-        node = self.root
+        node, gained = self.root, 0
         for item in key:
             node = node.children.setdefault(item, _Node())
-            node.tenants[tenant] = node.tenants.get(tenant, 0) + 1
+            count = node.tenants.get(tenant, 0)
+            node.tenants[tenant] = count + 1
+            gained += count == 0
+        self._sizes[tenant] = self._sizes.get(tenant, 0) + gained
         while len(self._entries) > self.max_entries:
             old_tenant, old_key = self._entries.popitem(last=False)[0]
             self._remove(old_key, old_tenant)
@@ -54,17 +60,26 @@ class PrefixTree:
             depth, owners = i + 1, here
         return depth, owners
 
+    def size(self, tenant: str) -> int:
+        """Nodes ``tenant`` holds: how much of the tree is its cached text."""
+        return self._sizes.get(tenant, 0)
+
     def _remove(self, key: tuple, tenant: str) -> None:
         node = self.root
-        for item in key:
+        for depth, item in enumerate(key):
             child = node.children[item]
             child.tenants[tenant] -= 1
             if not child.tenants[tenant]:
                 del child.tenants[tenant]
+                self._sizes[tenant] -= 1
             if not child.tenants:
+                # no other key passes here: the rest of this key was this tenant's alone
+                self._sizes[tenant] -= len(key) - depth - 1
                 del node.children[item]
-                return
+                break
             node = child
+        if not self._sizes[tenant]:
+            del self._sizes[tenant]
 
     def __len__(self) -> int:
         return len(self._entries)

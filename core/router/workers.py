@@ -36,6 +36,7 @@ class CircuitBreaker:
         self.state = Circuit.CLOSED
         self.failures = 0
         self.opened_at = 0.0
+        self.ever_succeeded = False  # a health check or request has succeeded
 
     def allows(self) -> bool:
         if self.state is Circuit.OPEN and self.clock() - self.opened_at >= self.cooldown_s:
@@ -44,6 +45,7 @@ class CircuitBreaker:
 
     def success(self) -> None:
         self.state, self.failures = Circuit.CLOSED, 0
+        self.ever_succeeded = True
 
     def failure(self) -> None:
         self.failures += 1
@@ -84,6 +86,12 @@ class Worker:
     def healthy(self) -> bool:
         return self.breaker.state is not Circuit.OPEN
 
+    @property
+    def confirmed(self) -> bool:
+        """Healthy and known to answer: a health check or a request has succeeded
+        (a worker nobody reached yet is healthy by its breaker, not confirmed)."""
+        return self.healthy and self.breaker.ever_succeeded
+
     def observe_pd(self, stats: dict) -> None:
         """Keep a worker's PD stats (``disaggregation`` of its server info) and KV rate."""
         self.pd = stats
@@ -97,6 +105,7 @@ class Worker:
             "role": self.role,
             "bootstrap_port": self.bootstrap_port,
             "healthy": self.healthy,
+            "confirmed": self.confirmed,
             "circuit": self.breaker.state.value,
             "consecutive_failures": self.breaker.failures,
             "in_flight": self.in_flight,

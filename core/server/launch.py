@@ -22,8 +22,10 @@ import uvicorn
 
 from pdcore.config import ServerArgs, masked
 from pdcore.errors import ConfigError, PdcoreError
+from pdcore.listen import listen_socket
 from pdcore.server.engine_group import EngineGroup, EngineStartError
 from pdcore.server.http_server import create_app
+from pdcore.server.ports import check_engine_ports
 from pdcore.server.startup_notes import log_flag_notes
 from pdcore.server.tokenizer_manager import TokenizerManager
 
@@ -60,12 +62,7 @@ def _default_engine_target() -> Callable:
 
 def _bind_http(server_args: ServerArgs) -> socket.socket:
     """Take the HTTP port before the model loads, so a busy port fails in a second."""
-    host, port = server_args.host, server_args.port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host.strip("[]"), port), family=family, backlog=2048)
-    except OSError as e:
-        raise ConfigError("--port", f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return listen_socket(server_args.host, server_args.port, "--port")
 
 
 def serve(
@@ -88,6 +85,7 @@ def serve(
     ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
     try:
         in_addr, out_addr = engine_addrs(server_args, ipc_dir)
+        check_engine_ports(server_args)
         http_socket = _bind_http(server_args)
     except ConfigError as e:
         shutil.rmtree(ipc_dir, ignore_errors=True)

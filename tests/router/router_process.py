@@ -36,9 +36,11 @@ class RouterProcess:
             self.log.append(line)
 
     def _wait_ready(self, timeout: float) -> str:
+        """The router's startup line: "router ready on URL", or "router listening on URL;
+        not ready yet: ..." when no worker of a role answered its first health check."""
         deadline = time.monotonic() + timeout
         line = self.proc.stderr.readline()
-        while "router ready on" not in line:
+        while "router ready on" not in line and "router listening on" not in line:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"router did not start: {line}{self.proc.stderr.read()}")

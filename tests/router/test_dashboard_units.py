@@ -63,7 +63,13 @@ def pool_with_pd_workers() -> WorkerPool:
 def test_state_groups_workers_by_role_with_their_pd_stats():
     args = SimpleNamespace(pd_disaggregation=True, health_check_interval_secs=5.0)
     got = state(pool_with_pd_workers(), args, started=0.0)
-    assert got["totals"] == {"workers": 2, "healthy": 2, "in_flight": 2, "kv_transfer_gb_s": 0.0}
+    assert got["totals"] == {
+        "workers": 2,
+        "healthy": 2,
+        "in_flight": 0,  # the prefill's 2 have no decode side in this pool
+        "in_flight_by_role": {"prefill": 2, "decode": 0, "regular": 0},
+        "kv_transfer_gb_s": 0.0,
+    }
     (prefill,) = got["roles"]["prefill"]
     assert prefill["url"] == "http://p:1" and prefill["bootstrap_port"] == 8998
     assert prefill["pd"] == {
@@ -74,6 +80,37 @@ def test_state_groups_workers_by_role_with_their_pd_stats():
     }, "only the keys the page shows are passed on"
     assert [w["url"] for w in got["roles"]["decode"]] == ["http://d:2"]
     assert got["roles"]["regular"] == []
+
+
+def test_a_pd_request_counts_once_in_the_total_in_flight():
+    """Each PD request is on a prefill and a decode at once: the page's total must say
+    3 requests, not 6."""
+    pool = WorkerPool()
+    prefill, decode = pool.add("http://p:1", "prefill", 8998), pool.add("http://d:2", "decode")
+    prefill.in_flight = decode.in_flight = 3
+    args = SimpleNamespace(pd_disaggregation=True, health_check_interval_secs=5.0)
+    totals = state(pool, args, started=0.0)["totals"]
+    assert totals["in_flight"] == 3, f"PD requests counted per worker, not once: {totals}"
+    assert totals["in_flight_by_role"] == {"prefill": 3, "decode": 3, "regular": 0}, totals
+
+
+def test_regular_router_total_in_flight_is_its_workers_sum():
+    pool = WorkerPool()
+    for i, n in enumerate((2, 5)):
+        pool.add(f"http://w:{i + 1}", "regular").in_flight = n
+    args = SimpleNamespace(pd_disaggregation=False, health_check_interval_secs=5.0)
+    assert state(pool, args, started=0.0)["totals"]["in_flight"] == 7
+
+
+def test_page_explains_its_numbers():
+    """Terms a new user asked about: what load, the circuit state, in flight and the KV
+    rate mean, and the rate's unit even at zero."""
+    from pdcore.router.dashboard_page import PAGE
+
+    for term in ("<dt>load</dt>", "<dt>health (circuit)</dt>", "<dt>requests in flight</dt>",
+                 "<dt>KV sent/s</dt>", "counts once"):  # fmt: skip
+        assert term in PAGE, f"the page's legend lacks {term!r}"
+    assert 'if (!gbs) return "0 B/s";' in PAGE, "a zero KV rate must show its unit"
 
 
 def gauges(text: str) -> dict[tuple, float]:

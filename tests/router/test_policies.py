@@ -94,3 +94,54 @@ def test_unknown_policy_lists_supported():
 )
 def test_request_key_is_the_prompt(body, key):
     assert request_key(body) == key
+
+
+def _random_prompts(n: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    words = ["alpha", "delta", "omega", "tango", "kilo", "lima", "echo", "zulu", "nova"]
+    return [" ".join(rng.choice(words) for _ in range(40)) for _ in range(n)]
+
+
+def test_cache_aware_spreads_prompts_without_a_shared_prefix_evenly():
+    """Each request finishes before the next (loads tie at 0): the ties must not all go
+    to one worker, as they did when an unmatched prompt went to min(load)'s first."""
+    ws = workers(0, 0)
+    policy = make_policy("cache_aware", random.Random(0))
+    picks = [policy.pick(ws, p).url for p in _random_prompts(40)]
+    share = max(picks.count(w.url) for w in ws) / len(picks)
+    assert share <= 0.6, f"one worker got {share:.0%} of 40 unrelated prompts"
+
+
+def test_cache_aware_defaults_are_sgl_routers():
+    policy = CacheAwarePolicy()
+    assert (policy.cache_threshold, policy.balance_abs, policy.balance_rel) == (0.3, 64, 1.5), (
+        "sgl-router's defaults (cache_threshold 0.3, balance_abs_threshold 64, "
+        "balance_rel_threshold 1.5): users tune pdcore with the numbers they know"
+    )
+
+
+def test_cache_aware_unmatched_prompt_goes_to_the_worker_with_least_cached_text():
+    ws = workers(0, 0)
+    policy = make_policy("cache_aware")
+    policy.pick(ws, "x" * 300)  # one worker now holds 300 cached characters
+    holder = next(w for w in ws if policy.tree.size(w.url) == 300)
+    other = ws[1] if holder is ws[0] else ws[0]
+    assert policy.pick(ws, "y" * 50) is other, "a fresh prompt went to the fuller worker"
+
+
+def test_cache_aware_shared_prefix_sticks_under_random_suffixes():
+    ws = workers(0, 0)
+    policy = make_policy("cache_aware", random.Random(0))
+    system = "You are a careful assistant who answers in one sentence. " * 4
+    picks = set()
+    for suffix in _random_prompts(20):
+        w = policy.pick(ws, system + suffix[:40])
+        w.in_flight += 1  # all still running: the owner grows busier, under the thresholds
+        picks.add(w.url)
+    assert len(picks) == 1, f"prompts sharing a long prefix were split over {picks}"
+
+
+def test_make_policy_passes_the_thresholds_to_cache_aware_only():
+    policy = make_policy("cache_aware", cache_threshold=0.8, balance_abs=5, balance_rel=2.0)
+    assert (policy.cache_threshold, policy.balance_abs, policy.balance_rel) == (0.8, 5, 2.0)
+    assert make_policy("round_robin", cache_threshold=0.8).name == "round_robin"

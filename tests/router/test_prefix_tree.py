@@ -29,3 +29,14 @@ def test_keys_are_cut_to_max_key():
     tree = PrefixTree(max_key=4)
     tree.insert("abcdefgh", "A")
     assert tree.match("abcdefgh", {"A"})[0] == 4
+
+
+def test_size_counts_each_tenants_nodes_once_and_shrinks_on_eviction():
+    tree = PrefixTree(max_entries=3)
+    tree.insert("abcd", "A")
+    tree.insert("abxy", "A")  # shares "ab"
+    tree.insert("abcd", "B")
+    assert (tree.size("A"), tree.size("B")) == (6, 4), "shared prefixes count once per tenant"
+    tree.insert("zz", "B")  # evicts A's oldest key, "abcd"
+    assert tree.size("A") == 4, "A's evicted branch 'cd' must leave its size"
+    assert tree.size("B") == 6

@@ -26,7 +26,7 @@ from pdcore.api_key import OPEN_PATHS
 from pdcore.launch_router import parse_router_args
 from pdcore.launch_router import run as launch_router
 from pdcore.router.admin import ADMIN_PATHS
-from pdcore.router.app import GENERATION_PATHS, build_app
+from pdcore.router.app import GENERATION_PATHS, PROBE_PATHS, build_app
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,9 +67,10 @@ def test_every_route_but_the_open_ones_is_401_without_a_key(flags):
     app = router_app(*flags)
     calls = route_calls(app.fastapi)
     paths = {p for _, p in calls}
-    missing = (set(GENERATION_PATHS) | ADMIN_PATHS | OPEN_PATHS) - paths
+    open_paths = OPEN_PATHS | PROBE_PATHS
+    missing = (set(GENERATION_PATHS) | ADMIN_PATHS | open_paths) - paths
     assert not missing, f"routes the enumeration did not find: {missing}"
-    answers = asyncio.run(unauthenticated(app, [c for c in calls if c[1] not in OPEN_PATHS]))
+    answers = asyncio.run(unauthenticated(app, [c for c in calls if c[1] not in open_paths]))
     let_through = {c: status for c, status in answers.items() if status != 401}
     assert not let_through, f"routes answered without a key: {let_through}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import httpx
@@ -50,3 +51,76 @@ def test_a_burst_of_distinct_prompts_is_spread_over_every_worker(policy):
         router.stop()
         for stub in stubs:
             stub.stop()
+
+
+def _quick(body):
+    return 200, {"text": "ok", "meta_info": {}}
+
+
+def _random_prompt(rng: random.Random) -> str:
+    return " ".join(str(rng.randrange(10**6)) for _ in range(30))
+
+
+@pytest.fixture(scope="module")
+def two_prefills():
+    """A PD router with the default policy (cache_aware) over 2 prefills and 1 decode."""
+    stubs = [StubWorker(_quick) for _ in range(3)]
+    router = RouterProcess(
+        "--pd-disaggregation", "--prefill", stubs[0].url, "8998", "--prefill", stubs[1].url,
+        "8998", "--decode", stubs[2].url,
+    )  # fmt: skip
+    yield router, stubs[:2]
+    router.stop()
+    for stub in stubs:
+        stub.stop()
+
+
+def _send(router, prompts: list[str]) -> None:
+    async def go():
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(
+                *(client.post(router.url + "/generate", json={"text": p}) for p in prompts)
+            )
+
+    assert all(r.status_code == 200 for r in asyncio.run(go()))
+
+
+def _spread(router, prefills, send) -> list[float]:
+    """Requests per prefill while ``send()`` runs."""
+    before = request_counts(router)
+    send()
+    after = request_counts(router)
+    return [after.get(p.url, 0) - before.get(p.url, 0) for p in prefills]
+
+
+def test_cache_aware_spreads_random_prompts_sent_concurrently(two_prefills):
+    router, prefills = two_prefills
+    rng = random.Random(11)
+    got = _spread(router, prefills, lambda: _send(router, [_random_prompt(rng) for _ in range(40)]))
+    assert sum(got) == 40, got
+    assert max(got) <= 24, f"40 unrelated prompts split {got} over 2 prefills (at most 60%)"
+
+
+def test_cache_aware_spreads_random_prompts_arriving_one_by_one(two_prefills):
+    """A light load: each request is answered before the next comes, so both prefills
+    have load 0 at every pick. The tie must not always go to the first one."""
+    router, prefills = two_prefills
+    rng = random.Random(13)
+
+    def one_by_one():
+        for _ in range(40):
+            r = router.post("/generate", {"text": _random_prompt(rng)})
+            assert r.status_code == 200, r.text
+
+    got = _spread(router, prefills, one_by_one)
+    assert sum(got) == 40, got
+    assert max(got) <= 24, f"40 unrelated prompts split {got} over 2 prefills (at most 60%)"
+
+
+def test_cache_aware_keeps_a_shared_prefix_on_one_prefill(two_prefills):
+    router, prefills = two_prefills
+    rng = random.Random(12)
+    system = "You are a terse assistant; answer with one word only, no punctuation. " * 5
+    prompts = [system + _random_prompt(rng)[:60] for _ in range(20)]
+    got = sorted(_spread(router, prefills, lambda: _send(router, prompts)))
+    assert got == [0, 20], f"prompts sharing a long prefix were split {got} over 2 prefills"
