@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from pdcore.errors import PdcoreError
 from pdcore.model.base import CausalLM
@@ -184,10 +185,24 @@ def _safetensors_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]
             raise ModelLoadError(f"Cannot read weights file {file}: {e}") from None
 
 
+class _SkipInit(TorchFunctionMode):
+    """Makes ``torch.nn.init`` calls no-ops while a model is built on the meta device.
+
+    The weights are overwritten by the checkpoint anyway, and random init on meta
+    tensors runs torch's Python reference ops, whose first use imports
+    ``torch._dynamo``: about 2.4 s of CPU in every engine process for nothing."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
 def _build(cls: type[CausalLM], config: ModelConfig, dtype: torch.dtype, device) -> CausalLM:
-    """Construct without initializing (meta device), then allocate on ``device``:
-    every parameter is overwritten by the checkpoint, and the loader checks that."""
-    with torch.device("meta"):
+    """Construct without initializing (meta device, init calls skipped), then allocate
+    on ``device``: every parameter is overwritten by the checkpoint, and the loader
+    checks that."""
+    with torch.device("meta"), _SkipInit():
         model = cls(config)
     return model.to(dtype=dtype).to_empty(device=device)
 
