@@ -1,4 +1,6 @@
-"""``pdcore up``: a local prefill/decode cluster plus router, started and stopped as one."""
+"""Starting pdcore processes: ``pdcore up`` (a local prefill/decode cluster plus router,
+started and stopped as one) and the launcher library under it (``pdcore.up.launch``,
+``pdcore.up.ports``) that tests and benchmarks use too."""
 
 from pdcore.up.cluster import run
 
