@@ -138,7 +138,9 @@ class Up:
         self._wait_servers(start)
         with self._uninterrupted():
             self.router = start_router(
-                *self._router_args(),
+                *self._router_args(
+                    [(s.role, s.proc.url, s.proc.bootstrap_port) for s in self.servers]
+                ),
                 host=self.args.host,
                 port=self.args.port,
                 log_dir=self.log_dir,
@@ -160,14 +162,15 @@ class Up:
             cmd += ["--api-key", a.api_key]
         return [*cmd, *SERVER_DEFAULTS, *a.server_args]
 
-    def _router_args(self) -> list[str]:
-        """The router's flags after its address: the servers as they came up."""
+    def _router_args(self, workers: list[tuple[str, str, int | None]]) -> list[str]:
+        """The router's flags after its address: the servers' ``(role, url, bootstrap
+        port)`` as they came up."""
         cmd = ["--pd-disaggregation"]
-        for s in self.servers:
-            if s.role == "prefill":
-                cmd += ["--prefill", s.proc.url, str(s.proc.bootstrap_port)]
+        for role, url, bootstrap_port in workers:
+            if role == "prefill":
+                cmd += ["--prefill", url, str(bootstrap_port)]
             else:
-                cmd += ["--decode", s.proc.url]
+                cmd += ["--decode", url]
         cmd += ["--log-level", "warning"]
         if self.args.api_key:  # the router sends the same key to the servers
             cmd += ["--api-key", self.args.api_key]

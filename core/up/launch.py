@@ -179,8 +179,9 @@ class Proc:
     # -- stopping ------------------------------------------------------------------------
 
     def stop(self, grace: float = DEFAULT_GRACE) -> int | None:
-        """SIGTERM the process group, SIGKILL what is left after ``grace`` s; the exit code."""
-        stop_groups([self.child], grace)
+        """SIGTERM the process (a server then stops its engines itself), SIGKILL what is
+        left of its process group once it exits or after ``grace`` s; its exit code."""
+        stop_groups([self.child], grace, whole_group=False)
         self._release()
         self._http.close()
         return self.exited()
@@ -206,6 +207,29 @@ def _python(module: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+def needs_bootstrap_port(role: str | None, args: Sequence[str]) -> bool:
+    """A prefill server needs a bootstrap port, unless its flags already name one."""
+    return role == "prefill" and "--disaggregation-bootstrap-port" not in args
+
+
+def server_command(
+    port: int,
+    *args: str,
+    role: str | None = None,
+    gpu: int | None = None,
+    bootstrap_port: int | None = None,
+) -> list[str]:
+    """The server's command line: address, role, bootstrap port, GPU, then ``args``."""
+    cmd = [*_python("pdcore.launch_server"), "--host", "127.0.0.1", "--port", str(port)]
+    if role is not None:
+        cmd += ["--disaggregation-mode", role]
+    if bootstrap_port is not None:
+        cmd += ["--disaggregation-bootstrap-port", str(bootstrap_port)]
+    if gpu is not None:
+        cmd += ["--base-gpu-id", str(gpu)]
+    return [*cmd, *args]
+
+
 def start_server(
     *args: str,
     role: str | None = None,
@@ -220,17 +244,11 @@ def start_server(
     ``role`` prefill/decode adds ``--disaggregation-mode`` (and a prefill's bootstrap
     port); ``gpu`` adds ``--base-gpu-id``; ``kw`` goes to ``Proc``.
     """
-    bootstrap = role == "prefill" and "--disaggregation-bootstrap-port" not in args
+    bootstrap = needs_bootstrap_port(role, args)
 
     def build(got: list[int]) -> list[str]:
-        cmd = [*_python("pdcore.launch_server"), "--host", "127.0.0.1", "--port", str(got[0])]
-        if role is not None:
-            cmd += ["--disaggregation-mode", role]
-        if bootstrap:
-            cmd += ["--disaggregation-bootstrap-port", str(got[1])]
-        if gpu is not None:
-            cmd += ["--base-gpu-id", str(gpu)]
-        return [*cmd, *args]
+        boot = got[1] if bootstrap else None
+        return server_command(got[0], *args, role=role, gpu=gpu, bootstrap_port=boot)
 
     want = [port, bootstrap_port] if bootstrap else [port]
     proc = Proc(name or role or "server", build, want_ports=want, **kw)

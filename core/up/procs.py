@@ -91,14 +91,20 @@ class Child:
             self._log.close()
 
 
-def stop_groups(children: Sequence[Child], grace: float, hurry=lambda: False) -> None:
-    """SIGTERM each child's group, wait up to ``grace`` s, SIGKILL what is left.
+def stop_groups(
+    children: Sequence[Child], grace: float, hurry=lambda: False, whole_group: bool = True
+) -> None:
+    """SIGTERM each child's group (or, ``whole_group=False``, only the child, which then
+    stops its own helpers), wait up to ``grace`` s, SIGKILL what is left of the groups.
 
     ``hurry()`` true (a second Ctrl-C) skips the rest of the wait.
     """
     for child in children:
         if child.exited() is None:
-            child.signal_group(signal.SIGTERM)
+            if whole_group:
+                child.signal_group(signal.SIGTERM)
+            else:
+                child.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
     while any(c.exited() is None for c in children):
         if time.monotonic() > deadline or hurry():
