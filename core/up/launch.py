@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +45,9 @@ class Proc:
 
     ``build(ports)`` gives the command line for the ports wanted (``None`` entries are
     picked here); ``health_path`` is polled on the first port for readiness.
+    ``die_with_parent`` (default: when started from the main thread) has the kernel
+    SIGTERM the process when the starting thread ends, so a launcher killed with
+    ``kill -9`` leaves nothing behind.
     """
 
     def __init__(
@@ -55,7 +59,7 @@ class Proc:
         log_dir: str | Path | None = None,
         env: dict[str, str] | None = None,
         health_path: str = "/health",
-        die_with_parent: bool = False,
+        die_with_parent: bool | None = None,
         attempts: int = ATTEMPTS,
         reserve: Callable[[], ports.Reservation] = ports.reserve,
     ):
@@ -64,6 +68,8 @@ class Proc:
         self._want = list(want_ports)
         self._env = dict(os.environ if env is None else env)
         self.health_path = health_path
+        if die_with_parent is None:  # the kernel ties it to the starting thread's life
+            die_with_parent = threading.current_thread() is threading.main_thread()
         self._die_with_parent = die_with_parent
         self._attempts_left = attempts
         self._reserve = reserve

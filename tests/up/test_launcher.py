@@ -7,6 +7,7 @@ the launcher's own behaviour is tested in well under a second per process.
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 
 import psutil
@@ -94,3 +95,25 @@ def test_cluster_stops_everything_and_keeps_the_logs(tmp_path):
     assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == "zombie" for p in pids)
     kept = sorted(f.name for f in (tmp_path / "logs").iterdir())
     assert kept == ["a.log", "b.log"], f"the logs should outlive the cluster: {kept}"
+
+
+LAUNCHER = """
+import sys, time
+from pdcore.up.launch import Proc
+proc = Proc("web", lambda got: [sys.executable, "-m", "http.server", str(got[0]),
+            "--bind", "127.0.0.1"], health_path="/").wait_healthy(30)
+print(proc.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_launcher_killed_with_sigkill_leaves_no_process_behind():
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(launcher.stdout.readline()))
+        launcher.kill()
+        launcher.wait(10)
+        _, alive = psutil.wait_procs([child], timeout=10)
+        assert not alive, "a process started from the main thread must die with its launcher"
+    finally:
+        launcher.kill()
