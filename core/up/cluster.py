@@ -183,7 +183,9 @@ class Up:
             if not pending:
                 return
             for s in pending:
-                if s.proc.check():
+                with self._uninterrupted():  # check() may start it again on fresh ports
+                    ready = s.proc.check()
+                if ready:
                     s.ready_after = time.monotonic() - start
                     boot = s.proc.bootstrap_port
                     where = f"{s.proc.url}" + (f" bootstrap {boot}" if boot else "")
@@ -201,7 +203,9 @@ class Up:
         while True:
             for s in self.servers:
                 self._check_alive(s.proc)
-            if self.router.check() and health.workers_healthy(self.http, self.router_url):
+            with self._uninterrupted():  # check() may start it again on fresh ports
+                up = self.router.check()
+            if up and health.workers_healthy(self.http, self.router_url):
                 workers = health.router_workers(self.http, self.router_url)
                 _err(
                     f"  {'router':<10} ready  {time.monotonic() - start:5.1f}s  "
