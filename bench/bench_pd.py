@@ -64,11 +64,9 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,55 +75,38 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_vs_hf import make_prompts
 
+from pdcore.up.launch import start_server
+from pdcore.up.ports import pick_port
+
 RESULTS = Path(__file__).parent / "results"
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+free_port = pick_port  # every port comes from the launcher's reservations
 
 
 class Server:
-    """A ``launch_server`` process on 127.0.0.1; its stderr goes to a temp file."""
+    """A ``launch_server`` process on 127.0.0.1, started by ``pdcore.up.launch``; its
+    output goes to a log file."""
 
     def __init__(self, *args: str, timeout: float = 300.0):
-        self.port = free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        self.log = tempfile.TemporaryFile("w+")
         env = dict(os.environ, HF_HUB_OFFLINE="1")  # OMP_NUM_THREADS left as it is
-        cmd = [sys.executable, "-m", "pdcore.launch_server", "--host", HOST]
         level = os.environ.get("PDCORE_BENCH_SERVER_LOG_LEVEL", "warning")
-        cmd += ["--port", str(self.port), "--log-level", level, *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, env=env)
+        self.launched = start_server("--log-level", level, *args, env=env)
+        self.port, self.url, self.proc = self.launched.port, self.launched.url, self.launched.popen
         try:
-            self._wait_healthy(timeout)
+            self.launched.wait_healthy(timeout)
         except BaseException:
             self.stop()
             raise
 
     def write_log(self) -> list[str]:
         """Prefill's per-write debug lines (``room … chunk … write …``), if logged."""
-        self.log.seek(0)
-        return [line.strip() for line in self.log if " chunk " in line and " write " in line]
+        lines = self.launched.output().splitlines()
+        return [line.strip() for line in lines if " chunk " in line and " write " in line]
 
     def _tail(self) -> str:
-        self.log.seek(0)
-        return self.log.read()[-3000:]
-
-    def _wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self._tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"server not healthy after {timeout}s: {self._tail()}")
+        return self.launched.output()[-3000:]
 
     def _tree(self) -> list:
         import psutil
@@ -137,14 +118,7 @@ class Server:
         return httpx.get(f"{self.url}/get_server_info", timeout=60).json()["disaggregation"]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+        self.launched.stop(grace=30)
 
 
 def gen_body(ids: list[int], max_new: int, **extra) -> dict:

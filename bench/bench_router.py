@@ -30,13 +30,14 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
+
+from pdcore.up import launch
+from pdcore.up.launch import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = json.dumps({"text": "Hello", "sampling_params": {"max_new_tokens": 8}}).encode()
@@ -124,53 +125,29 @@ def run_stub(port: int, bootstrap_port: int) -> None:
 # ---- processes --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
-def start_stub() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--stub", str(port), str(free_port())],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    assert proc.stdout.readline().strip() == "stub ready"
-    return proc, f"http://127.0.0.1:{port}"
+def start_stub() -> tuple[Proc, str]:
+    """A stub worker process (this file with ``--stub``), started by ``pdcore.up.launch``."""
+
+    def cmd(ports: list[int]) -> list[str]:
+        return [sys.executable, __file__, "--stub", *map(str, ports)]
+
+    stub = Proc("stub", cmd, want_ports=[None, None], env=_env()).wait_healthy(60)
+    return stub, stub.url
 
 
-def start_router(*args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "pdcore.launch_router", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--log-level", "warning", *args]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
-    deadline = time.monotonic() + 60
-    line = proc.stderr.readline()
-    while "router ready on" not in line:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"router did not start: {line}{proc.stderr.read()}")
-        line = proc.stderr.readline()
-    # Nothing reads stderr from here on: the router logs warnings only, and a
-    # healthy run writes none.
-    return proc, f"http://127.0.0.1:{port}"
+def start_router(*args: str) -> tuple[Proc, str]:
+    # Its log file takes what it writes: warnings only, and a healthy run writes none.
+    router = launch.start_router("--log-level", "warning", *args, env=_env())
+    router.wait_healthy(60)
+    return router, router.url
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def stop(proc: Proc) -> None:
+    proc.stop(grace=10)
 
 
 # ---- client -----------------------------------------------------------------------
@@ -256,7 +233,7 @@ async def saturate(url: str, concurrency: int, duration: float) -> tuple[int, fl
     return sum(counts), elapsed, latencies
 
 
-def cpu_seconds(proc: subprocess.Popen | None) -> float:
+def cpu_seconds(proc: Proc | None) -> float:
     """User + system CPU seconds the process used so far (Linux /proc)."""
     if proc is None:
         return 0.0

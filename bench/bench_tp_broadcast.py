@@ -34,16 +34,11 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pdcore.up.ports import pick_port
 
 
 def _has_delta() -> bool:
@@ -242,7 +237,7 @@ def main() -> None:
 def _two_ranks(cfg) -> dict:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = pick_port()
     procs = [ctx.Process(target=_rank_main, args=(r, port, cfg, results)) for r in range(2)]
     for p in procs:
         p.start()

@@ -20,22 +20,15 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
+from pdcore.up.launch import start_server
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_prompts(tokenizer, lengths: list[int], seed: int = 0) -> list[list[int]]:
@@ -66,24 +59,6 @@ def make_prompts(tokenizer, lengths: list[int], seed: int = 0) -> list[list[int]
             ids = tokenizer.encode(" ".join(rng.choice(words) for _ in range(length * 2)))
         prompts.append(ids[:length])
     return prompts
-
-
-def start_server(port: int, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pdcore.launch_server", "--port", str(port), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise RuntimeError("server did not become healthy")
 
 
 async def one_request(client, url, ids, output_len):
@@ -237,15 +212,12 @@ def main() -> None:
         input_lens, output_lens = [args.input_len] * n, [args.output_len] * n
     prompts = make_prompts(tokenizer, input_lens)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start_server(port, args.server_args.split())
+    server = start_server(*args.server_args.split())
     try:
-        wait_healthy(url, server)
-        pd = asyncio.run(run_pdcore(url, prompts, output_lens))
+        server.wait_healthy(300)
+        pd = asyncio.run(run_pdcore(server.url, prompts, output_lens))
     finally:
-        server.terminate()
-        server.wait(60)
+        server.stop(grace=60)
 
     hf_model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32, local_files_only=True

@@ -21,7 +21,7 @@ from e2e.server_process import free_port
 from helpers import run_cli
 
 from pdcore.up.args import parse_up_args
-from pdcore.up.cluster import Cluster
+from pdcore.up.cluster import Up as UpCommand
 
 # the tiny Qwen3 checkpoint fixture and what it needs, from tests/e2e/conftest.py
 _one_torch_thread = e2e_fixtures._one_torch_thread
@@ -129,6 +129,20 @@ def can_bind(port: int) -> bool:
     return True
 
 
+def assert_logs_kept(up: Up) -> None:
+    """The log folder announced at start is still there at exit, and said so."""
+    err = "".join(up.stderr)
+    announced = re.search(r"logs in (\S+)", err)
+    assert announced, f"no log folder announced at start:\n{err}"
+    folder = announced.group(1)
+    assert f"stopped; logs kept in {folder}" in err, f"exit should say where the logs are:\n{err}"
+    logs = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    assert {"prefill-0.log", "decode-0.log", "router.log"} <= set(logs), (
+        f"a clean stop must keep the logs it announced; {folder} holds {logs}"
+    )
+    shutil.rmtree(folder)
+
+
 def test_help_lists_the_main_flags():
     out = run_cli("up", "--help")
     assert out.returncode == 0, out.stderr
@@ -163,10 +177,11 @@ def test_user_server_flags_come_after_the_defaults_so_they_win():
             "512",
         ]
     )
-    cluster = Cluster(args)
+    cluster = UpCommand(args)
     try:
-        cmd = cluster._server_cmd(cluster.servers[0])
+        cmd = cluster._server_args()
     finally:
+        cluster.http.close()
         shutil.rmtree(cluster.log_dir)
     assert cmd[-4:] == ["--device", "auto", "--max-total-tokens", "512"], cmd
     assert cmd.index("--device") < len(cmd) - 4, f"the cpu default is missing: {cmd}"
@@ -174,9 +189,10 @@ def test_user_server_flags_come_after_the_defaults_so_they_win():
 
 def test_api_key_goes_to_every_server_and_the_router_and_its_own_client():
     args = parse_up_args(["--port", str(free_port()), "--api-key", "up-key-123"])
-    cluster = Cluster(args)
+    cluster = UpCommand(args)
     try:
-        cmds = [cluster._server_cmd(s) for s in cluster.servers] + [cluster._router_cmd()]
+        workers = [("prefill", "http://127.0.0.1:1", 2), ("decode", "http://127.0.0.1:3", None)]
+        cmds = [cluster._server_args(), cluster._router_args(workers)]
         client_auth = cluster.http.headers.get("authorization")
     finally:
         cluster.http.close()
@@ -217,6 +233,7 @@ def test_cluster_answers_through_router_and_ctrl_c_leaves_nothing(qwen3_path):
         assert up.wait_exit(20) == 0, up.log()
         assert not up.leftovers(), f"processes outlived `pdcore up`: {up.leftovers()}"
         assert can_bind(port), f"router port {port} still taken after shutdown"
+        assert_logs_kept(up)
     finally:
         up.kill()
 

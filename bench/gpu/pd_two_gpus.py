@@ -19,49 +19,42 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+from pdcore.up.launch import start_server
+from pdcore.up.plan import plan_servers
+from pdcore.up.ports import pick_port
+
 HERE = Path(__file__).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = pick_port  # every port comes from the launcher's reservations
 
 
 class Server:
-    def __init__(self, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "pdcore.launch_server", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode()[-3000:])
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{args} not healthy")
+    """A ``launch_server`` process started by ``pdcore.up.launch`` (``role``/``gpu`` add
+    ``--disaggregation-mode``, a prefill's bootstrap port, ``--base-gpu-id``)."""
+
+    def __init__(self, *args: str, role: str | None = None, gpu: int | None = None):
+        self.launched = start_server(*args, role=role, gpu=gpu)
+        self.port, self.url = self.launched.port, self.launched.url
+        self.bootstrap_port = self.launched.bootstrap_port
+        try:
+            self.launched.wait_healthy(300)
+        except BaseException:
+            self.stop()
+            raise
 
     def info(self) -> dict:
         return httpx.get(f"{self.url}/get_server_info", timeout=30).json()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+        self.launched.stop(grace=60)
 
 
 def body(ids, **extra):
@@ -91,11 +84,11 @@ def correctness(model: str, backend: str, dummy: bool = False) -> dict:
         ref = asyncio.run(post_all([(null.url, body(p)) for p in prompts]))
     finally:
         null.stop()
-    boot = free_port()
     pd = ["--disaggregation-transfer-backend", backend]
-    prefill = Server(*common, *pd, "--disaggregation-mode", "prefill", "--base-gpu-id", "0",
-                     "--disaggregation-bootstrap-port", str(boot))  # fmt: skip
-    decode = Server(*common, *pd, "--disaggregation-mode", "decode", "--base-gpu-id", "1")
+    gpus = {s.role: s.base_gpu_id for s in plan_servers(1, 1, gpus=True)}  # as pdcore up does
+    prefill = Server(*common, *pd, role="prefill", gpu=gpus["prefill"])
+    decode = Server(*common, *pd, role="decode", gpu=gpus["decode"])
+    boot = prefill.bootstrap_port
     try:
         rooms = [random.getrandbits(63) or 1 for _ in prompts]
         extra = [

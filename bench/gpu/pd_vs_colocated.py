@@ -51,13 +51,15 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pdcore.up import health, launch
+from pdcore.up.plan import plan_servers
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -572,37 +574,37 @@ def make_model_dir(config_path: str | Path, dest: Path) -> Path:
 # ---- processes ---------------------------------------------------------------------------------
 
 
-class StartFailed(Exception):
-    """A server or the router exited or did not become ready; the message says which."""
+# A server or the router exited or did not become ready; the message says which.
+StartFailed = launch.StartFailed
 
 
 class Terminated(BaseException):
     """SIGTERM (e.g. the command's timeout): stop everything, keep the JSON."""
 
 
-def free_port(taken: set[int]) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in taken:
-            taken.add(port)
-            return port
-
-
 @dataclass
 class Proc:
+    """One process of a config: what to start (``args`` after its address, role and
+    GPU) and, once started by ``pdcore.up.launch``, the started process."""
+
     name: str
-    cmd: list[str]
-    url: str
     role: str  # prefill | decode | null | router
+    args: list[str]
     gpu: int | None = None
-    bootstrap_port: int | None = None
-    child: object = None  # pdcore.up.procs.Child
+    launched: launch.Proc | None = None
     ready_after_s: float | None = None
     info: dict = field(default_factory=dict)
 
+    @property
+    def url(self) -> str:
+        return "" if self.launched is None else self.launched.url
+
+    @property
+    def bootstrap_port(self) -> int | None:
+        return getattr(self.launched, "bootstrap_port", None)
+
     def describe(self) -> dict:
+        cmd = [] if self.launched is None else self.launched.cmd
         out = {
             "name": self.name,
             "role": self.role,
@@ -610,61 +612,65 @@ class Proc:
             "gpu": self.gpu,
             "bootstrap_port": self.bootstrap_port,
             "ready_after_s": self.ready_after_s,
-            "cmd": " ".join(shlex.quote(c) for c in self.cmd[1:]),
+            "cmd": " ".join(shlex.quote(c) for c in cmd[1:]),
         }
         if self.info:
             out["engine_info"] = self.info
         return out
 
     def exited(self) -> int | None:
-        return None if self.child is None else self.child.exited()
+        return None if self.launched is None else self.launched.exited()
 
     def tail(self, lines: int = 30) -> list[str]:
-        return [] if self.child is None else self.child.tail(lines)
+        return [] if self.launched is None else self.launched.tail(lines).splitlines()
 
 
-def plan_config(name: str, args, model_args: list[str], taken: set[int]) -> list[Proc]:
-    """The servers and the router of one config (router last)."""
-    py = [sys.executable, "-m", "pdcore.launch_server", "--host", "127.0.0.1"]
-    py += ["--log-level", "warning"]
-
-    def device(gpu: int) -> list[str]:
-        if args.cpu_smoke:
-            return ["--device", "cpu", "--max-total-tokens", "8192"]
-        return ["--device", "cuda", "--base-gpu-id", str(gpu)]
-
-    def server(sname: str, role: str, gpu: int, extra: list[str]) -> Proc:
-        port = free_port(taken)
-        cmd = [*py, "--port", str(port), *model_args, *device(gpu)]
-        boot = None
-        if role != "null":
-            cmd += ["--disaggregation-mode", role]
-            cmd += ["--disaggregation-transfer-backend", args.backend]
-        if role == "prefill":
-            boot = free_port(taken)
-            cmd += ["--disaggregation-bootstrap-port", str(boot)]
-        cmd += [*args.server_args, *extra]
-        return Proc(sname, cmd, f"http://127.0.0.1:{port}", role, gpu, boot)
-
+def plan_config(name: str, args, model_args: list[str]) -> list[Proc]:
+    """The servers and the router of one config (router last; its worker flags are added
+    once the servers are up). GPUs as ``pdcore up`` assigns them: one block each."""
+    common = ["--log-level", "warning", *model_args]
+    if args.cpu_smoke:
+        common += ["--device", "cpu", "--max-total-tokens", "8192"]
+    else:
+        common += ["--device", "cuda"]
+    gpus = [s.base_gpu_id for s in plan_servers(2, 0, gpus=not args.cpu_smoke)]
+    pd = ["--disaggregation-transfer-backend", args.backend]
     if name == "colocated":
-        servers = [server("null-0", "null", 0, []), server("null-1", "null", 1, [])]
+        servers = [
+            Proc("null-0", "null", [*common, *args.server_args], gpus[0]),
+            Proc("null-1", "null", [*common, *args.server_args], gpus[1]),
+        ]
     else:
         decode_extra: list[str] = []
         if name == "conditional":
             decode_extra = [LOCAL_PREFILL_FLAG, str(args.local_prefill_threshold)]
             decode_extra += args.conditional_decode_args
-        servers = [server("prefill", "prefill", 0, []), server("decode", "decode", 1, decode_extra)]
-    port = free_port(taken)
-    rcmd = [sys.executable, "-m", "pdcore.launch_router", "--host", "127.0.0.1"]
-    rcmd += ["--port", str(port), "--log-level", "warning"]
+        plan = plan_servers(1, 1, gpus=not args.cpu_smoke)
+        servers = [
+            Proc("prefill", "prefill", [*common, *pd, *args.server_args], plan[0].base_gpu_id),
+            Proc(
+                "decode",
+                "decode",
+                [*common, *pd, *args.server_args, *decode_extra],
+                plan[1].base_gpu_id,
+            ),
+        ]
+    return [*servers, Proc("router", "router", ["--log-level", "warning", *args.router_args])]
+
+
+def router_workers(name: str, servers: list[Proc]) -> list[str]:
+    """The router's worker flags, from the started servers."""
     if name == "colocated":
-        rcmd += ["--worker-urls", *(s.url for s in servers), "--policy", "round_robin"]
-    else:
-        prefill, decode = servers
-        rcmd += ["--pd-disaggregation", "--prefill", prefill.url, str(prefill.bootstrap_port)]
-        rcmd += ["--decode", decode.url]
-    rcmd += args.router_args
-    return [*servers, Proc("router", rcmd, f"http://127.0.0.1:{port}", "router")]
+        return ["--worker-urls", *(s.url for s in servers), "--policy", "round_robin"]
+    prefill, decode = servers
+    return [
+        "--pd-disaggregation",
+        "--prefill",
+        prefill.url,
+        str(prefill.bootstrap_port),
+        "--decode",
+        decode.url,
+    ]
 
 
 class Cluster:
@@ -682,10 +688,15 @@ class Cluster:
             self.env.setdefault("OMP_NUM_THREADS", str(threads))
 
     def _spawn(self, p: Proc) -> None:
-        from pdcore.up.procs import Child
-
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        p.child = Child(p.name, p.cmd, self.log_dir / f"{self.name}-{p.name}.log", self.env)
+        where = dict(name=f"{self.name}-{p.name}", log_dir=self.log_dir, env=self.env)
+        if p.role == "router":
+            # user's router flags after the workers, as before
+            worker_flags = router_workers(self.name, self.servers)
+            p.launched = launch.start_router(*p.args[:2], *worker_flags, *p.args[2:], **where)
+        else:
+            role = None if p.role == "null" else p.role
+            p.launched = launch.start_server(*p.args, role=role, gpu=p.gpu, **where)
 
     def start(self, timeout: float) -> None:
         import httpx
@@ -737,29 +748,21 @@ class Cluster:
         return [
             {"name": p.name, "exit_code": p.exited(), "log_tail": p.tail(30)}
             for p in self.procs
-            if p.child is not None and p.exited() is not None
+            if p.launched is not None and p.exited() is not None
         ]
 
     def stop(self) -> None:
-        from pdcore.up.procs import stop_groups
-
-        started = [p.child for p in self.procs if p.child is not None]
-        router = [c for c in started if c is self.router.child]
-        if router:
-            stop_groups(router, 15.0)
-        stop_groups([c for c in started if c not in router], 30.0)
+        if self.router.launched is not None:
+            launch.stop_all([self.router.launched], 15.0)
+        launch.stop_all([p.launched for p in self.servers if p.launched is not None], 30.0)
 
 
 def _ready(http, p: Proc) -> bool:
-    try:
-        if http.get(f"{p.url}/health", timeout=2.0).status_code != 200:
-            return False
-        if p.role != "router":
-            return True
-        workers = http.get(f"{p.url}/list_workers", timeout=2.0).json().get("workers", [])
-        return bool(workers) and all(w.get("healthy") for w in workers)
-    except Exception:  # httpx errors, bad JSON while starting
+    """Healthy (a server started again on fresh ports if its port was taken); a router
+    once every worker it knows is healthy."""
+    if not p.launched.check():
         return False
+    return p.role != "router" or health.workers_healthy(http, p.url)
 
 
 def _engine_info(http, url: str) -> dict:
@@ -952,9 +955,7 @@ def run_config(name: str, args, doc: dict, model_args: list[str], deadline: floa
     if name == "conditional":
         record["local_prefill_threshold"] = args.local_prefill_threshold
     doc["configs"][name] = record
-    cluster = Cluster(
-        name, plan_config(name, args, model_args, set()), Path(args.log_dir), args.cpu_smoke
-    )
+    cluster = Cluster(name, plan_config(name, args, model_args), Path(args.log_dir), args.cpu_smoke)
     out = args.out
     try:
         t0 = time.monotonic()
@@ -1021,7 +1022,7 @@ def run_config(name: str, args, doc: dict, model_args: list[str], deadline: floa
         record["error"] = f"{type(e).__name__}: {e}"
         record["traceback"] = traceback.format_exc()[-4000:]
         for p in cluster.procs:
-            if p.child is not None:
+            if p.launched is not None:
                 record.setdefault("log_tails", {})[p.name] = p.tail(20)
         _say(f"{name}: FAILED: {record['traceback']}")
     except BaseException:  # Ctrl-C, SIGTERM: record, stop, re-raise

@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing as mp
-import socket
 import time
 from collections.abc import Callable
 
 from pdcore.config import ServerArgs
 from pdcore.errors import PdcoreError
+from pdcore.up.ports import pick_port
 
 logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 10.0
@@ -34,9 +34,7 @@ def dist_init_method(args: ServerArgs) -> str | None:
         return None
     if args.dist_init_addr:
         return f"tcp://{args.dist_init_addr}"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{pick_port()}"
 
 
 class EngineGroup:

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from pdcore.argparse_utils import FlagParser
+from pdcore.up.plan import flag_value
 
 # Defaults the servers get before the user's own flags (so a user's flag wins).
 SERVER_DEFAULTS = ("--device", "cpu", "--max-total-tokens", "8192", "--log-level", "warning")
@@ -20,7 +21,7 @@ class UpArgs:
     model_path: str | None = None
     transfer_backend: str = "mooncake"
     host: str = "127.0.0.1"
-    port: int = 30000
+    port: int | None = 30000  # None: any free port (--once without --port)
     server_args: list[str] = field(default_factory=list)
     router_args: list[str] = field(default_factory=list)
     once: str | None = None
@@ -28,6 +29,13 @@ class UpArgs:
     timeout: float = 300.0
     grace: float = 15.0
     api_key: str | None = field(default=None, repr=False)
+    base_gpu_id: int = 0
+    prefill_base_gpu_id: int | None = None
+    decode_base_gpu_id: int | None = None
+
+    def server_flag(self, *names: str) -> str | None:
+        """What the servers get for a flag: the user's value, else pdcore up's default."""
+        return flag_value([*SERVER_DEFAULTS, *self.server_args], *names)
 
 
 def _parser(prog: str) -> FlagParser:
@@ -80,6 +88,29 @@ def _parser(prog: str) -> FlagParser:
         default=None,
         help="require 'Authorization: Bearer KEY' on the router and every server "
         "(the router sends it to the servers)",
+    )
+    p.add_argument(
+        "--base-gpu-id",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first GPU of the first server (default 0); servers get consecutive blocks "
+        "of --tp-size GPUs, prefills then decodes. Only with a GPU --device in the server "
+        "flags; on the CPU no GPU is assigned",
+    )
+    p.add_argument(
+        "--prefill-base-gpu-id",
+        type=int,
+        default=None,
+        metavar="N",
+        help="first GPU of the prefill servers (default: --base-gpu-id)",
+    )
+    p.add_argument(
+        "--decode-base-gpu-id",
+        type=int,
+        default=None,
+        metavar="N",
+        help="first GPU of the decode servers (default: right after the prefill servers' GPUs)",
     )
     p.add_argument(
         "--server-args",
@@ -135,7 +166,7 @@ def parse_up_args(argv: list[str], prog: str = "pdcore up") -> UpArgs:
         ns.model_path,
         ns.transfer_backend,
         ns.host,
-        ns.port if ns.port is not None else (free_port() if ns.once is not None else 30000),
+        ns.port if ns.port is not None else (None if ns.once is not None else 30000),
         server_args,
         router_args,
         ns.once,
@@ -143,6 +174,9 @@ def parse_up_args(argv: list[str], prog: str = "pdcore up") -> UpArgs:
         ns.timeout,
         ns.grace,
         ns.api_key or None,
+        ns.base_gpu_id,
+        ns.prefill_base_gpu_id,
+        ns.decode_base_gpu_id,
     )
     problem = _check(args)
     if problem:
@@ -161,6 +195,24 @@ def _check(args: UpArgs) -> str | None:
     for flag, value in (("--timeout", args.timeout), ("--grace", args.grace)):
         if value <= 0:
             return f"{flag}: must be > 0, got {value}"
+    for flag, value in (
+        ("--base-gpu-id", args.base_gpu_id),
+        ("--prefill-base-gpu-id", args.prefill_base_gpu_id),
+        ("--decode-base-gpu-id", args.decode_base_gpu_id),
+    ):
+        if value is not None and value < 0:
+            return f"{flag}: must be >= 0, got {value}"
+    if flag_value(args.server_args, "--base-gpu-id") is not None:
+        return (
+            "--server-args: --base-gpu-id is set per server by pdcore up; "
+            "use pdcore up --base-gpu-id (or --prefill-base-gpu-id/--decode-base-gpu-id)"
+        )
+    for flag in ("--tp-size", "--gpu-id-step"):
+        value = args.server_flag(flag, "--tp") if flag == "--tp-size" else args.server_flag(flag)
+        if value is not None and not (value.isdigit() and int(value) >= 1):
+            return f"--server-args: {flag} must be a whole number >= 1, got {value!r}"
+    if args.port is None:
+        return None
     if not 1 <= args.port <= 65535:
         return f"--port: must be a TCP port in 1..65535, got {args.port}"
     busy = port_busy(args.host, args.port)
@@ -179,10 +231,3 @@ def port_busy(host: str, port: int) -> str | None:
         except OSError as e:
             return e.strerror or str(e)
     return None
-
-
-def free_port() -> int:
-    """A port nobody listens on now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

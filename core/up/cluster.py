@@ -1,10 +1,10 @@
-"""Start the servers, then the router; report progress; stop everything on any exit path."""
+"""``pdcore up``: start the servers, then the router; report progress; stop everything
+on any exit path; the logs stay where it said they are."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -15,15 +15,12 @@ from pathlib import Path
 
 import httpx
 
-from pdcore.up.args import SERVER_DEFAULTS, UpArgs, free_port, parse_up_args
-from pdcore.up.procs import Child, stop_groups
+from pdcore.up import health
+from pdcore.up.args import SERVER_DEFAULTS, UpArgs, parse_up_args
+from pdcore.up.launch import Proc, StartFailed, start_router, start_server, stop_all
+from pdcore.up.plan import ServerPlan, device_has_gpus, plan_servers
 
-POLL_S = 0.3
 PROGRESS_EVERY_S = 5.0
-
-
-class StartFailed(Exception):
-    """A process exited or timed out before the cluster was ready; message says which."""
 
 
 class _Stop(Exception):
@@ -32,51 +29,51 @@ class _Stop(Exception):
 
 @dataclass
 class Server:
-    name: str
-    role: str
-    url: str
-    bootstrap_port: int | None
-    child: Child | None = None
+    plan: ServerPlan
+    proc: Proc | None = None
     ready_after: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def role(self) -> str:
+        return self.plan.role
 
 
 def run(argv: list[str], prog: str = "pdcore up") -> int:
     args = parse_up_args(argv, prog)
-    return Cluster(args).run()
+    return Up(args).run()
 
 
-class Cluster:
+def server_plan(args: UpArgs) -> list[ServerPlan]:
+    """The servers to start, with GPUs when their ``--device`` has them."""
+    return plan_servers(
+        args.num_prefill,
+        args.num_decode,
+        gpus=device_has_gpus(args.server_flag("--device") or "auto"),
+        tp_size=int(args.server_flag("--tp-size", "--tp") or 1),
+        gpu_id_step=int(args.server_flag("--gpu-id-step") or 1),
+        base_gpu_id=args.base_gpu_id,
+        prefill_base_gpu_id=args.prefill_base_gpu_id,
+        decode_base_gpu_id=args.decode_base_gpu_id,
+    )
+
+
+class Up:
     def __init__(self, args: UpArgs):
         self.args = args
         self.log_dir = Path(tempfile.mkdtemp(prefix="pdcore-up-"))
-        self.servers = self._plan()
-        self.router: Child | None = None
-        self.router_url = f"http://{_display_host(args.host)}:{args.port}"
+        self.servers = [Server(p) for p in server_plan(args)]
+        self.router: Proc | None = None
+        self.router_url = ""
         auth = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
         self.http = httpx.Client(trust_env=False, timeout=2.0, headers=auth)
         self.stop_requests = 0
         self.first_signal = 0
         self.critical = False
         self.ready = False
-
-    def _plan(self) -> list[Server]:
-        ports: set[int] = {self.args.port}
-
-        def pick() -> int:
-            while (port := free_port()) in ports:
-                pass
-            ports.add(port)
-            return port
-
-        plan = [
-            Server(f"prefill-{i}", "prefill", f"http://127.0.0.1:{pick()}", pick())
-            for i in range(self.args.num_prefill)
-        ]
-        plan += [
-            Server(f"decode-{i}", "decode", f"http://127.0.0.1:{pick()}", None)
-            for i in range(self.args.num_decode)
-        ]
-        return plan
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -129,46 +126,52 @@ class Cluster:
         start = time.monotonic()
         for s in self.servers:
             with self._uninterrupted():
-                s.child = Child(s.name, self._server_cmd(s), self.log_dir / f"{s.name}.log", env)
+                s.proc = start_server(
+                    *self._server_args(),
+                    role=s.role,
+                    gpu=s.plan.base_gpu_id,
+                    name=s.name,
+                    log_dir=self.log_dir,
+                    env=env,
+                    die_with_parent=True,
+                )
         self._wait_servers(start)
         with self._uninterrupted():
-            self.router = Child("router", self._router_cmd(), self.log_dir / "router.log", env)
+            self.router = start_router(
+                *self._router_args(
+                    [(s.role, s.proc.url, s.proc.bootstrap_port) for s in self.servers]
+                ),
+                host=self.args.host,
+                port=self.args.port,
+                log_dir=self.log_dir,
+                env=env,
+                die_with_parent=True,
+            )
+        self.router_url = f"http://{_display_host(self.args.host)}:{self.router.port}"
         self._wait_router(start)
         self.ready = True
         self.started_in = time.monotonic() - start
 
-    def _server_cmd(self, s: Server) -> list[str]:
+    def _server_args(self) -> list[str]:
+        """Every server's flags after its address, role and GPU (the user's come last)."""
         a = self.args
-        port = s.url.rsplit(":", 1)[1]
-        cmd = [
-            sys.executable,
-            "-m",
-            "pdcore.launch_server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            port,
-            "--disaggregation-mode",
-            s.role,
-            "--disaggregation-transfer-backend",
-            a.transfer_backend,
-        ]
-        if s.bootstrap_port is not None:
-            cmd += ["--disaggregation-bootstrap-port", str(s.bootstrap_port)]
+        cmd = ["--disaggregation-transfer-backend", a.transfer_backend]
         if a.model_path:
             cmd += ["--model-path", a.model_path]
         if a.api_key:
             cmd += ["--api-key", a.api_key]
         return [*cmd, *SERVER_DEFAULTS, *a.server_args]
 
-    def _router_cmd(self) -> list[str]:
-        cmd = [sys.executable, "-m", "pdcore.launch_router", "--pd-disaggregation"]
-        for s in self.servers:
-            if s.role == "prefill":
-                cmd += ["--prefill", s.url, str(s.bootstrap_port)]
+    def _router_args(self, workers: list[tuple[str, str, int | None]]) -> list[str]:
+        """The router's flags after its address: the servers' ``(role, url, bootstrap
+        port)`` as they came up."""
+        cmd = ["--pd-disaggregation"]
+        for role, url, bootstrap_port in workers:
+            if role == "prefill":
+                cmd += ["--prefill", url, str(bootstrap_port)]
             else:
-                cmd += ["--decode", s.url]
-        cmd += ["--host", self.args.host, "--port", str(self.args.port), "--log-level", "warning"]
+                cmd += ["--decode", url]
+        cmd += ["--log-level", "warning"]
         if self.args.api_key:  # the router sends the same key to the servers
             cmd += ["--api-key", self.args.api_key]
         return [*cmd, *self.args.router_args]
@@ -180,55 +183,46 @@ class Cluster:
             if not pending:
                 return
             for s in pending:
-                self._check_alive(s.child)
-                if self._ok(f"{s.url}/health"):
+                with self._uninterrupted():  # check() may start it again on fresh ports
+                    ready = s.proc.check()
+                if ready:
                     s.ready_after = time.monotonic() - start
-                    where = f"{s.url}" + (
-                        f" bootstrap {s.bootstrap_port}" if s.bootstrap_port else ""
-                    )
+                    boot = s.proc.bootstrap_port
+                    where = f"{s.proc.url}" + (f" bootstrap {boot}" if boot else "")
+                    if s.plan.base_gpu_id is not None:
+                        where += f" gpu {s.plan.base_gpu_id}"
                     _err(f"  {s.name:<10} ready  {s.ready_after:5.1f}s  {where}")
             now = time.monotonic()
             self._check_timeout(start, "servers")
             if now >= next_note and any(s.ready_after is None for s in self.servers):
                 next_note = now + PROGRESS_EVERY_S
                 _err(f"  loading {now - start:4.0f}s: {_waiting(self.servers)}")
-            time.sleep(POLL_S)
+            time.sleep(health.POLL_S)
 
     def _wait_router(self, start: float) -> None:
         while True:
-            self._check_alive(self.router)
             for s in self.servers:
-                self._check_alive(s.child)
-            if self._ok(f"{self.router_url}/health"):
-                workers = self._router_workers()
-                if workers and all(w.get("healthy") for w in workers):
-                    _err(
-                        f"  {'router':<10} ready  {time.monotonic() - start:5.1f}s  "
-                        f"{self.router_url} ({len(workers)} workers healthy)"
-                    )
-                    return
+                self._check_alive(s.proc)
+            with self._uninterrupted():  # check() may start it again on fresh ports
+                up = self.router.check()
+            if up and health.workers_healthy(self.http, self.router_url):
+                workers = health.router_workers(self.http, self.router_url)
+                _err(
+                    f"  {'router':<10} ready  {time.monotonic() - start:5.1f}s  "
+                    f"{self.router_url} ({len(workers)} workers healthy)"
+                )
+                return
             self._check_timeout(start, "the router")
-            time.sleep(POLL_S)
+            time.sleep(health.POLL_S)
 
-    def _router_workers(self) -> list[dict]:
-        try:
-            r = self.http.get(f"{self.router_url}/list_workers")
-            return list(r.json().get("workers", [])) if r.status_code == 200 else []
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return []
-
-    def _ok(self, url: str) -> bool:
-        try:
-            return self.http.get(url, timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def _check_alive(self, child: Child) -> None:
-        code = child.exited()
+    def _check_alive(self, proc: Proc) -> None:
+        code = proc.exited()
         if code is not None:
-            tail = "\n".join(f"    {line}" for line in child.tail(20)) or "    (no output)"
+            tail = (
+                "\n".join(f"    {line}" for line in proc.tail(20).splitlines()) or "    (no output)"
+            )
             raise StartFailed(
-                f"{child.name} exited with code {code}; its last lines ({child.log_path}):\n{tail}"
+                f"{proc.name} exited with code {code}; its last lines ({proc.log_path}):\n{tail}"
             )
 
     def _check_timeout(self, start: float, what: str) -> None:
@@ -262,12 +256,12 @@ class Cluster:
             f"{a.num_decode} decode, {a.transfer_backend}); Ctrl-C stops everything"
         )
         while True:
-            for child in [self.router, *(s.child for s in self.servers)]:
-                code = child.exited()
+            for proc in [self.router, *(s.proc for s in self.servers)]:
+                code = proc.exited()
                 if code is not None:
-                    tail = "\n".join(f"    {x}" for x in child.tail(20))
+                    tail = "\n".join(f"    {x}" for x in proc.tail(20).splitlines())
                     _err(
-                        f"error: {child.name} exited with code {code}; stopping the "
+                        f"error: {proc.name} exited with code {code}; stopping the "
                         f"cluster. Its last lines:\n{tail}"
                     )
                     return 1
@@ -297,25 +291,21 @@ class Cluster:
     # -- stop --------------------------------------------------------------------------------
 
     def _shutdown(self, code: int) -> None:
-        started = [s.child for s in self.servers if s.child is not None]
+        started = [s.proc for s in self.servers if s.proc is not None]
         if self.router is not None or started:
             _err("stopping the router and servers ...")
         hurry = lambda: self.stop_requests > 1  # noqa: E731
         if self.router is not None:
-            stop_groups([self.router], self.args.grace, hurry)
-        stop_groups(started, self.args.grace, hurry)
+            stop_all([self.router], self.args.grace, hurry)
+        stop_all(started, self.args.grace, hurry)
         self.http.close()
-        if code == 0 or self.first_signal:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
-            _err("stopped")
-        else:
-            _err(f"stopped; logs kept in {self.log_dir}")
+        _err(f"stopped; logs kept in {self.log_dir}")
 
 
 def _waiting(servers: list[Server]) -> str:
     """``prefill-0, decode-0 (note)``: one note when all say the same, else one each."""
     pending = [s for s in servers if s.ready_after is None]
-    notes = [s.child.last_note() or "starting" for s in pending]
+    notes = [s.proc.last_note() or "starting" for s in pending]
     if len(set(notes)) == 1:
         return f"{', '.join(s.name for s in pending)} ({notes[0]})"
     return ", ".join(f"{s.name} ({note})" for s, note in zip(pending, notes, strict=True))

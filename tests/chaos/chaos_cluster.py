@@ -44,18 +44,6 @@ ROUTER_FLAGS = (
 )  # fmt: skip
 
 
-class FixedPortRouter(RouterProcess):
-    """``RouterProcess`` on a given port (to restart a killed router at its address)."""
-
-    def __init__(self, *args: str, port: int, timeout: float = 30.0):
-        self._fixed_port = port
-        super().__init__(*args, timeout=timeout)
-        self.port, self.url = port, f"http://127.0.0.1:{port}"
-
-    def address(self) -> list[str]:
-        return ["--host", "127.0.0.1", "--port", str(self._fixed_port)]
-
-
 def _pids(proc) -> list[int]:
     return [proc.pid, *descendants(proc.pid)]
 
@@ -68,15 +56,6 @@ def _signal(pids: list[int], sig: int) -> None:
             pass
 
 
-def _read_all(fd: int) -> bytes:
-    """A file's bytes without moving its offset (the server process shares it)."""
-    out, offset = [], 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        out.append(chunk)
-        offset += len(chunk)
-    return b"".join(out)
-
-
 class ChaosCluster:
     def __init__(self, model: str, seed: int = 0):
         self.model = model
@@ -84,9 +63,9 @@ class ChaosCluster:
         self.router_port = free_port()
         self.prefill: ServerProcess | None = None
         self.decode: ServerProcess | None = None
-        self.router: FixedPortRouter | None = None
+        self.router: RouterProcess | None = None
         self.retired: list[ServerProcess] = []  # killed servers (their logs)
-        self.routers: list[FixedPortRouter] = []  # every router started (their logs)
+        self.routers: list[RouterProcess] = []  # every router started (their logs)
         self.proxies = {
             "prefill": FaultProxy(self.p_port, "prefill", seed=seed + 1),
             "decode": FaultProxy(self.d_port, "decode", seed=seed + 2),
@@ -124,9 +103,9 @@ class ChaosCluster:
         )  # fmt: skip
         return self.decode
 
-    def start_router(self) -> FixedPortRouter:
+    def start_router(self) -> RouterProcess:
         p, d, boot = self.proxies["prefill"], self.proxies["decode"], self.proxies["bootstrap"]
-        self.router = FixedPortRouter(
+        self.router = RouterProcess(
             "--pd-disaggregation", "--prefill", p.url, str(boot.port), "--decode", d.url,
             *ROUTER_FLAGS, port=self.router_port,
         )  # fmt: skip
@@ -171,8 +150,8 @@ class ChaosCluster:
         """Retractions logged by every decode process so far (killed ones included)."""
         total = 0
         for server in [*self.retired, self.decode]:
-            if server is not None and not server.stderr.closed:
-                total += _read_all(server.stderr.fileno()).count(b"retracted ")
+            if server is not None:
+                total += server.log_path.read_bytes().count(b"retracted ")
         return total
 
     def router_tracebacks(self, lines: int = 25) -> list[str]:

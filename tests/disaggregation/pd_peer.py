@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import socket
 import time
 
 import torch
@@ -20,6 +19,9 @@ from pdcore.disaggregation.kv_args import FINAL, KVArgs, KVPoll
 from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.envs import DisaggregationEnv
 from pdcore.kvcache.pool import KVPool, KVShape
+from pdcore.up.ports import pick_port
+
+free_port = pick_port  # the tests' name for the launcher's port reservations
 
 MODEL = "tiny-test-model@1"
 SHAPE = dict(num_layers=2, num_kv_heads=2, head_dim=8, page_size=4, dtype="float32")
@@ -36,12 +38,6 @@ ENV = dict(
 def make_pool(shape: dict, pages: int = 32) -> KVPool:
     s = dict(shape, dtype=getattr(torch, shape["dtype"]))
     return KVPool(KVShape(**s), pages)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_state(room, timeout: float, until=FINAL) -> KVPoll:

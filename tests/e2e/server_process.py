@@ -1,48 +1,29 @@
-"""A real ``python -m pdcore.launch_server`` process on 127.0.0.1 for end-to-end tests."""
+"""A real ``python -m pdcore.launch_server`` process on 127.0.0.1 for end-to-end tests,
+started by the one launcher (``pdcore.up.launch``): its own process group, output in a
+log file (never an unread pipe a chatty server would block on), a reserved port."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 
 import httpx
 
+from pdcore.up.launch import start_server
+from pdcore.up.ports import pick_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# the tests' names for the launcher's port reservations
+free_port = pick_port
 
 
 def free_port_run(n: int) -> int:
-    """A port P with P .. P+n-1 all free on 127.0.0.1 (a multi-node server's
-    rendezvous port and the front end's engine sockets after it)."""
-    for _ in range(50):
-        base = free_port()
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {n} consecutive free ports")
+    """A port P with P .. P+n-1 all reserved (a multi-node server's rendezvous port and
+    the front end's engine sockets after it)."""
+    return pick_port(n)
 
 
 class ServerProcess:
-    """One server. Its stderr goes to a temporary file, never an unread pipe (a chatty
-    server would block on a full pipe), so a failing test can show ``log_tail()``.
-    ``wait=False`` returns at once: start several, then ``wait_healthy()`` each, so
-    their start-ups overlap."""
+    """One server. ``wait=False`` returns at once: start several, then ``wait_healthy()``
+    each, so their start-ups overlap; a failing test can show ``log_tail()``."""
 
     def __init__(
         self,
@@ -52,55 +33,39 @@ class ServerProcess:
         wait: bool = True,
         port: int | None = None,
     ):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.timeout = timeout
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
-        self.log = open(os.devnull, "w")
-        self.stderr = tempfile.TemporaryFile("w+", prefix="pdcore-server-")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pdcore.launch_server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-                *args,
-            ],
-            stdout=self.log,
-            stderr=self.stderr,
-            text=True,
-            env=env,
-        )
+        self.launched = start_server("--log-level", "warning", *args, port=port, env=env)
         if wait:
             self.wait_healthy()
 
+    @property
+    def port(self) -> int:
+        return self.launched.port
+
+    @property
+    def url(self) -> str:
+        return self.launched.url
+
+    @property
+    def proc(self):
+        """The server's ``subprocess.Popen`` (its engine runs in the same process group)."""
+        return self.launched.popen
+
+    @property
+    def log_path(self):
+        return self.launched.log_path
+
     def log_tail(self, chars: int = 3000) -> str:
-        """The end of the server's stderr so far."""
-        self.stderr.flush()
-        self.stderr.seek(0, os.SEEK_END)
-        size = self.stderr.tell()
-        self.stderr.seek(max(0, size - chars))
-        return self.stderr.read()
+        """The end of the server's output so far."""
+        return self.launched.output()[-chars:]
 
     def wait_healthy(self, timeout: float | None = None) -> None:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        waited = timeout or self.timeout
-        raise RuntimeError(f"server not healthy after {waited}s: {self.log_tail()}")
+        try:
+            self.launched.wait_healthy(timeout or self.timeout)
+        except Exception:
+            self.stop()
+            raise
 
     def get(self, path: str, **kw):
         return httpx.get(self.url + path, timeout=60, **kw)
@@ -112,12 +77,4 @@ class ServerProcess:
         return self.get("/get_server_info").json()["kv_cache"]
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
+        return self.launched.stop(grace=30)

@@ -9,13 +9,10 @@ each forward the leader broadcasts, then stop when told.
 from __future__ import annotations
 
 import multiprocessing as mp
-import socket
 
+from pdcore.up.ports import pick_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = pick_port  # the rendezvous port, reserved like every test port
 
 
 def _rank_main(folder, rank, size, port, prompts, max_new, max_total, results) -> None:

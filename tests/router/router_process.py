@@ -1,51 +1,60 @@
-"""A real ``python -m pdcore.launch_router`` process on 127.0.0.1 for tests."""
+"""A real ``python -m pdcore.launch_router`` process on 127.0.0.1 for tests, started by
+the one launcher (``pdcore.up.launch``); its output goes to a log file."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import threading
 import time
 
 import httpx
-from e2e.server_process import free_port
+
+from pdcore.up.health import POLL_S
+from pdcore.up.launch import StartFailed, start_router
+
+READY = "router ready on"
+LISTENING = "router listening on"
 
 
 class RouterProcess:
-    def __init__(self, *args: str, timeout: float = 30.0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pdcore.launch_router", *self.address(), *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(os.environ, OMP_NUM_THREADS="1"),
-        )
-        self.ready_line = self._wait_ready(timeout)
-        self.log: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def address(self) -> list[str]:
-        return ["--host", "127.0.0.1", "--port", str(self.port)]
-
-    def _drain(self) -> None:
-        """Keep reading stderr so the router never blocks on a full pipe."""
-        for line in self.proc.stderr:
-            self.log.append(line)
+    def __init__(self, *args: str, timeout: float = 30.0, port: int | None = None):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        self.launched = start_router(*args, port=port, env=env)
+        try:
+            self.ready_line = self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_ready(self, timeout: float) -> str:
         """The router's startup line: "router ready on URL", or "router listening on URL;
         not ready yet: ..." when no worker of a role answered its first health check."""
         deadline = time.monotonic() + timeout
-        line = self.proc.stderr.readline()
-        while "router ready on" not in line and "router listening on" not in line:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"router did not start: {line}{self.proc.stderr.read()}")
-            line = self.proc.stderr.readline()
-        return line.strip()
+        while True:
+            self.launched.check()  # raises with the log's tail if the router exited
+            lines = self.launched.output().splitlines()
+            ready = [x for x in lines if READY in x or LISTENING in x]
+            if ready:
+                return ready[0].strip()
+            if time.monotonic() > deadline:
+                raise StartFailed(f"router did not start in {timeout}s: {self.launched.tail()}")
+            time.sleep(POLL_S / 3)
+
+    @property
+    def port(self) -> int:
+        return self.launched.port
+
+    @property
+    def url(self) -> str:
+        return self.launched.url
+
+    @property
+    def proc(self):
+        return self.launched.popen
+
+    @property
+    def log(self) -> list[str]:
+        """The router's output lines so far."""
+        return self.launched.output().splitlines(keepends=True)
 
     def get(self, path: str, **kw):
         return httpx.get(self.url + path, timeout=60, **kw)
@@ -57,11 +66,4 @@ class RouterProcess:
         return {w["url"]: w for w in self.get("/list_workers").json()["workers"]}
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return self.launched.stop(grace=15)

@@ -27,6 +27,9 @@ from server.fake_backend import ByteTokenizer, FakeEngine
 from pdcore.config import ServerArgs
 from pdcore.server.http_server import create_app
 from pdcore.server.tokenizer_manager import TokenizerManager
+from pdcore.up.ports import pick_port
+
+free_port = pick_port  # the tests' name for the launcher's port reservations
 
 MODEL_PATH = "/models/Fake-Model-1B"
 CONTEXT = 256
@@ -122,12 +125,6 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthy(url: str) -> bool:

@@ -15,28 +15,22 @@ wheels are built without it. Not run on Ascend hardware.
 from __future__ import annotations
 
 import dataclasses
-import socket
 
 from pdcore_transfer_mooncake.engine import P2P, MooncakeTransferEngine
 
 from pdcore.disaggregation.transfer import TransferConfig
 from pdcore.platform import MemoryKind
+from pdcore.up.ports import pick_port
 from pdcore_transfer_ascend.engine import session_id
 from pdcore_transfer_ascend.settings import npu_phy_id
 
 PROTOCOL = "ascend"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def qualified_hostname(hostname: str, device_id: int) -> str:
     """The local name Mooncake's ascend transport is initialized with."""
     phy = npu_phy_id()
-    return f"{hostname}:{free_port()}:npu_{device_id if phy is None else phy}"
+    return f"{hostname}:{pick_port()}:npu_{device_id if phy is None else phy}"
 
 
 class MooncakeAscendEngine(MooncakeTransferEngine):

@@ -6,17 +6,15 @@ through the config store, then a connection to the peer's RPC port.
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 from pdcore_transfer_ascend.testing import loopback_mf as mf
 
+from pdcore.up.ports import pick_port
+
 
 def free_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{pick_port()}"
 
 
 @pytest.fixture

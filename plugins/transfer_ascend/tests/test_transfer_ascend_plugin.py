@@ -141,19 +141,17 @@ def _npu_ready() -> bool:
 def test_real_engine_registers_npu_memory(monkeypatch):
     """One prefill engine on NPU 0 against a config store started here (~10 s: memfabric
     sleeps after initialize)."""
-    import socket
-
     import torch
     from pdcore_transfer_ascend.engine import AscendTransferEngine
     from pdcore_transfer_ascend.native import FALLBACK, PRIMARY
+
+    from pdcore.up.ports import pick_port
 
     mf = importlib.import_module(PRIMARY if importlib.util.find_spec(PRIMARY) else FALLBACK)
 
     url = os.environ.get("ASCEND_MF_STORE_URL")
     if not url:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        url = f"tcp://127.0.0.1:{pick_port()}"
         assert mf.create_config_store(url) == 0
         monkeypatch.setenv("ASCEND_MF_STORE_URL", url)
     buf = torch.zeros(4 << 20, dtype=torch.uint8, device="npu:0")
