@@ -141,7 +141,7 @@ class DecodeQueues:
         busy = len(sched.running) + len(self.transfers)
         if busy >= sched.config.max_running_requests:
             return False
-        need = sched._pages_for(len(req.input_ids))
+        need = sched.pages_for(len(req.input_ids))
         reserve = sched.config.decode_reserve_pages * (busy + 1) if busy else 0
         if need + reserve > sched.allocator.num_free + sched.cache.evictable_pages:
             return False
@@ -149,7 +149,7 @@ class DecodeQueues:
         slot = -1 if fake else self.manager.aux.alloc()
         if slot is None:
             return False
-        req.pages = sched._alloc(need)
+        req.pages = sched.alloc_pages(need)
         if not fake:
             self.slots[req.rid] = slot
         receiver.send_request(req.pages, slot)
@@ -175,11 +175,10 @@ class DecodeQueues:
         if req.top_logprobs_num:
             pairs = list(zip(aux.top_ids, aux.top_logprobs, strict=True))
             req.top_logprobs.append([[t, lp] for t, lp in pairs[: req.top_logprobs_num]])
-        sched.running.append(req)
-        sched.reqs[rid] = req
-        reason = sched._stop_reason(req, aux.token_id)
+        sched.start_running(req)
+        reason = sched.stop_reason(req, aux.token_id)
         if reason is not None:
-            sched._finish(req, reason)
+            sched.finish(req, reason)
 
     def after_commit(self, batch: ScheduledBatch, produced: list[Req]) -> list[Req]:
         return produced

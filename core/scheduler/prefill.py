@@ -93,7 +93,7 @@ class PrefillQueues:
             if state not in FINAL:
                 continue
             del self.transfers[rid]
-            self.scheduler._release(req)
+            self.scheduler.release(req)
             if rid in self.aborted:  # client aborts are reported already, not failures
                 self.aborted.discard(rid)
                 self._forget(rid)
