@@ -8,7 +8,7 @@ the running decode batch as if it had been prefilled here. A failed transfer
 frees its pages and aux slot and reports the reason, unless prefill may still
 write them (it went silent, or did not confirm an abort): then the request fails
 at once but its pages and aux slot stay in quarantine until the KV manager says
-the room is settled (see ``KVManager.settled``).
+the room is settled (see ``DecodeKVManager.settled``).
 
 Conditional disaggregation (``--disaggregation-local-prefill-threshold N``): a
 request with at most N tokens left to prefill here (its prompt minus decode's own
@@ -18,9 +18,9 @@ schedules the request like a null-mode server would (chunked prefill included).
 
 from __future__ import annotations
 
+from pdcore.disaggregation.decode_manager import DecodeKVManager
 from pdcore.disaggregation.fake import FakeKVReceiver
 from pdcore.disaggregation.kv_args import KVPoll
-from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.disaggregation.receiver import KVReceiver
 from pdcore.errors import PdcoreError
 from pdcore.scheduler.pd_metrics import PDMetrics
@@ -32,7 +32,10 @@ class DecodeQueues:
     sends_kv = False  # decode receives KV; it sends none
 
     def __init__(
-        self, scheduler: Scheduler, manager: KVManager | None, local_prefill_threshold: int = 0
+        self,
+        scheduler: Scheduler,
+        manager: DecodeKVManager | None,
+        local_prefill_threshold: int = 0,
     ):
         """``manager`` None: the ``fake`` backend (every room is a fake one).
         ``local_prefill_threshold``: prefill requests with at most this many tokens to
