@@ -41,7 +41,8 @@ take it again.
 Methods named ``*_locked`` must be called with the lock held: the manager's
 ``finalize_locked`` and ``hold_locked``, the rooms' ``fail_locked``,
 ``attach_locked``, ``decode_aborted_locked``, ``write_ended_locked`` and
-``on_chunk_locked``. They change state only: no I/O, no waiting, no other lock.
+``on_chunk_locked``. They change state, and at most queue work (``submit``),
+touch the aux buffer or call ``on_change``: they never do I/O or wait.
 
 No I/O under the lock: writes (``engine.write`` and the wait for them), control
 posts and handshakes run on transfer workers or the control thread pool with the
