@@ -18,13 +18,14 @@ from pdcore.disaggregation.protocol import Abort, ChunkDone, TransferRequest
 from pdcore.errors import PdcoreError
 
 if TYPE_CHECKING:
-    from pdcore.disaggregation.kv_manager import KVManager
+    from pdcore.disaggregation.decode_manager import DecodeKVManager
 
 
 class KVReceiver:
-    """Created by ``KVManager.receiver(room, addr)``; state changes hold the manager's lock."""
+    """Created by ``DecodeKVManager.receiver(room, addr)``; every state change holds
+    the manager's ``lock`` (``*_locked`` methods: the caller holds it)."""
 
-    def __init__(self, mgr: KVManager, room: int, addr: str, handshake: Future):
+    def __init__(self, mgr: DecodeKVManager, room: int, addr: str, handshake: Future):
         self.mgr = mgr
         self.room = room
         self.addr = addr
@@ -41,12 +42,13 @@ class KVReceiver:
         self.last_chunk: int | None = None
         self.pages_received = 0
         # FAILED while prefill may still write our pages (it went silent, or did not
-        # confirm an abort): the pages wait for ``KVManager.settled`` before reuse.
+        # confirm an abort): the pages wait for ``DecodeKVManager.settled`` before reuse.
         self.unsettled = False
+        self.served_by_decode = False  # a request decode serves itself opens no receiver
 
     def poll(self) -> KVPoll:
         """Current state; on a final state decode may reuse (FAILED) or decode (SUCCESS)."""
-        with self.mgr._lock:
+        with self.mgr.lock:
             self._advance_locked()
             return self.state
 
@@ -57,7 +59,7 @@ class KVReceiver:
     def send_request(self, dst_pages: Sequence[int], aux_slot: int) -> None:
         """Give prefill the preallocated pages and aux row; the room is TRANSFERRING after."""
         mgr = self.mgr
-        with mgr._lock:
+        with mgr.lock:
             self._advance_locked()
             if self.state is KVPoll.FAILED:
                 return
@@ -85,7 +87,7 @@ class KVReceiver:
         If prefill never got the pages, the room fails at once.
         """
         mgr = self.mgr
-        with mgr._lock:
+        with mgr.lock:
             if self.state in FINAL or self.abort_reason or self._abort is not None:
                 return
             msg = Abort(self.room, reason, mgr.instance_id)
@@ -96,11 +98,12 @@ class KVReceiver:
             if self.state is KVPoll.TRANSFERRING and fut is not None:
                 self._abort, self.abort_reason = fut, reason
             else:
-                mgr._finalize(self, KVPoll.FAILED, reason)
+                mgr.finalize_locked(self, KVPoll.FAILED, reason)
 
-    # ---- driven by notices, heartbeats and the manager's monitor --------------
+    # ---- driven by the manager: notices, lost peers, the monitor --------------
 
-    def _on_chunk(self, msg: ChunkDone) -> None:
+    def on_chunk_locked(self, msg: ChunkDone) -> None:
+        """Prefill says chunk ``msg.chunk`` landed; SUCCESS once all did (and aux checks)."""
         if self.state is not KVPoll.TRANSFERRING or msg.chunk in self.chunks:
             return
         # Every chunk but the last carries a page, so there are at most pages + 1 of
@@ -108,7 +111,7 @@ class KVReceiver:
         # the lock and the GIL) or with negative pages fails the room.
         have = len(self.dst_pages)
         if not (0 <= msg.chunk <= have and 0 <= msg.num_pages <= have):
-            self._fail_locked(
+            self.fail_locked(
                 f"prefill sent an impossible notice: chunk {msg.chunk} with "
                 f"{msg.num_pages} pages, decode gave {have} pages"
             )
@@ -121,21 +124,21 @@ class KVReceiver:
                 try:
                     self.mgr.aux.load(self.aux_slot, msg.aux_row)
                 except PdcoreError as e:
-                    self._fail_locked(f"bad aux row in the last chunk notice: {e}")
+                    self.fail_locked(f"bad aux row in the last chunk notice: {e}")
                     return
         if self.pages_received > len(self.dst_pages):
-            self._fail_locked(
+            self.fail_locked(
                 f"prefill reported {self.pages_received} pages, decode gave {len(self.dst_pages)}"
             )
         self._advance_locked()
 
-    def _fail_locked(self, reason: str, unsettled: bool = False) -> None:
+    def fail_locked(self, reason: str, unsettled: bool = False) -> None:
         """FAILED; ``unsettled``: prefill had our pages and may still write them."""
         if self.state not in FINAL:
             if unsettled and self.state is KVPoll.TRANSFERRING:
                 self.unsettled = True
-                self.mgr._hold_locked(self.room, self.addr)
-            self.mgr._finalize(self, KVPoll.FAILED, reason)
+                self.mgr.hold_locked(self.room, self.addr)
+            self.mgr.finalize_locked(self, KVPoll.FAILED, reason)
 
     def _advance_locked(self) -> None:
         if self.state in FINAL:
@@ -146,14 +149,14 @@ class KVReceiver:
                 return
             err = self._handshake.exception()
             if err is not None:
-                self._fail_locked(f"handshake with prefill {self.addr} failed: {err}")
+                self.fail_locked(f"handshake with prefill {self.addr} failed: {err}")
                 return
             self.state, self.ready_at = KVPoll.WAITING_FOR_INPUT, now
         if self._abort is not None:
             if self._abort.done():
                 err = self._abort.exception()
                 confirmed = err is None and getattr(self._abort.result(), "ok", False)
-                self._fail_locked(self.abort_reason, unsettled=not confirmed)
+                self.fail_locked(self.abort_reason, unsettled=not confirmed)
             return
         if self._request is not None and self._request.done() and self._request.exception():
             # Prefill may have the pages although its reply was lost, and would write
@@ -163,12 +166,12 @@ class KVReceiver:
         if self.last_chunk is not None and self.chunks == set(range(self.last_chunk + 1)):
             got = self.mgr.aux.room(self.aux_slot)
             if got != self.room:
-                self._fail_locked(
+                self.fail_locked(
                     f"aux row {self.aux_slot} carries room {got}, expected {self.room}; "
                     "the KV pages cannot be trusted"
                 )
             else:
-                self.mgr._finalize(self, KVPoll.SUCCESS, "")
+                self.mgr.finalize_locked(self, KVPoll.SUCCESS, "")
             return
         limit = self.mgr.env.waiting_timeout
         if now - self.ready_at > limit:

@@ -8,7 +8,7 @@ the running decode batch as if it had been prefilled here. A failed transfer
 frees its pages and aux slot and reports the reason, unless prefill may still
 write them (it went silent, or did not confirm an abort): then the request fails
 at once but its pages and aux slot stay in quarantine until the KV manager says
-the room is settled (see ``KVManager.settled``).
+the room is settled (see ``DecodeKVManager.settled``).
 
 Conditional disaggregation (``--disaggregation-local-prefill-threshold N``): a
 request with at most N tokens left to prefill here (its prompt minus decode's own
@@ -18,9 +18,9 @@ schedules the request like a null-mode server would (chunked prefill included).
 
 from __future__ import annotations
 
+from pdcore.disaggregation.decode_manager import DecodeKVManager
 from pdcore.disaggregation.fake import FakeKVReceiver
 from pdcore.disaggregation.kv_args import KVPoll
-from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.disaggregation.receiver import KVReceiver
 from pdcore.errors import PdcoreError
 from pdcore.scheduler.pd_metrics import PDMetrics
@@ -32,7 +32,10 @@ class DecodeQueues:
     sends_kv = False  # decode receives KV; it sends none
 
     def __init__(
-        self, scheduler: Scheduler, manager: KVManager | None, local_prefill_threshold: int = 0
+        self,
+        scheduler: Scheduler,
+        manager: DecodeKVManager | None,
+        local_prefill_threshold: int = 0,
     ):
         """``manager`` None: the ``fake`` backend (every room is a fake one).
         ``local_prefill_threshold``: prefill requests with at most this many tokens to
@@ -141,7 +144,7 @@ class DecodeQueues:
         busy = len(sched.running) + len(self.transfers)
         if busy >= sched.config.max_running_requests:
             return False
-        need = sched._pages_for(len(req.input_ids))
+        need = sched.pages_for(len(req.input_ids))
         reserve = sched.config.decode_reserve_pages * (busy + 1) if busy else 0
         if need + reserve > sched.allocator.num_free + sched.cache.evictable_pages:
             return False
@@ -149,7 +152,7 @@ class DecodeQueues:
         slot = -1 if fake else self.manager.aux.alloc()
         if slot is None:
             return False
-        req.pages = sched._alloc(need)
+        req.pages = sched.alloc_pages(need)
         if not fake:
             self.slots[req.rid] = slot
         receiver.send_request(req.pages, slot)
@@ -175,11 +178,10 @@ class DecodeQueues:
         if req.top_logprobs_num:
             pairs = list(zip(aux.top_ids, aux.top_logprobs, strict=True))
             req.top_logprobs.append([[t, lp] for t, lp in pairs[: req.top_logprobs_num]])
-        sched.running.append(req)
-        sched.reqs[rid] = req
-        reason = sched._stop_reason(req, aux.token_id)
+        sched.start_running(req)
+        reason = sched.stop_reason(req, aux.token_id)
         if reason is not None:
-            sched._finish(req, reason)
+            sched.finish(req, reason)
 
     def after_commit(self, batch: ScheduledBatch, produced: list[Req]) -> list[Req]:
         return produced

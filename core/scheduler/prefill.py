@@ -13,7 +13,7 @@ from __future__ import annotations
 from pdcore.disaggregation.aux import AuxData
 from pdcore.disaggregation.fake import FakeKVSender
 from pdcore.disaggregation.kv_args import FINAL, KVPoll
-from pdcore.disaggregation.kv_manager import KVManager
+from pdcore.disaggregation.prefill_manager import PrefillKVManager
 from pdcore.disaggregation.protocol import SERVED_BY_DECODE
 from pdcore.disaggregation.sender import KVSender
 from pdcore.errors import PdcoreError
@@ -26,7 +26,7 @@ class PrefillQueues:
     # Pages leave this process through a transfer engine after each chunk.
     sends_kv = True
 
-    def __init__(self, scheduler: Scheduler, manager: KVManager | None, closers=()):
+    def __init__(self, scheduler: Scheduler, manager: PrefillKVManager | None, closers=()):
         """``manager`` None: the ``fake`` backend (every room is a fake one)."""
         self.scheduler = scheduler
         self.manager = manager
@@ -93,7 +93,7 @@ class PrefillQueues:
             if state not in FINAL:
                 continue
             del self.transfers[rid]
-            self.scheduler._release(req)
+            self.scheduler.release(req)
             if rid in self.aborted:  # client aborts are reported already, not failures
                 self.aborted.discard(rid)
                 self._forget(rid)

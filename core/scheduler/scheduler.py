@@ -81,7 +81,7 @@ class Scheduler:
         # Requests finished while scheduling (not by a sample); the engine reports them.
         self.finished_unreported: list[Req] = []
         # PD prefill: takes a leaving request whose pages a transfer may still read,
-        # returning True; that queue calls ``_release`` once the transfer is over.
+        # returning True; that queue calls ``release`` once the transfer is over.
         self.defer_release: Callable[[Req], bool] | None = None
 
     # ---- limits --------------------------------------------------------------
@@ -110,7 +110,8 @@ class Scheduler:
             )
         return None
 
-    def _pages_for(self, num_tokens: int) -> int:
+    def pages_for(self, num_tokens: int) -> int:
+        """Pages that hold ``num_tokens`` tokens (PD decode sizes a prompt's transfer)."""
         return -(-num_tokens // self.page_size)
 
     # ---- requests ------------------------------------------------------------
@@ -120,6 +121,12 @@ class Scheduler:
             raise ValueError(f"request id {req.rid!r} is already in flight")
         self.reqs[req.rid] = req
         self.waiting.append(req)
+
+    def start_running(self, req: Req) -> None:
+        """Put a request whose prompt KV is already in its pages (PD decode: prefill
+        sent it) straight into the running batch; the PD queue checked its rid is new."""
+        self.running.append(req)
+        self.reqs[req.rid] = req
 
     def abort(self, rid: str) -> Req | None:
         """Stop a waiting or running request and release its pages now.
@@ -212,13 +219,13 @@ class Scheduler:
             req.input_logprobs, req.input_top_logprobs, req.input_ranks = [], [], []  # partial
         cached, num_cached = self.cache.match_prefix(fill[:usable])
         handle = self.cache.lock(fill[:num_cached])
-        need = self._pages_for(len(fill)) - len(cached)
+        need = self.pages_for(len(fill)) - len(cached)
         reserve = self.config.decode_reserve_pages * (len(self.running) + 1)
         required = need + reserve if self.running else need
         if required > self.allocator.num_free + self.cache.evictable_pages:
             self.cache.unlock(handle)
             return False
-        new = self._alloc(need)
+        new = self.alloc_pages(need)
         req.pages = cached + new
         req.num_cached_pages = len(cached)
         req.prefix_handle = handle
@@ -228,7 +235,10 @@ class Scheduler:
         req.mark_admitted()
         return True
 
-    def _alloc(self, n: int) -> list[int]:
+    def alloc_pages(self, n: int) -> list[int]:
+        """``n`` pages, evicting cached prefixes if needed; the caller checked they fit
+        (free plus evictable), so a shortfall is an accounting error. PD decode holds
+        the pages it takes here outside the running batch until its KV arrives."""
         short = n - self.allocator.num_free
         if short > 0:
             self.cache.evict(short)
@@ -248,11 +258,11 @@ class Scheduler:
                 if self._pages_held_elsewhere():
                     return None  # a PD queue's pages come back when its transfers end
                 # cannot happen by the size checks; never spin
-                self._finish(victim, finish_reason("length", message="KV cache is full"))
+                self.finish(victim, finish_reason("length", message="KV cache is full"))
                 self.finished_unreported.append(victim)
                 return None
             self._retract(victim)
-        new = iter(self._alloc(len(needy)))
+        new = iter(self.alloc_pages(len(needy)))
         for req in needy:
             req.pages.append(next(new))
         reqs = list(self.running)
@@ -279,7 +289,7 @@ class Scheduler:
         needy = [r for r, p in zip(reqs, nxt, strict=True) if p // ps >= len(r.pages)]
         if len(needy) > self.allocator.num_free + self.cache.evictable_pages:
             return None
-        new = iter(self._alloc(len(needy)))
+        new = iter(self.alloc_pages(len(needy)))
         for req in needy:
             req.pages.append(next(new))
         n = len(reqs)
@@ -287,7 +297,7 @@ class Scheduler:
 
     def _retract(self, req: Req) -> None:
         self.running.remove(req)
-        self._release(req)
+        self.release(req)
         req.status = ReqStatus.WAITING
         self.waiting.appendleft(req)
         self.num_retractions += 1
@@ -296,12 +306,13 @@ class Scheduler:
     def _drop(self, req: Req) -> None:
         """Release a leaving request's pages unless ``defer_release`` takes them."""
         if self.defer_release is None or not self.defer_release(req):
-            self._release(req)
+            self.release(req)
 
-    def _release(self, req: Req) -> None:
+    def release(self, req: Req) -> None:
         """Hand the request's full computed pages to the cache, free the rest, unlock.
 
-        A request that is not ``cacheable`` frees all its own pages instead."""
+        A request that is not ``cacheable`` frees all its own pages instead. PD
+        prefill calls this for a request ``defer_release`` took, once its transfer ended."""
         if req.cacheable:
             n_full = req.computed_len // self.page_size
             dups = self.cache.insert(req.tokens(0, n_full * self.page_size), req.pages[:n_full])
@@ -345,7 +356,7 @@ class Scheduler:
                 continue
             out = next(it)
             if req.params.max_new_tokens == 0:  # prompt scoring only: no output token
-                self._finish(req, finish_reason("length"))
+                self.finish(req, finish_reason("length"))
                 produced.append(req)
                 continue
             req.output_ids.append(out.token_id)
@@ -354,16 +365,18 @@ class Scheduler:
             if req.top_logprobs_num:
                 req.top_logprobs.append(out.top_logprobs)
             produced.append(req)
-            reason = self._stop_reason(req, out.token_id)
+            reason = self.stop_reason(req, out.token_id)
             if reason is not None:
-                self._finish(req, reason)
+                self.finish(req, reason)
             elif not batch.is_decode:
                 self._cache_prefix(req)
         if next(it, None) is not None:
             raise ValueError("more samples than rows to sample")
         return produced
 
-    def _stop_reason(self, req: Req, token: int) -> dict | None:
+    def stop_reason(self, req: Req, token: int) -> dict | None:
+        """Why ``req`` stops after its newest output ``token``, or None; PD decode asks
+        this for the first token, which prefill sampled."""
         p = req.params
         if len(req.output_ids) > p.min_new_tokens:
             if token in p.stop_token_ids:
@@ -376,7 +389,8 @@ class Scheduler:
             return finish_reason("length", message="reached the maximum sequence length")
         return None
 
-    def _finish(self, req: Req, reason: dict) -> None:
+    def finish(self, req: Req, reason: dict) -> None:
+        """End a running request with ``reason`` and release (or defer) its pages."""
         self.running.remove(req)
         del self.reqs[req.rid]
         req.finish(reason)

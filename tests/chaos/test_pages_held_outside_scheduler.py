@@ -37,7 +37,7 @@ def _req(rid: str, tokens: int) -> Req:
 
 def test_waits_while_a_pd_queue_holds_pages_then_runs():
     sched = _scheduler(10)
-    held = sched._alloc(6)  # what decode's transfer queue holds for another request
+    held = sched.alloc_pages(6)  # what decode's transfer queue holds for another request
     req = _req("r", 6 * PAGE)  # 6 pages: fits the pool, not the 4 pages left now
     sched.add(req)
     assert sched.schedule() is None
@@ -65,7 +65,7 @@ def test_a_lone_running_request_waits_for_pages_a_pd_queue_holds():
     for _ in range(2):  # prefill, then one decode step: one page, full
         sched.commit(sched.schedule(), [Sampled(7)])
     assert req.computed_len == PAGE and len(req.pages) == 1
-    held = sched._alloc(3)  # the rest: held by decode's transfer queue
+    held = sched.alloc_pages(3)  # the rest: held by decode's transfer queue
     assert sched.schedule() is None  # its next token needs a page: it waits
     assert req.finish_reason is None and sched.running == [req]
     assert sched.finished_unreported == []

@@ -5,7 +5,7 @@ Heartbeats that fail mean "offline" to decode, which fails the prefill's rooms a
 (clients get their error). But a prefill that is only frozen or cut off on the control
 plane still holds decode's page ids and may write them when it resumes: reusing those
 pages for other requests would corrupt them. So such rooms stay *unsettled*: decode
-re-sends their abort (``KVManager.settled`` probes), and only a confirmation, a
+re-sends their abort (``DecodeKVManager.settled`` probes), and only a confirmation, a
 refused connection (the process is gone) or ``quarantine_timeout`` frees them.
 
 A real prefill KV manager + bootstrap server and a decode KV manager in this process
@@ -42,7 +42,7 @@ def open_transferring_room(sides: PDSides, proxy: FaultProxy):
 
 def lose_prefill(sides: PDSides, proxy: FaultProxy, receiver) -> None:
     """What decode's heartbeat thread does after missed heartbeats (process alive)."""
-    sides.decode._on_peer_lost(f"127.0.0.1:{proxy.port}", "heartbeats failed", True)
+    sides.decode.on_peer_lost(f"127.0.0.1:{proxy.port}", "heartbeats failed", True)
     assert receiver.poll() is KVPoll.FAILED
     assert receiver.unsettled, "a room prefill may still write must stay unsettled"
 
@@ -118,6 +118,6 @@ def test_a_room_lost_before_prefill_had_pages_is_not_held(pd_through_proxy):
     sides, proxy = pd_through_proxy()
     receiver = sides.decode.receiver(ROOM, f"127.0.0.1:{proxy.port}")
     assert wait_state(receiver, 10, {KVPoll.WAITING_FOR_INPUT}) is KVPoll.WAITING_FOR_INPUT
-    sides.decode._on_peer_lost(f"127.0.0.1:{proxy.port}", "heartbeats failed", True)
+    sides.decode.on_peer_lost(f"127.0.0.1:{proxy.port}", "heartbeats failed", True)
     assert receiver.poll() is KVPoll.FAILED and not receiver.unsettled
     assert sides.decode.settled(ROOM)

@@ -136,7 +136,7 @@ def test_kv_args_rejects_ragged_buffers():
 
 
 def test_page_spans_group_pages_consecutive_on_both_sides():
-    from pdcore.disaggregation.kv_manager import page_spans
+    from pdcore.disaggregation.chunk_writer import page_spans
 
     assert page_spans([3, 4, 5, 9, 10, 6], [0, 1, 2, 3, 4, 7]) == [(3, 0, 3), (9, 3, 2), (6, 7, 1)]
     assert page_spans([1, 2], [5, 7]) == [(1, 5, 1), (2, 7, 1)], "dst gap splits the span"

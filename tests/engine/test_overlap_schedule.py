@@ -93,7 +93,7 @@ def test_no_step_after_a_batch_already_committed():
 def test_no_step_after_when_its_page_would_need_a_retraction():
     sched = _scheduler(3)
     (req,), batch = _decoding(sched, 7)  # pages 0-1; decode writes position 7
-    held = sched._alloc(1)  # the last page: held by a PD queue, say
+    held = sched.alloc_pages(1)  # the last page: held by a PD queue, say
     assert sched.schedule_after(batch) is None, "position 8 needs a third page"
     assert len(req.pages) == 2, "nothing taken"
     sched.allocator.free(held)

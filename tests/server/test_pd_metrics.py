@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pdcore.disaggregation.kv_manager import TransferRecord
+from pdcore.disaggregation.prefill_manager import TransferRecord
 from pdcore.engine.io_struct import EngineStats, decode_from_engine, encode
 from pdcore.scheduler.pd_metrics import RECENT_S, Histogram, PDMetrics
 from pdcore.server.metrics import ServerMetrics
