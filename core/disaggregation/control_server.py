@@ -13,9 +13,10 @@ Bounds:
 
 * threads: the loop and at most ``workers`` workers (started as requests need them);
 * connections: at most ``max_connections`` open. A new connection past that closes
-  the least recently active one that is not being answered (idle, or its request
-  still arriving: no handler ran for it); when every open connection is being
-  answered, new ones wait in the listen backlog until one is free;
+  the open one silent the longest, if it has been for ``EVICT_AFTER_S``: idle, or its
+  request still arriving that long after its first byte (no handler ran for it; a
+  connection just opened, whose request may be on its way, is never picked); with
+  none such, new connections wait in the listen backlog until there is room;
 * time: an idle keep-alive connection is closed after ``idle_timeout``, a request
   must arrive whole within ``read_timeout`` of its first byte (peers send a message
   whole at once), and a peer has ``write_timeout`` to take a reply.
@@ -44,6 +45,7 @@ DEFAULT_WORKERS = 16
 DEFAULT_MAX_CONNECTIONS = 256
 MAX_HEAD = 16 << 10  # request line and headers
 WRITE_TIMEOUT_S = 10.0
+EVICT_AFTER_S = 1.0  # a connection silent this long may be closed to make room
 BACKLOG = 128
 RECV_SIZE = 65536
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 500: "Error"}
@@ -221,12 +223,17 @@ class BoundedHttpServer:
             with self._lock:
                 self._accepted += 1
 
+    def _evictable(self, now: float) -> list[_Conn]:
+        """Connections no worker owns that have been silent for ``EVICT_AFTER_S``."""
+        return [c for c in self._conns if not c.busy and now - _silent_since(c) >= EVICT_AFTER_S]
+
     def _evict_one(self) -> bool:
-        """Close the least recently active connection no worker owns; False if none."""
-        free = [c for c in self._conns if not c.busy]
+        """Close the connection silent the longest (see the module's docstring); False
+        if none may be closed."""
+        free = self._evictable(time.monotonic())
         if not free:
             return False
-        oldest = min(free, key=lambda c: c.last_active)
+        oldest = min(free, key=_silent_since)
         log.debug("control server full: closing a connection from %s", oldest.client)
         self._drop(oldest)
         with self._lock:
@@ -239,7 +246,9 @@ class BoundedHttpServer:
             self._accepting = False
 
     def _resume_accepting(self) -> None:
-        if not self._accepting and len(self._conns) < self.max_connections:
+        if self._accepting:
+            return
+        if len(self._conns) < self.max_connections or self._evictable(time.monotonic()):
             self._sel.register(self._listener, selectors.EVENT_READ, "accept")
             self._accepting = True
 
@@ -419,3 +428,9 @@ class BoundedHttpServer:
         except OSError:
             return False
         return not request.close
+
+
+def _silent_since(conn: _Conn) -> float:
+    """Since when ``conn`` has given no sign of a live peer: the first byte of a
+    request still arriving (a live peer sends a message whole), else its last byte."""
+    return conn.request_started if conn.request_started is not None else conn.last_active
