@@ -118,7 +118,9 @@ class ControlServer:
         if req.method == "GET":
             found = req.path == "/health"
             return Reply(200 if found else 404, b"ok" if found else b"not found", "text/plain")
-        if req.method != "POST" or req.path != PATH:
+        if req.method != "POST":
+            return Reply(501, b"only GET /health and POST are served", "text/plain")
+        if req.path != PATH:
             return Reply(404, b"not found", "text/plain")
         if not req.body:
             return _error(400, ErrorReply("bad Content-Length", "bad_request"))

@@ -21,8 +21,9 @@ Bounds:
   must arrive whole within ``read_timeout`` of its first byte (peers send a message
   whole at once), and a peer has ``write_timeout`` to take a reply.
 
-A request the server cannot frame (no or too large ``Content-Length``, chunked body,
-oversized head) gets a 400 whose body is an ``ErrorReply``, and the connection closes.
+A request the server cannot frame (a bad or too large ``Content-Length``, a chunked
+body, a body cut short by the peer's end of stream) gets a 400 whose body is an
+``ErrorReply`` (an oversized head a 431), and the connection closes.
 """
 
 from __future__ import annotations
@@ -46,9 +47,22 @@ DEFAULT_MAX_CONNECTIONS = 256
 MAX_HEAD = 16 << 10  # request line and headers
 WRITE_TIMEOUT_S = 10.0
 EVICT_AFTER_S = 1.0  # a connection silent this long may be closed to make room
+# After the reply that ends a connection, what the peer still sends is read and
+# dropped this long before closing: closing on unread bytes would reset the
+# connection and could destroy the reply before the peer reads it.
+LINGER_S = 2.0
+KEEP, LINGER, CLOSE = "keep", "linger", "close"  # a connection after its reply
 BACKLOG = 128
 RECV_SIZE = 65536
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 500: "Error"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+}
 
 
 @dataclass
@@ -59,7 +73,8 @@ class Request:
     body: bytes
     client: str  # the peer's host
     close: bool  # the connection ends after the reply
-    error: str = ""  # why the server could not frame it (answered 400 without a handler)
+    error: str = ""  # why the server could not frame it (answered without a handler)
+    error_status: int = 400
 
 
 @dataclass
@@ -80,6 +95,7 @@ class _Conn:
     last_active: float = 0.0
     request_started: float | None = None  # first byte of a request still arriving
     busy: bool = False  # a worker owns it (reading nothing, answering)
+    linger_until: float | None = None  # answered for the last time; drop what comes
 
 
 class BoundedHttpServer:
@@ -261,8 +277,15 @@ class BoundedHttpServer:
             return
         except OSError:
             data = b""
+        if conn.linger_until is not None:
+            if not data:
+                self._drop(conn)
+            return
         if not data:
-            self._drop(conn)
+            if conn.buf:  # the peer ended its side in the middle of a request
+                self._dispatch(conn, self._unframed(conn, "request cut short by end of stream"))
+            else:
+                self._drop(conn)
             return
         now = time.monotonic()
         conn.last_active = now
@@ -273,8 +296,10 @@ class BoundedHttpServer:
 
     def _dispatch_if_whole(self, conn: _Conn) -> None:
         request = self._parse(conn)
-        if request is None:
-            return
+        if request is not None:
+            self._dispatch(conn, request)
+
+    def _dispatch(self, conn: _Conn, request: Request) -> None:
         conn.busy = True
         conn.request_started = None
         self._sel.unregister(conn.sock)
@@ -301,8 +326,10 @@ class BoundedHttpServer:
         end = conn.buf.find(b"\r\n\r\n")
         if end < 0:
             if len(conn.buf) > MAX_HEAD:
-                return self._unframed(conn, "request head too large")
+                return self._unframed(conn, "request head too large", 431)
             return None
+        if end > MAX_HEAD:
+            return self._unframed(conn, "request head too large", 431)
         lines = bytes(conn.buf[:end]).decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -329,9 +356,9 @@ class BoundedHttpServer:
         close = connection == "close" or (parts[2] == "HTTP/1.0" and connection != "keep-alive")
         return Request(parts[0], parts[1], headers, body, conn.client, close)
 
-    def _unframed(self, conn: _Conn, why: str) -> Request:
+    def _unframed(self, conn: _Conn, why: str, status: int = 400) -> Request:
         conn.buf.clear()
-        return Request("", "", {}, b"", conn.client, close=True, error=why)
+        return Request("", "", {}, b"", conn.client, True, why, status)
 
     def _take_back(self) -> None:
         try:
@@ -343,15 +370,19 @@ class BoundedHttpServer:
             returned = list(self._returned)
             self._returned.clear()
         now = time.monotonic()
-        for conn, keep in returned:
+        for conn, after in returned:
             conn.busy = False
-            if not keep or conn not in self._conns:
+            if after == CLOSE or conn not in self._conns:
                 self._conns.discard(conn)
                 conn.sock.close()
                 continue
+            self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+            if after == LINGER:
+                conn.linger_until, conn.request_started = now + LINGER_S, None
+                conn.buf.clear()
+                continue
             conn.last_active = now
             conn.request_started = now if conn.buf else None
-            self._sel.register(conn.sock, selectors.EVENT_READ, conn)
             self._dispatch_if_whole(conn)  # a request sent while this one was answered
         self._resume_accepting()
 
@@ -359,7 +390,10 @@ class BoundedHttpServer:
         for conn in list(self._conns):
             if conn.busy:
                 continue
-            if conn.request_started is not None:
+            if conn.linger_until is not None:
+                if now > conn.linger_until:
+                    self._drop(conn)
+            elif conn.request_started is not None:
                 if now - conn.request_started > self.read_timeout:
                     log.debug("control server: a request from %s never arrived whole", conn.client)
                     self._drop(conn)
@@ -389,25 +423,25 @@ class BoundedHttpServer:
             if job is None:
                 return
             conn, request = job
-            keep = self._answer(conn, request)
+            after = self._answer(conn, request)
             with self._lock:
                 if self._unclaimed:
                     self._unclaimed -= 1  # a queued job waits for this worker
                 else:
                     self._idle_workers += 1
                 if not self._closed:
-                    self._returned.append((conn, keep))
+                    self._returned.append((conn, after))
                     conn = None
             if conn is None:
                 self._wake()
             else:
                 conn.sock.close()
 
-    def _answer(self, conn: _Conn, request: Request) -> bool:
-        """Run the handler and write its reply; whether the connection stays open."""
+    def _answer(self, conn: _Conn, request: Request) -> str:
+        """Run the handler and write its reply; what becomes of the connection."""
         if request.error:
             body = encode(ErrorReply(request.error, "bad_request"))
-            reply = Reply(400, body, "application/msgpack")
+            reply = Reply(request.error_status, body, "application/msgpack")
         else:
             try:
                 reply = self._handle(request)
@@ -425,12 +459,16 @@ class BoundedHttpServer:
             conn.sock.settimeout(self.write_timeout)
             conn.sock.sendall(head.encode("latin-1") + reply.body)
             conn.sock.setblocking(False)
+            if request.close:
+                conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            return False
-        return not request.close
+            return CLOSE
+        return LINGER if request.close else KEEP
 
 
 def _silent_since(conn: _Conn) -> float:
     """Since when ``conn`` has given no sign of a live peer: the first byte of a
     request still arriving (a live peer sends a message whole), else its last byte."""
+    if conn.linger_until is not None:
+        return 0.0  # answered for the last time: the first to go
     return conn.request_started if conn.request_started is not None else conn.last_active
