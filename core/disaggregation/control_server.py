@@ -151,7 +151,7 @@ class BoundedHttpServer:
         # one (_idle_workers - 1), a new one, or, with every worker busy, the next to
         # finish (_unclaimed + 1); so the pool grows only when no worker is free.
         self._lock = threading.Lock()
-        self._returned: collections.deque[tuple[_Conn, bool]] = collections.deque()
+        self._returned: collections.deque[tuple[_Conn, str]] = collections.deque()
         self._closed = False
         self._jobs: queue.SimpleQueue[tuple[_Conn, Request] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -174,8 +174,8 @@ class BoundedHttpServer:
             }
 
     def close(self) -> None:
-        """Stop accepting, close every connection and end the threads (a handler that
-        is running finishes; its reply is not sent)."""
+        """Stop accepting, close every connection and end the threads (a handler
+        already running finishes first)."""
         with self._lock:
             if self._closed:
                 return
@@ -191,6 +191,7 @@ class BoundedHttpServer:
     # ---- the loop thread ----------------------------------------------------------
 
     def _serve(self) -> None:
+        next_sweep = 0.0
         try:
             while True:
                 with self._lock:
@@ -203,7 +204,10 @@ class BoundedHttpServer:
                         self._take_back()
                     else:
                         self._read(key.data)
-                self._expire(time.monotonic())
+                now = time.monotonic()
+                if now >= next_sweep:  # once a tick, not once a message
+                    self._expire(now)
+                    next_sweep = now + self._tick
         except Exception:  # pragma: no cover - a bug here must not leave a silent port
             log.exception("control server loop failed")
         finally:
@@ -221,7 +225,8 @@ class BoundedHttpServer:
 
     def _accept(self) -> None:
         while True:
-            if len(self._conns) >= self.max_connections and not self._evict_one():
+            full = len(self._conns) >= self.max_connections
+            if full and not self._evictable(time.monotonic()):
                 self._pause_accepting()
                 return
             try:
@@ -231,6 +236,8 @@ class BoundedHttpServer:
             except OSError as e:  # out of descriptors and the like: try again next tick
                 log.warning("control server cannot accept: %s", e)
                 return
+            if full:
+                self._evict_one()
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Conn(sock, str(addr[0]), last_active=time.monotonic())
@@ -243,18 +250,16 @@ class BoundedHttpServer:
         """Connections no worker owns that have been silent for ``EVICT_AFTER_S``."""
         return [c for c in self._conns if not c.busy and now - _silent_since(c) >= EVICT_AFTER_S]
 
-    def _evict_one(self) -> bool:
-        """Close the connection silent the longest (see the module's docstring); False
-        if none may be closed."""
+    def _evict_one(self) -> None:
+        """Close the connection silent the longest (see the module's docstring)."""
         free = self._evictable(time.monotonic())
         if not free:
-            return False
+            return
         oldest = min(free, key=_silent_since)
         log.debug("control server full: closing a connection from %s", oldest.client)
         self._drop(oldest)
         with self._lock:
             self._evicted += 1
-        return True
 
     def _pause_accepting(self) -> None:
         if self._accepting:
