@@ -46,18 +46,22 @@ PATHS = ("before", "before_client_after_server", "after")
 CONTROL = "core/disaggregation/control.py"
 
 
-def load_control(ref: str | None):
-    """This tree's control module, or the one of git ``ref`` (as a separate module)."""
+def load_control(ref: str | None, baseline_file: str | None = None):
+    """This tree's control module, or the one of git ``ref`` (as a separate module;
+    read from ``baseline_file`` instead where there is no git history)."""
     if ref is None:
         from pdcore.disaggregation import control
 
         return control
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{ref}:{CONTROL}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    if baseline_file:
+        source = Path(baseline_file).read_text()
+    else:
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:{CONTROL}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     path = Path(tempfile.mkdtemp()) / f"control_{ref}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"control_{ref}", path)
@@ -69,11 +73,11 @@ def load_control(ref: str | None):
 # ---- the server (runs as ``bench_control_plane.py --serve REF|new SEALED``) ----------
 
 
-def serve(ref: str, sealed: bool) -> None:
+def serve(ref: str, sealed: bool, baseline_file: str | None) -> None:
     from pdcore.disaggregation.auth import to_key
     from pdcore.disaggregation.protocol import Ack
 
-    control = load_control(None if ref == "new" else ref)
+    control = load_control(None if ref == "new" else ref, baseline_file)
     ack = Ack()
     server = control.ControlServer(
         "127.0.0.1", 0, lambda msg: ack, to_key(SECRET) if sealed else None
@@ -84,9 +88,10 @@ def serve(ref: str, sealed: bool) -> None:
 
 
 class Server:
-    def __init__(self, ref: str, sealed: bool):
+    def __init__(self, ref: str, sealed: bool, baseline_file: str | None):
+        more = ["--baseline-file", baseline_file] if baseline_file else []
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", ref, "1" if sealed else "0"],
+            [sys.executable, __file__, "--serve", ref, "1" if sealed else "0", *more],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -175,16 +180,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     ap.add_argument("--senders", type=int, default=8, help="threads of the concurrent case")
     ap.add_argument("--baseline-ref", default="a4d2314", help="git ref of the 'before' code")
+    ap.add_argument("--baseline-file", help="that ref's control.py, where git is not at hand")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve[0], args.serve[1] == "1")
+        serve(args.serve[0], args.serve[1] == "1", args.baseline_file)
         return
 
     from pdcore.disaggregation.auth import to_key
 
-    old, new = load_control(args.baseline_ref), load_control(None)
+    old = load_control(args.baseline_ref, args.baseline_file)
+    new = load_control(None)
     clients = {"before": old, "before_client_after_server": old, "after": new}
     servers = {"before": args.baseline_ref, "before_client_after_server": "new", "after": "new"}
     cases = [(mode, sealed) for mode in ("sequential", "concurrent") for sealed in (False, True)]
@@ -198,7 +205,7 @@ def main() -> None:
             senders = 1 if mode == "sequential" else args.senders
             order = PATHS if r % 2 == 0 else tuple(reversed(PATHS))  # alternate
             for path in order:
-                server = Server(servers[path], sealed)
+                server = Server(servers[path], sealed, args.baseline_file)
                 try:
                     send = clients[path].request
                     pid = server.proc.pid
