@@ -171,6 +171,11 @@ def request(addr: str, msg: Message, timeout: float, key: bytes | None = None) -
     With ``key`` the message is sealed and the reply must be too, bound to this
     request and not seen before; only an ``ErrorReply`` may come back unsealed (a
     peer that could not verify us cannot seal, and an error can only make things fail).
+
+    The connection is kept for the next message to ``addr``; the message is sent a
+    second time only when it surely did not reach the peer whole (``control_client``
+    says when). ``timeout`` bounds the connect and each wait for the peer; a refused
+    connection is a ``ControlError`` caused by ``ConnectionRefusedError``.
     """
     host, port = split_addr(addr)
     body = encode(msg) if key is None else seal(key, encode(msg))
