@@ -112,7 +112,7 @@ def test_idle_and_trickling_connections_do_not_starve_a_message():
         start = time.monotonic()
         assert request(server.address, Heartbeat("d"), 5) == Ack()
         took = time.monotonic() - start
-        assert took < 1.0, (
+        assert took < 2.0, (
             f"a real message took {took:.2f}s behind 16 idle or trickling connections "
             "on a 2-thread server: they must not hold its threads"
         )
