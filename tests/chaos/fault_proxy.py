@@ -234,6 +234,9 @@ class FaultProxy:
         except Exception:  # a proxy never dies of one connection
             _rst(client_w)
             _rst(conn.upstream_w)
+        except asyncio.CancelledError:  # closing the proxy: end quietly (no logged traceback)
+            _rst(client_w)
+            _rst(conn.upstream_w)
         finally:
             self._conns.discard(conn)
 

@@ -80,14 +80,13 @@ class PDSides:
 
 def count_handled(control_server) -> list:
     """Wrap a ``ControlServer``'s handler; the list gets every message that reached it."""
-    server = control_server._server
-    seen, handle = [], server.on_message
+    seen, handle = [], control_server._on_message
 
     def counting(msg):
         seen.append(msg)
         return handle(msg)
 
-    server.on_message = counting
+    control_server._on_message = counting
     return seen
 
 

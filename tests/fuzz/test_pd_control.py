@@ -381,8 +381,8 @@ RAW = {
 @pytest.mark.parametrize("name", list(RAW))
 @pytest.mark.parametrize("endpoint", ["bootstrap", "notice"])
 def test_malformed_http_gets_a_status_line(sides, cases, name, endpoint):
-    """Raw requests the stdlib server parses: each gets a status line and the
-    connection ends. (An unknown method is ``http.server``'s 501, as RFC 9110 wants.)"""
+    """Hand-made raw requests: each gets a status line and the connection ends.
+    (An unknown method is a 501, as RFC 9110 wants.)"""
     cases()
     raw, expected = RAW[name]
     answer = send_raw(
@@ -400,7 +400,7 @@ def test_a_peer_that_stops_mid_body_is_dropped_and_others_served(sides, monkeypa
     drops it after its read timeout instead of holding a thread forever."""
     import socket
 
-    monkeypatch.setattr(control._Handler, "timeout", 0.5)
+    monkeypatch.setattr(sides.bootstrap._control._server, "read_timeout", 0.5)
     host, port = sides.addr.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as stuck:
         stuck.sendall(f"POST {PATH} HTTP/1.1\r\nContent-Length: 100\r\n\r\n\x81".encode())
