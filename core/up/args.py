@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shlex
-import socket
 from dataclasses import dataclass, field
 
 from pdcore.argparse_utils import FlagParser
+from pdcore.listen import port_busy
 from pdcore.up.plan import flag_value
 
 # Defaults the servers get before the user's own flags (so a user's flag wins).
@@ -218,16 +218,4 @@ def _check(args: UpArgs) -> str | None:
     busy = port_busy(args.host, args.port)
     if busy:
         return f"--port: {args.host}:{args.port} is not free ({busy}); pick another with --port"
-    return None
-
-
-def port_busy(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be listened on (as uvicorn would), or None if it can."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host.strip("[]"), port))
-        except OSError as e:
-            return e.strerror or str(e)
     return None
