@@ -460,7 +460,8 @@ async def ttft_phase(args, backend, prompts, warm, geom, back_to_back=()) -> dic
     All servers stay up and unpaused for the whole phase; those not serving the current
     request are idle, and their CPU during it is recorded (it should be ~0). Long
     SIGSTOP pauses are not used: a NIXL pair stopped for 45 s before each request moved a
-    4k prompt's KV 3-4x slower than one left running (BENCHMARKS.md, round 6).
+    4k prompt's KV 3-4x slower than one left running (BENCHMARKS.md, PD disaggregation on
+    one CPU machine, "After host KV buffers moved to huge pages").
     The raw pair (``RawPair``) is started with the servers and idles as long as they do,
     so pdcore and raw are measured at the same moment under the same machine state.
     """
