@@ -19,8 +19,6 @@ from pdcore.attention.base import AttentionBackend, AttentionConfig
 from pdcore.config import ServerArgs
 from pdcore.disaggregation.transfer import TransferBackend
 from pdcore.engine.engine import _attention_factories
-from pdcore.engine.engine_process import configured_platform
-from pdcore.engine.pd import transfer_options
 from pdcore.hookspecs import Availability
 from pdcore.launch_server import parse_server_args
 from pdcore.platform import CpuPlatform
@@ -184,6 +182,8 @@ def vendor_registry(monkeypatch):
 
 
 def test_the_transfer_engine_gets_its_plugins_options_and_pdcores(vendor_registry, monkeypatch):
+    from pdcore.engine.pd import transfer_options
+
     monkeypatch.setenv("SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT", "2.5")
     args = parse(vendor_registry, "--vendor-queue-depth", "5")
     args.disaggregation_transfer_backend = "vendor-xfer"
@@ -195,6 +195,8 @@ def test_the_transfer_engine_gets_its_plugins_options_and_pdcores(vendor_registr
 
 
 def test_transfer_timeout_defaults_to_30s(vendor_registry, monkeypatch):
+    from pdcore.engine.pd import transfer_options
+
     for var in ("PDCORE_DISAGGREGATION_TRANSFER_TIMEOUT", "SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
     args = parse(vendor_registry)
@@ -221,6 +223,8 @@ def test_the_attention_factory_gets_its_plugins_options(vendor_registry):
 
 
 def test_the_platform_is_configured_with_its_plugins_options(vendor_registry):
+    from pdcore.engine.engine_process import configured_platform
+
     args = parse(vendor_registry, "--vendor-fast-path")
     args.device = "vendor-cpu"
     platform = configured_platform(args)
