@@ -72,5 +72,6 @@ class PdcoreSpecs:
         options to replace their values. The result is what the plugin's factories
         receive in every engine process (``TransferConfig.options``,
         ``AttentionConfig.options``, ``Platform.configure``); this hook itself runs
-        once, in the process that parses the flags, never in engine processes.
+        once, in the process that parses the flags (each node's, under
+        ``--nnodes``), never in engine processes.
         """
