@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from pdcore.body_limit import DEFAULT_MAX_PAYLOAD_SIZE
 from pdcore.envs import local_prefill_threshold
@@ -82,8 +83,13 @@ class ServerArgs:
     disaggregation_secret: str | None = field(default=None, repr=False)
     # None: not given ($PDCORE_DISAGGREGATION_LOCAL_PREFILL_THRESHOLD on decode, else 0)
     disaggregation_local_prefill_threshold: int | None = None
-    # plugin flags land here (pdcore_add_cli_args)
-    plugin_args: dict = field(default_factory=dict)
+    # Each plugin's options, by plugin key ("distribution:entry point"): its own flags
+    # (pdcore_add_cli_args, or their PDCORE_/SGLANG_ variables) after pdcore_configure.
+    # Plain data only (pdcore.plugin_options): it travels to every engine process.
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # All plugin flags' values in one dict: as parsed, then (after validate) as
+    # configured; what pdcore_configure's namespace carries besides the server's flags.
+    plugin_args: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -261,7 +267,7 @@ class ServerArgs:
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
-        names = {f.name for f in dataclasses.fields(cls)} - {"plugin_args"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"plugin_args", "plugin_options"}
         values = vars(args)
         own = {k: values[k] for k in names if k in values}
         extra = {k: v for k, v in values.items() if k not in names and not k.startswith("_")}
@@ -443,7 +449,9 @@ class ServerArgs:
                     f"{transfer.name!r} cannot move {platform.memory_kind.value} "
                     f"memory of platform {platform.name!r} (it moves: {kinds})",
                 )
-        registry.configure(argparse.Namespace(**dataclasses.asdict(self), **self.plugin_args))
+        own = {k: v for k, v in dataclasses.asdict(self).items() if k != "plugin_options"}
+        self.plugin_options = registry.configure(argparse.Namespace(**own, **self.plugin_args))
+        self.plugin_args = {k: v for opts in self.plugin_options.values() for k, v in opts.items()}
 
     def _attention_phases(self, registry: Registry, platform, model=None, dtype=None):
         """(prefill, decode) backends; ``model``: the KV spec, where known."""

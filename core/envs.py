@@ -87,6 +87,14 @@ DISAGGREGATION_KNOBS: dict[str, EnvKnob] = {
             "seconds decode waits for the KV cache after bootstrap",
         ),
         EnvKnob(
+            "DISAGGREGATION_TRANSFER_TIMEOUT",
+            float,
+            30.0,
+            0.001,
+            "seconds a KV write may take before the transfer engine reports it failed "
+            "(TransferConfig.options['transfer_timeout_s'])",
+        ),
+        EnvKnob(
             "DISAGGREGATION_QUARANTINE_TIMEOUT",
             float,
             300.0,
@@ -106,6 +114,7 @@ class DisaggregationEnv:
     heartbeat_max_failure: int
     waiting_timeout: float
     quarantine_timeout: float = 300.0
+    transfer_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DisaggregationEnv:

@@ -56,11 +56,22 @@ class PdcoreSpecs:
         """Add plugin-specific flags to the server's argument parser.
 
         Use a prefix naming the plugin (``--example-tcp-timeout``) to avoid clashes.
+        Every flag added here is one of this plugin's options (keyed by its
+        ``dest``); when not given, ``PDCORE_<FLAG>`` or ``SGLANG_<FLAG>`` sets it
+        (``PDCORE_EXAMPLE_TCP_TIMEOUT``). Values must be str, int, float, bool, None
+        or a list of those: they travel to every engine process as plain data.
         """
 
     @hookspec
-    def pdcore_configure(self, args: argparse.Namespace) -> None:
-        """Validate or apply plugin flags after parsing.
+    def pdcore_configure(self, args: argparse.Namespace) -> dict | None:
+        """Validate or normalize plugin flags after parsing (server front end only).
 
-        Raise ``pdcore.config.ConfigError(flag, message)`` for invalid values.
+        ``args`` holds the server's flags and every plugin's. Raise
+        ``pdcore.config.ConfigError(flag, message)`` for invalid values. Return None
+        to keep this plugin's options as parsed, or a mapping of (some of) its own
+        options to replace their values. The result is what the plugin's factories
+        receive in every engine process (``TransferConfig.options``,
+        ``AttentionConfig.options``, ``Platform.configure``); this hook itself runs
+        once, in the process that parses the flags (each node's, under
+        ``--nnodes``), never in engine processes.
         """

@@ -32,6 +32,10 @@ def parse_server_args(
     """Parse and validate; exits with status 2 and a flag-naming message on error."""
     registry = registry or get_registry()
     parser = build_parser(registry, prog)
+    try:  # plugin flags not given on the command line: PDCORE_<FLAG> / SGLANG_<FLAG>
+        registry.apply_env_defaults()
+    except PdcoreError as e:
+        parser.error(str(e))
     ns = parser.parse_args(argv)
     check_only = ns.__dict__.pop("check_config")
     args = ServerArgs.from_cli_args(ns)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import enum
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from pdcore.hookspecs import Availability
 
@@ -44,6 +47,7 @@ class Platform(ABC):
     priority: int = 0
     description: str = ""
     visible_devices_env: str | None = None  # e.g. CUDA_VISIBLE_DEVICES
+    options: Mapping[str, Any] = MappingProxyType({})  # set by ``configure``
 
     @abstractmethod
     def availability(self) -> Availability:
@@ -69,6 +73,14 @@ class Platform(ABC):
         """Fused element-wise layer kernels (a ``pdcore.model.kernels.LayerKernels``),
         or None for the torch reference versions."""
         return None
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        """Receive the plugin's options (its own flags; ``pdcore.plugin_options``).
+
+        Every engine process (each TP and DP rank) calls this once, before
+        ``set_device``; the default keeps them as ``self.options``.
+        """
+        self.options = dict(options)
 
     def set_device(self, device_index: int) -> None:
         """Make ``device_index`` current for this process (no-op on the CPU)."""

@@ -35,6 +35,7 @@ from pdcore.errors import (
 )
 from pdcore.hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, Availability, PdcoreSpecs
 from pdcore.platform import Platform
+from pdcore.plugin_options import OptionRecorder, apply_env_defaults, check_plain, flag_of
 
 ALLOW_ENV = "PDCORE_PLUGINS"
 BLOCK_ENV = "PDCORE_DISABLE_PLUGINS"
@@ -73,6 +74,11 @@ class Provider:
     def __str__(self) -> str:
         return f"{self.distribution} {self.version}"
 
+    @property
+    def key(self) -> str:
+        """The plugin's key in ``ServerArgs.plugin_options``: ``distribution:entry point``."""
+        return BUILTIN if self.plugin == BUILTIN else f"{self.distribution}:{self.plugin}"
+
 
 @dataclass(frozen=True)
 class Registered:
@@ -98,6 +104,8 @@ class Registry:
     entries: dict[str, dict[str, list[Registered]]] = field(default_factory=dict)
     problems: list[PluginProblem] = field(default_factory=list)
     plugin_manager: pluggy.PluginManager | None = None
+    # plugin key -> the flags its pdcore_add_cli_args added (see pdcore.plugin_options)
+    declared_options: dict[str, list[argparse.Action]] = field(default_factory=dict)
     _availability: dict[tuple[str, str, str], Availability] = field(default_factory=dict)
 
     # ---- discovery -----------------------------------------------------------
@@ -373,26 +381,70 @@ class Registry:
     # ---- optional hooks ------------------------------------------------------
 
     def add_cli_args(self, parser: argparse.ArgumentParser) -> None:
-        """Let each plugin add flags; a failing plugin is recorded, not fatal."""
+        """Let each plugin add flags, recording them as that plugin's options
+        (``plugin_options``); a failing plugin is recorded, not fatal."""
         for impl in self._impls("pdcore_add_cli_args"):
+            actions = self.declared_options[impl.plugin_name] = []  # the latest parser's
             try:
-                impl.function(parser=parser)
+                impl.function(parser=OptionRecorder(parser, actions))
             except Exception as e:
                 self.problems.append(
                     PluginProblem(self._provider(impl), "pdcore_add_cli_args", _describe(e))
                 )
 
-    def configure(self, args: argparse.Namespace) -> None:
-        """Run plugins' ``pdcore_configure``; ``ConfigError`` propagates as a flag error."""
+    def apply_env_defaults(self, env: Mapping[str, str] | None = None) -> None:
+        """Plugin flags not given take ``PDCORE_<FLAG>`` / ``SGLANG_<FLAG>`` (after
+        ``add_cli_args``, before parsing); a bad value is a ``ConfigError``."""
+        env = os.environ if env is None else env
+        for actions in self.declared_options.values():
+            apply_env_defaults(actions, env)
+
+    def configure(self, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+        """Run plugins' ``pdcore_configure``; ``ConfigError`` propagates as a flag error.
+
+        Returns each plugin's options (its declared flags' values from ``args``,
+        updated by the mapping its ``pdcore_configure`` returns, if any), keyed by
+        plugin: the value of ``ServerArgs.plugin_options``.
+        """
+        options = {
+            plugin: {a.dest: getattr(args, a.dest, a.default) for a in actions}
+            for plugin, actions in self.declared_options.items()
+            if actions
+        }
         for impl in self._impls("pdcore_configure"):
             try:
-                impl.function(args=args)
+                result = impl.function(args=args)
             except ConfigError:
                 raise
             except Exception as e:
                 raise PluginError(
                     f"plugin {self._provider(impl)} failed in pdcore_configure: {_describe(e)}"
                 ) from e
+            if result is not None:
+                options[impl.plugin_name] = self._configured(impl, options, result)
+        flags = {a.dest: flag_of(a) for acts in self.declared_options.values() for a in acts}
+        return {
+            plugin: {k: check_plain(flags.get(k, k), v) for k, v in values.items()}
+            for plugin, values in options.items()
+        }
+
+    def _configured(self, impl, options: dict, result: Any) -> dict[str, Any]:
+        """A plugin's options updated by what its ``pdcore_configure`` returned."""
+        declared = {a.dest for a in self.declared_options.get(impl.plugin_name, [])}
+        if not isinstance(result, Mapping) or not set(result) <= declared:
+            raise PluginError(
+                f"plugin {self._provider(impl)}: pdcore_configure must return None or a "
+                f"mapping of its own options ({', '.join(sorted(declared)) or 'none declared'}), "
+                f"got {result!r}"
+            )
+        return {**options.get(impl.plugin_name, {}), **result}
+
+    def options_for(
+        self, kind: str, name: str, plugin_options: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """The options of the plugin that provides backend ``name`` (a copy; empty
+        when it declared none): what its factory or platform receives."""
+        return dict(plugin_options.get(self.lookup(kind, name).provider.key, {}))
 
     def _impls(self, hook_name: str):
         return getattr(self.plugin_manager.hook, hook_name).get_hookimpls()

@@ -15,7 +15,7 @@ meanings: absorbed queries, the latent and the rope key (see ``torch_mla``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,8 @@ class AttentionConfig:
     dtype: Any = None  # torch.dtype of q/k/v and the cache
     device: Any = None  # torch.device
     scale: float | None = None  # softmax scale; default head_dim ** -0.5
+    # The backend's plugin options (its own flags; see pdcore.plugin_options).
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:

@@ -18,6 +18,7 @@ running requests, the rest can be evicted. When nothing runs, used == locked
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from pdcore.engine.pd import build_pd_queues
 from pdcore.engine.prompt_logprobs import add_prompt_logprobs
 from pdcore.engine.sampler import Sampler
 from pdcore.engine.step_plan import StepPlan
-from pdcore.errors import PdcoreError
+from pdcore.errors import PdcoreError, PluginError
 from pdcore.kvcache.pool import KVPool, KVShape, pages_for_budget
 from pdcore.kvcache.radix_cache import RadixCache
 from pdcore.model.base import CausalLM
@@ -636,4 +637,19 @@ def _attention_factories(
                 f"{server_args.page_size} (accepts {spec.kv_layout.page_sizes})"
             )
     prefill, decode = phases
-    return (prefill.name, decode.name), prefill.factory, decode.factory
+    factories = {spec.name: _with_options(spec, server_args.plugin_options) for spec in phases}
+    return (prefill.name, decode.name), factories[prefill.name], factories[decode.name]
+
+
+def _with_options(spec: AttentionBackend, plugin_options: dict) -> Callable:
+    """``spec.factory``, handed the options of the plugin that registered ``spec``
+    in ``AttentionConfig.options`` (none for a backend passed in directly)."""
+    from pdcore.registry import get_registry
+
+    try:
+        options = get_registry().options_for("attention", spec.name, plugin_options)
+    except PluginError:  # not registered: given as an object (tests, embedders)
+        options = {}
+    if not options:
+        return spec.factory
+    return lambda config: spec.factory(dataclasses.replace(config, options=options))

@@ -143,6 +143,17 @@ def _stop_followers(engine) -> None:
         destroy_tp()
 
 
+def configured_platform(args):
+    """This process's platform, handed its plugin's options (every engine process and
+    TP rank calls this before touching the device)."""
+    from pdcore.registry import get_registry
+
+    registry = get_registry()
+    platform = registry.select_platform(args.device)
+    platform.configure(registry.options_for("platform", platform.name, args.plugin_options))
+    return platform
+
+
 def _build_engine(
     server_args_dict: dict,
     model_factory: str | None,
@@ -154,7 +165,6 @@ def _build_engine(
     from pdcore.config import ServerArgs
     from pdcore.distributed.state import init_tp
     from pdcore.engine.engine import Engine
-    from pdcore.registry import get_registry
 
     args = ServerArgs(**server_args_dict)
     logging.basicConfig(
@@ -162,7 +172,7 @@ def _build_engine(
         format=f"%(asctime)s engine[tp{tp_rank}] %(levelname)s %(message)s",
     )
     torch.manual_seed(args.random_seed)
-    platform = get_registry().select_platform(args.device)
+    platform = configured_platform(args)
     local_rank = tp_rank % (args.tp_size // args.nnodes)
     gpu_id = args.base_gpu_id + local_rank * args.gpu_id_step
     platform.set_device(gpu_id)

@@ -20,7 +20,7 @@ from pdcore.disaggregation.kv_manager import KVManager
 from pdcore.distributed.state import kv_head_range, node_ip, tp
 from pdcore.distributed.wire import leaders_gather_msgs
 from pdcore.engine.pd_tp import KVStage, RankReceiver, exchange_rank_endpoints
-from pdcore.envs import disaggregation_secret
+from pdcore.envs import DisaggregationEnv, disaggregation_secret
 from pdcore.model.config import ModelConfig
 from pdcore.sampling_params import MAX_TOP_LOGPROBS
 from pdcore.scheduler.decode import DecodeQueues
@@ -82,9 +82,12 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
         if not info.is_leader:
             return None
         return DecodeQueues(scheduler, None) if mode == "decode" else PrefillQueues(scheduler, None)
+    options["engine_options"] = transfer_options(args)
     receiver = None
     if mode == "decode" and not info.is_leader:
-        receiver = RankReceiver(kv_args, backend, options["hostname"], options["ib_device"])
+        receiver = RankReceiver(
+            kv_args, backend, options["hostname"], options["ib_device"], options["engine_options"]
+        )
     ranks = exchange_rank_endpoints(receiver)
     if not info.is_leader:
         return FollowerPD(receiver, KVStage(pool, kv.num_kv_heads) if mode == "prefill" else None)
@@ -110,6 +113,19 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
         server.close()
         raise
     return PrefillQueues(scheduler, manager, closers=[server])
+
+
+def transfer_options(args: ServerArgs) -> dict:
+    """``TransferConfig.options`` of this server's transfer engines: the keys pdcore
+    fills (``transfer_timeout_s`` from ``PDCORE_``/``SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT``),
+    then the options of the plugin providing the backend (its own flags)."""
+    from pdcore.registry import get_registry
+
+    own = {"transfer_timeout_s": DisaggregationEnv.from_env().transfer_timeout}
+    plugin = get_registry().options_for(
+        "transfer", args.disaggregation_transfer_backend, args.plugin_options
+    )
+    return {**own, **plugin}
 
 
 def _bootstrap_server(args: ServerArgs, secret) -> BootstrapServer:

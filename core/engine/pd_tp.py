@@ -29,7 +29,7 @@ STAGE_PAGES = "pages to stage from the TP leader"
 class RankReceiver:
     """A decode rank other than the leader: its pool, registered for prefill's writes."""
 
-    def __init__(self, kv_args, backend: str, hostname: str, ib_device: str | None):
+    def __init__(self, kv_args, backend: str, hostname: str, ib_device: str | None, options: dict):
         from pdcore.registry import get_registry
 
         config = TransferConfig(
@@ -38,6 +38,7 @@ class RankReceiver:
             ib_device=ib_device,
             memory_kind=kv_args.memory_kind,
             device_id=kv_args.device_id,
+            options=dict(options),
         )
         self.engine = get_registry().get("transfer", backend).factory(config)
         a = kv_args

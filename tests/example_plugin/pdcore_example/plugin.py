@@ -59,6 +59,9 @@ def pdcore_add_cli_args(parser):
 
 @hookimpl
 def pdcore_configure(args):
+    """Runs in the server's front end; what it returns is what the engine's
+    ``TransferConfig.options`` holds in every engine process."""
     timeout = getattr(args, "example_tcp_timeout", 10.0)
     if not timeout > 0:
         raise ConfigError("--example-tcp-timeout", f"must be positive, got {timeout}")
+    return {"example_tcp_timeout": float(timeout)}

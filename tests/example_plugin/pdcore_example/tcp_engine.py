@@ -9,6 +9,7 @@ copying (it never trusts the sender), then answers ``K`` or ``F`` + reason.
 from __future__ import annotations
 
 import ctypes
+import logging
 import socket
 import struct
 import threading
@@ -23,6 +24,8 @@ from pdcore.disaggregation.transfer import (
     TransferStatus,
 )
 from pdcore.platform import MemoryKind
+
+logger = logging.getLogger(__name__)
 
 _RUN = struct.Struct("!QQ")
 _LEN = struct.Struct("!I")
@@ -46,6 +49,7 @@ class TcpTransferEngine(TransferEngine):
 
     def __init__(self, config: TransferConfig):
         super().__init__(config)
+        # --example-tcp-timeout (or PDCORE_EXAMPLE_TCP_TIMEOUT), as the server passed it
         self._timeout = float(config.options.get("example_tcp_timeout", 10.0))
         self._agent = f"{config.role}-{uuid.uuid4().hex[:12]}"
         self._server = socket.create_server((config.hostname, 0))
@@ -57,6 +61,9 @@ class TcpTransferEngine(TransferEngine):
         self._next = 0
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
         self._acceptor.start()
+        logger.info(
+            "example-tcp %s engine on port %d, timeout %gs", config.role, self._port, self._timeout
+        )
 
     # ---- sender side -------------------------------------------------------
 
