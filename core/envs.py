@@ -87,7 +87,7 @@ DISAGGREGATION_KNOBS: dict[str, EnvKnob] = {
             "seconds decode waits for the KV cache after bootstrap",
         ),
         EnvKnob(
-            "DISAGGREGATION_TRANSFER_TIMEOUT",
+            "DISAGGREGATION_WRITE_TIMEOUT",
             float,
             30.0,
             0.001,
@@ -114,7 +114,7 @@ class DisaggregationEnv:
     heartbeat_max_failure: int
     waiting_timeout: float
     quarantine_timeout: float = 300.0
-    transfer_timeout: float = 30.0
+    write_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DisaggregationEnv:

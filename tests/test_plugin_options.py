@@ -184,7 +184,7 @@ def vendor_registry(monkeypatch):
 def test_the_transfer_engine_gets_its_plugins_options_and_pdcores(vendor_registry, monkeypatch):
     from pdcore.engine.pd import transfer_options
 
-    monkeypatch.setenv("SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT", "2.5")
+    monkeypatch.setenv("SGLANG_DISAGGREGATION_WRITE_TIMEOUT", "2.5")
     args = parse(vendor_registry, "--vendor-queue-depth", "5")
     args.disaggregation_transfer_backend = "vendor-xfer"
     assert transfer_options(args) == {
@@ -197,7 +197,7 @@ def test_the_transfer_engine_gets_its_plugins_options_and_pdcores(vendor_registr
 def test_transfer_timeout_defaults_to_30s(vendor_registry, monkeypatch):
     from pdcore.engine.pd import transfer_options
 
-    for var in ("PDCORE_DISAGGREGATION_TRANSFER_TIMEOUT", "SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT"):
+    for var in ("PDCORE_DISAGGREGATION_WRITE_TIMEOUT", "SGLANG_DISAGGREGATION_WRITE_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
     args = parse(vendor_registry)
     args.disaggregation_transfer_backend = "vendor-xfer"

@@ -88,7 +88,7 @@ class TransferConfig:
     ``hostname``: address peers reach this engine on. ``ib_device``: the
     ``--disaggregation-ib-device`` value (RDMA NIC names), if any. ``options``, as
     a server fills it in every engine process: ``transfer_timeout_s`` (float, from
-    ``PDCORE_``/``SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT``, default 30), then the
+    ``PDCORE_``/``SGLANG_DISAGGREGATION_WRITE_TIMEOUT``, default 30), then the
     options of the plugin that registered this backend (its own flags, by
     ``dest``; see ``pdcore.plugin_options``). pdcore also reads ``aux_in_notice``
     (bool) if present; a server never sets it.

@@ -117,11 +117,11 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
 
 def transfer_options(args: ServerArgs) -> dict:
     """``TransferConfig.options`` of this server's transfer engines: the keys pdcore
-    fills (``transfer_timeout_s`` from ``PDCORE_``/``SGLANG_DISAGGREGATION_TRANSFER_TIMEOUT``),
+    fills (``transfer_timeout_s`` from ``PDCORE_``/``SGLANG_DISAGGREGATION_WRITE_TIMEOUT``),
     then the options of the plugin providing the backend (its own flags)."""
     from pdcore.registry import get_registry
 
-    own = {"transfer_timeout_s": DisaggregationEnv.from_env().transfer_timeout}
+    own = {"transfer_timeout_s": DisaggregationEnv.from_env().write_timeout}
     plugin = get_registry().options_for(
         "transfer", args.disaggregation_transfer_backend, args.plugin_options
     )
