@@ -166,3 +166,13 @@ def test_plugins_command_exits_1_on_a_conflict_with_a_builtin(process_registry, 
     process_registry(discover(vendor_torch()))
     assert cli.main(["plugins"]) == 1, "a plugin shadowed by a built-in is a packaging error"
     assert "CONFLICT" in capsys.readouterr().out
+
+
+def test_plugins_command_reports_a_flag_that_clashes_with_a_server_flag(process_registry, capsys):
+    def port_flag(parser):
+        parser.add_argument("--port")  # the server's own flag: argparse refuses it
+
+    process_registry(discover(ep("p", "acme-port", module_with(pdcore_add_cli_args=port_flag))))
+    assert cli.main(["plugins", "--json"]) == 1, "`pdcore serve` would drop this plugin's flags"
+    rows = json.loads(capsys.readouterr().out)
+    assert any(r["available"] == "FAILED" and "--port" in r["detail"] for r in rows), rows
