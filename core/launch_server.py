@@ -61,6 +61,10 @@ def run(argv: list[str], prog: str = "python -m pdcore.launch_server") -> int:
         secret = args.disaggregation_secret or disaggregation_secret()
         resolved["disaggregation_secret"] = "***" if secret else None
     if ns.check_config:
+        # what the server would log at start: failed plugins and name conflicts
+        resolved["plugin_warnings"] = registry.warnings()
+        for line in resolved["plugin_warnings"]:
+            print(f"pdcore: warning: {line}", file=sys.stderr)
         print(json.dumps(resolved, indent=2, default=str))
         return 0
     from pdcore.server.launch import serve, serve_follower_node

@@ -8,8 +8,9 @@ from pdcore.registry import KINDS, Registry
 
 
 def plugin_rows(registry: Registry) -> list[dict]:
-    """One row per registration, plus one per skipped or failed plugin; a transfer
-    backend's row says whether its data plane authenticates peers."""
+    """One row per registration, plus one per skipped or failed plugin and per
+    third-party entry ignored because a built-in or first-party plugin owns its
+    name; a transfer backend's row says whether its data plane authenticates peers."""
     conflicts = registry.conflicts()
     rows = []
     for reg in registry.all():
@@ -32,6 +33,17 @@ def plugin_rows(registry: Registry) -> list[dict]:
             row["detail"] = f"{detail}; {note}" if detail and note else detail or note
             row["data_plane_authenticated"] = reg.spec.data_plane_authenticated
         rows.append(row)
+    for clash in registry.clashes:
+        ignored = clash.ignored
+        rows.append(
+            {
+                "kind": ignored.kind,
+                "name": ignored.name,
+                "provider": str(ignored.provider),
+                "available": "CONFLICT",
+                "detail": str(clash),
+            }
+        )
     for p in registry.problems:
         rows.append(
             {

@@ -1,8 +1,13 @@
 """Plugin manager: built-ins plus ``pdcore`` entry points, selected by name.
 
 Rules (ARCHITECTURE.md §2): entry points are loaded once per process; a plugin
-whose import or hook fails is recorded and skipped, never fatal; two providers
-of one name are a conflict reported with both distributions; an unknown name
+whose import or hook fails is recorded and skipped, never fatal; a third party
+registering a name the core or a first-party plugin provides is a conflict the
+owner wins (the third party's entry is ignored, and said so); two other
+providers of one name are a conflict that makes the name unusable, reported
+with both distributions; every conflict and failure is listed by ``warnings()``
+(logged at server start, shown by ``pdcore plugins``) and by any error that
+lists backends to choose from; an unknown name
 lists what is installed ("Choose one of: ...") and, for first-party names, the
 ``pip install 'pdcore[...]'`` that provides it. ``PDCORE_PLUGINS`` (allow-list)
 and ``PDCORE_DISABLE_PLUGINS`` (block-list) filter entry points by entry-point or
@@ -60,6 +65,9 @@ FIRST_PARTY: dict[tuple[str, str], tuple[str, str]] = {
     ("transfer", "ascend"): ("pdcore-transfer-ascend", "ascend-transfer"),
 }
 
+# distributions whose names third parties cannot take (besides the built-ins)
+FIRST_PARTY_DISTRIBUTIONS = frozenset(dist for dist, _ in FIRST_PARTY.values())
+
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -79,6 +87,17 @@ class Provider:
         """The plugin's key in ``ServerArgs.plugin_options``: ``distribution:entry point``."""
         return BUILTIN if self.plugin == BUILTIN else f"{self.distribution}:{self.plugin}"
 
+    @property
+    def owns_names(self) -> bool:
+        """The core's built-ins and first-party plugins keep their names against third parties."""
+        return self.plugin == BUILTIN or self.distribution in FIRST_PARTY_DISTRIBUTIONS
+
+    def label(self) -> str:
+        """``pdcore 0.1 (built-in)``, ``pdcore-cuda 0.1 (first-party)``, or plain."""
+        if self.plugin == BUILTIN:
+            return f"{self} (built-in)"
+        return f"{self} (first-party)" if self.owns_names else str(self)
+
 
 @dataclass(frozen=True)
 class Registered:
@@ -97,12 +116,32 @@ class PluginProblem:
     message: str
 
 
+@dataclass(frozen=True)
+class NameClash:
+    """A third party registered a name a built-in or first-party plugin owns:
+    ``kept`` keeps the name, ``ignored`` is not registered."""
+
+    kept: Registered
+    ignored: Registered
+
+    def __str__(self) -> str:
+        k, i = self.kept, self.ignored
+        fix = "rename it in that plugin"
+        if k.provider.plugin != BUILTIN:
+            fix += f", or disable the other with {BLOCK_ENV}={k.provider.distribution}"
+        return (
+            f"{k.kind} backend {k.name!r}: CONFLICT between {k.provider.label()} and "
+            f"{i.provider}; {i.provider.distribution}'s {k.name!r} is ignored ({fix})"
+        )
+
+
 @dataclass
 class Registry:
     """All registered backends of one process; build with ``Registry.discover()``."""
 
     entries: dict[str, dict[str, list[Registered]]] = field(default_factory=dict)
     problems: list[PluginProblem] = field(default_factory=list)
+    clashes: list[NameClash] = field(default_factory=list)
     plugin_manager: pluggy.PluginManager | None = None
     # plugin key -> the flags its pdcore_add_cli_args added (see pdcore.plugin_options)
     declared_options: dict[str, list[argparse.Action]] = field(default_factory=dict)
@@ -161,7 +200,18 @@ class Registry:
                     reg._add(kind, spec_type, items, provider)
                 except Exception as e:
                     reg.problems.append(PluginProblem(provider, hook_name, _describe(e)))
+        reg._settle_owned_names()
         return reg
+
+    def _settle_owned_names(self) -> None:
+        """Where an owner (built-in, first-party) and third parties register one
+        name, the owner keeps it and each third party's entry becomes a clash."""
+        for by_name in self.entries.values():
+            for name, regs in by_name.items():
+                owners = [r for r in regs if r.provider.owns_names]
+                if owners and len(owners) < len(regs):
+                    by_name[name] = owners
+                    self.clashes += [NameClash(owners[0], r) for r in regs if r not in owners]
 
     def _add(self, kind: str, spec_type: type, items: Any, provider: Provider) -> None:
         if not isinstance(items, (list, tuple)):
@@ -203,7 +253,29 @@ class Registry:
         return self.lookup(kind, name).spec
 
     def conflicts(self) -> dict[tuple[str, str], list[Registered]]:
+        """Names still registered by several providers once owners have won (see
+        ``clashes``): none of them is used until one goes."""
         return {(k, n): regs for k in KINDS for n, regs in self.entries[k].items() if len(regs) > 1}
+
+    def failures(self) -> list[PluginProblem]:
+        """Plugins that failed to import, or whose hook raised or returned bad objects."""
+        return [p for p in self.problems if p.stage != "skipped"]
+
+    def warnings(self) -> list[str]:
+        """One line per failed plugin and per name conflict: what a user must fix.
+        Filtered (skipped) plugins are the user's choice and not listed."""
+        lines = [_failure_line(p) for p in self.failures()]
+        lines += [str(c) for c in self.clashes]
+        lines += [_conflict_line(regs) for regs in self.conflicts().values()]
+        return lines
+
+    def _not_usable(self, kind: str) -> str:
+        """``. Not usable: ...`` (conflicts of ``kind``, failed plugins) for an error
+        that found nothing to choose, or ``""``."""
+        lines = [str(c) for c in self.clashes if c.kept.kind == kind]
+        lines += [_conflict_line(r) for (k, _), r in self.conflicts().items() if k == kind]
+        lines += [_failure_line(p) for p in self.failures()]
+        return f". Not usable: {'; '.join(lines)}" if lines else ""
 
     def _unknown_message(self, kind: str, name: str) -> str:
         choices = ", ".join(self.names(kind)) or "(none installed)"
@@ -229,6 +301,9 @@ class Registry:
         if others:
             listed = "; ".join(f"{p.provider} ({p.message})" for p in others)
             msg += f" Plugins not loaded: {listed}."
+        clashes = [str(c) for c in self.clashes if c.kept.kind == kind]
+        if clashes:
+            msg += f" Also: {'; '.join(clashes)}."
         return msg
 
     # ---- availability --------------------------------------------------------
@@ -281,7 +356,9 @@ class Registry:
         candidates = [r for r in self.all("platform") if len(self.entries["platform"][r.name]) == 1]
         candidates = [r for r in candidates if self.availability(r).ok]
         if not candidates:
-            raise ConfigError(flag, "no platform is available (not even cpu)")
+            raise ConfigError(
+                flag, "no platform is available (not even cpu)" + self._not_usable("platform")
+            )
         return max(candidates, key=_preference).spec
 
     def select_attention(
@@ -309,7 +386,8 @@ class Registry:
                 raise ConfigError(
                     flag,
                     f"attention backend {name!r} does not run on platform "
-                    f"{platform.name!r} (it supports: {', '.join(spec.platforms)})",
+                    f"{platform.name!r} (it supports: {', '.join(spec.platforms)})"
+                    + self._clash_note("attention", name),
                 )
             if kind is not None and spec.kv_layout.kind != kind:
                 fits = self._attention_names(platform, kind)
@@ -334,7 +412,9 @@ class Registry:
         ]
         if not candidates:
             raise ConfigError(
-                flag, f"no {want.upper()} attention backend available for {platform.name!r}"
+                flag,
+                f"no {want.upper()} attention backend available for {platform.name!r}"
+                + self._not_usable("attention"),
             )
         return max(candidates, key=lambda r: _preference(r, phase)).spec
 
@@ -371,6 +451,10 @@ class Registry:
             )
         return first, second
 
+    def _clash_note(self, kind: str, name: str) -> str:
+        clashes = [str(c) for c in self.clashes if (c.kept.kind, c.kept.name) == (kind, name)]
+        return f". Note: {'; '.join(clashes)}" if clashes else ""
+
     def _attention_names(self, platform: Platform, kind: str) -> str:
         return ", ".join(
             r.name
@@ -388,9 +472,9 @@ class Registry:
             try:
                 impl.function(parser=OptionRecorder(parser, actions))
             except Exception as e:
-                self.problems.append(
-                    PluginProblem(self._provider(impl), "pdcore_add_cli_args", _describe(e))
-                )
+                problem = PluginProblem(self._provider(impl), "pdcore_add_cli_args", _describe(e))
+                if problem not in self.problems:  # one parser per call; report once
+                    self.problems.append(problem)
 
     def apply_env_defaults(self, env: Mapping[str, str] | None = None) -> None:
         """Plugin flags not given take ``PDCORE_<FLAG>`` / ``SGLANG_<FLAG>`` (after
@@ -456,6 +540,16 @@ class Registry:
         dist, _, ep = name.partition(":")
         version = _installed(dist) or "?"
         return Provider(ep, dist, version)
+
+
+def _conflict_line(regs: list[Registered]) -> str:
+    dists = " and ".join(str(r.provider) for r in regs)
+    return f"{regs[0].kind} backend {regs[0].name!r}: CONFLICT between {dists}; neither is used"
+
+
+def _failure_line(p: PluginProblem) -> str:
+    where = "failed to load" if p.stage == "load" else f"failed in {p.stage}"
+    return f"plugin {p.provider} (entry point {p.provider.plugin!r}) {where}: {p.message}"
 
 
 def _preference(reg: Registered, phase: str | None = None) -> tuple:

@@ -43,3 +43,14 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120):
         env=full_env,
         timeout=timeout,
     )
+
+
+def write_plugin(site: Path, dist: str, module: str, source: str) -> None:
+    """Install a one-module plugin into ``site`` as pip would lay it out (its
+    module plus a ``dist-info`` with the ``pdcore`` entry point), without a build."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[pdcore]\n{module} = {module}\n")

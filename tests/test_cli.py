@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import install_example_plugin, run_cli
+from helpers import install_example_plugin, run_cli, write_plugin
 
 FIRST_PARTY = {
     ("platform", "cuda"): "pdcore-cuda",
@@ -75,6 +75,21 @@ def test_check_config_prints_resolved_backends():
     cfg = json.loads(out.stdout)
     assert cfg["device"] == "cpu" and cfg["attention_backend"] == "torch"
     assert cfg["disaggregation_env"]["bootstrap_timeout"] == 300.0
+
+
+def test_failed_plugin_fails_plugins_command_and_is_warned_by_check_config(tmp_path):
+    site = tmp_path / "site"
+    import_error = "raise ImportError('libacme.so: no such file')\n"
+    write_plugin(site, "acme-broken", "acme_broken", import_error)
+    env = {"PYTHONPATH": str(site)}
+    out = run_cli("plugins", env=env)
+    assert out.returncode == 1, f"a failed plugin must make `pdcore plugins` fail: {out.stdout}"
+    assert any("acme-broken 1.0" in r and "FAILED" in r for r in out.stdout.splitlines())
+    out = run_cli("serve", "--check-config", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "pdcore: warning: plugin acme-broken 1.0" in out.stderr, out.stderr
+    warnings = json.loads(out.stdout)["plugin_warnings"]
+    assert len(warnings) == 1 and "ImportError: libacme.so" in warnings[0], warnings
 
 
 def test_unknown_decode_attention_backend_names_the_flag():

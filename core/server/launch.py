@@ -23,10 +23,11 @@ import uvicorn
 from pdcore.config import ServerArgs, masked
 from pdcore.errors import ConfigError, PdcoreError
 from pdcore.listen import listen_socket
+from pdcore.registry import get_registry
 from pdcore.server.engine_group import EngineGroup, EngineStartError
 from pdcore.server.http_server import create_app
 from pdcore.server.ports import check_engine_ports
-from pdcore.server.startup_notes import log_flag_notes
+from pdcore.server.startup_notes import log_flag_notes, log_plugin_notes
 from pdcore.server.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log_flag_notes(server_args)
+    log_plugin_notes(get_registry())
     ipc_dir = tempfile.mkdtemp(prefix="pdcore-ipc-")  # mode 0700
     try:
         in_addr, out_addr = engine_addrs(server_args, ipc_dir)
@@ -148,6 +150,7 @@ def serve_follower_node(server_args: ServerArgs, engine_target: Callable | None 
         level=server_args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    log_plugin_notes(get_registry())
     stop = {"flag": False}
 
     def request_stop(signum, frame):
@@ -207,8 +210,6 @@ def _resolve(host: str) -> str:
 def _resolved(server_args: ServerArgs) -> dict:
     """The effective config (device, backend); plain args if plugins cannot say."""
     try:
-        from pdcore.registry import get_registry
-
         return server_args.resolved(get_registry())
     except Exception:
         return masked(dataclasses.asdict(server_args))

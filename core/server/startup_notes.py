@@ -1,4 +1,5 @@
-"""Log lines at server start about flags a user could misread: said once, before serving."""
+"""Log lines at server start about flags a user could misread, and plugins that
+failed or lost a name conflict: said once, before serving."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 
 from pdcore.config import ServerArgs
 from pdcore.disaggregation.fake import FAKE_BACKEND
+from pdcore.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -29,3 +31,10 @@ def log_flag_notes(server_args: ServerArgs) -> None:
         logger.warning(FAKE_BACKEND_WARNING)
     if server_args.trust_remote_code:
         logger.info(TRUST_REMOTE_CODE_NOTE)
+
+
+def log_plugin_notes(registry: Registry) -> None:
+    """One WARNING per plugin that failed to load and per backend name conflict,
+    so a backend that is silently missing or not the one installed shows in the log."""
+    for line in registry.warnings():
+        logger.warning(line)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import socket
 
 import httpx
 import pytest
-from server.harness import free_port, run_script, wait_healthy
+from helpers import write_plugin
+from server.harness import TESTS, free_port, run_script, wait_healthy
 
 SCRIPT = """
 import sys
@@ -82,3 +84,19 @@ def test_busy_port_fails_before_the_engine_starts():
     assert f"--port: cannot listen on 127.0.0.1:{port}" in stderr
     assert "starting the engine" not in stdout, "the engine was started for a busy port"
     assert ipc_dirs() <= before
+
+
+def test_serve_warns_at_start_about_a_plugin_that_failed_to_load(tmp_path):
+    site = tmp_path / "site"
+    import_error = "raise ImportError('libacme.so: no such file')\n"
+    write_plugin(site, "acme-broken", "acme_broken", import_error)
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # stop right after the start notes
+        proc = run_script(
+            SCRIPT.format(target="run_fake_engine", port=busy.getsockname()[1]),
+            env={"TMPDIR": os.environ["TMPDIR"], "PYTHONPATH": f"{TESTS}{os.pathsep}{site}"},
+        )
+        _, stderr = proc.communicate(timeout=30)
+    [line] = [x for x in stderr.splitlines() if "acme-broken" in x]
+    assert "WARNING" in line and "ImportError: libacme.so" in line, (
+        f"a plugin that failed to load must be one WARNING line at start: {stderr}"
+    )
