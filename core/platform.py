@@ -93,7 +93,16 @@ class Platform(ABC):
         scheduling reads tokens directly and needs no event."""
         return None
 
-    supports_graphs: bool = False  # decode passes may be captured (``capture_graph``)
+    def synchronize(self, device) -> None:
+        """Wait for all work queued on ``device`` (before a transfer engine reads
+        KV pages it just wrote). Default: ``torch.accelerator``'s, nothing on the host."""
+        if device.type != "cpu":
+            import torch
+
+            torch.accelerator.synchronize(device)
+
+    supports_graphs: bool = False  # decode passes may be captured (``capture_graph``);
+    # a platform that captures graphs must also make events (``make_event``)
 
     def graph_pool(self):
         """A memory pool the decode graphs of one engine share (None: no sharing)."""

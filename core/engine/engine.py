@@ -479,12 +479,12 @@ class Engine:
     def _commit(self, batch, sampled) -> None:
         produced = self.scheduler.commit(batch, sampled)
         if self.pd is not None:
-            if self.device.type != "cpu" and self.pd.sends_kv:
+            if self.pd.sends_kv:
                 # Transfer engines read the chunk's pages from their own streams
                 # (UCX, CUDA IPC copies): the KV writes of this forward must have
                 # landed first. A batch of non-final chunks samples nothing, so
                 # nothing else has synchronized with the device yet.
-                torch.accelerator.synchronize(self.device)
+                self.platform.synchronize(self.device)
             produced = self.pd.after_commit(batch, produced)
         self._pending.extend(self._token_out(r) for r in produced)
 

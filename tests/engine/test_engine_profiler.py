@@ -139,3 +139,31 @@ def test_prefix_goes_in_front_of_the_file_name(tmp_path):
     [path] = profiler.stop().files
     assert os.path.basename(path).startswith("run7-"), path
     assert NAME.match(os.path.basename(path).removeprefix("run7-")), path
+
+
+class DeviceTracingPlatform(CpuPlatform):
+    """A platform whose profiler traces its device too (as CUDA's does)."""
+
+    name = "traced"
+
+    def profiler_activities(self) -> tuple[str, ...]:
+        return ("CPU", "CUDA")
+
+
+def test_default_activities_come_from_the_platform(tmp_path):
+    profiler = EngineProfiler("decode", DeviceTracingPlatform())
+    started = start(profiler, tmp_path)
+    profiler.close()
+    assert started.success, started
+    assert started.activities == ["CPU", "CUDA"], (
+        "a platform that traces its device must get device activity without asking for it"
+    )
+
+
+def test_a_platform_that_traces_the_device_accepts_gpu_activity(tmp_path):
+    profiler = EngineProfiler("decode", DeviceTracingPlatform())
+    started = start(profiler, tmp_path, activities=["CPU", "GPU"])
+    profiler.close()
+    assert started.success and started.activities == ["CPU", "CUDA"], (
+        f"GPU tracing is refused only where the platform cannot trace the device: {started}"
+    )
