@@ -69,9 +69,10 @@ class TokenReadback:
         self._turn = 0
         self._bufs = []
         self._events = []
-        if platform.make_event() is not None:
+        first = platform.make_event()
+        if first is not None:
             self._bufs = [platform.pinned_empty(max_rows, torch.int64) for _ in range(2)]
-            self._events = [platform.make_event() for _ in range(2)]
+            self._events = [first, platform.make_event()]
 
     def start(self, batch: ScheduledBatch, tokens: torch.Tensor) -> LaunchedStep:
         if not self._bufs:  # a synchronous device: the tokens are final already
