@@ -2,8 +2,13 @@
 
 A ``Platform`` (cpu, cuda, npu, ...) tells the core its torch device type, how to
 detect availability, how much memory is free, which torch.distributed backend to
-use and which memory kind transfer engines must register for its KV buffers.
-The core's own CPU platform is registered through the same hook as any plugin.
+use and which memory kind transfer engines must register for its KV buffers. It
+also owns every device-specific call of the engine: events (overlap scheduling),
+graph capture and replay (decode graphs), pinned host memory and profiler
+activities. The core never tests a device name; the defaults below describe a
+device that runs synchronously with the host (the CPU), so a new accelerator
+overrides only what it has. The core's own CPU platform is registered through
+the same hook as any plugin.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import enum
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -90,6 +95,59 @@ class Platform(ABC):
 
     def default_dtype(self) -> str:
         return "bfloat16"
+
+    # ---- asynchronous execution: overlap scheduling and decode graphs ---------
+
+    def make_event(self):
+        """A device event (``record()`` after queued work, ``synchronize()`` to wait
+        for it), or None where work runs synchronously with the host: then overlap
+        scheduling reads tokens directly and needs no event."""
+        return None
+
+    def synchronize(self, device) -> None:
+        """Wait for all work queued on ``device`` (before a transfer engine reads
+        KV pages it just wrote). Default: ``torch.accelerator``'s, nothing on the host."""
+        if device.type != "cpu":
+            import torch
+
+            torch.accelerator.synchronize(device)
+
+    supports_graphs: bool = False  # decode passes may be captured (``capture_graph``);
+    # a platform that captures graphs must also make events (``make_event``)
+
+    def graph_pool(self):
+        """A memory pool the decode graphs of one engine share (None: no sharing)."""
+        return None
+
+    def capture_graph(self, step: Callable[[], object], pool=None) -> tuple[object, object]:
+        """Capture ``step`` (a decode pass over static buffers) as a graph.
+
+        Returns ``(graph, output)``: ``graph.replay()`` reruns the pass on the
+        buffers' current contents and leaves its result in ``output``. Called only
+        where ``supports_graphs`` is true.
+        """
+        raise NotImplementedError(f"platform {self.name!r} does not capture graphs")
+
+    # ---- host memory -----------------------------------------------------------
+
+    def pinned_empty(self, size: int, dtype):
+        """An uninitialised 1-D host tensor that asynchronous copies to and from the
+        device may use (page-locked where the device needs that)."""
+        import torch
+
+        return torch.empty(size, dtype=dtype)
+
+    def to_device_async(self, tensor, device):
+        """``tensor`` (on the host) on ``device`` without making the host wait for
+        work queued on the device; the CPU default is ``tensor.to(device)``."""
+        return tensor.to(device)
+
+    # ---- profiling ---------------------------------------------------------------
+
+    def profiler_activities(self) -> tuple[str, ...]:
+        """``torch.profiler.ProfilerActivity`` names traced by default on this
+        platform; "CPU" always, plus the device's own where torch can trace it."""
+        return ("CPU",)
 
 
 class CpuPlatform(Platform):

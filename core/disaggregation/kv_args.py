@@ -26,7 +26,6 @@ class KVPoll(enum.IntEnum):
 
 
 FINAL = (KVPoll.FAILED, KVPoll.SUCCESS)
-_KINDS = {"cpu": MemoryKind.DRAM, "npu": MemoryKind.NPU}
 
 
 @dataclass(frozen=True)
@@ -81,11 +80,14 @@ class KVArgs:
         tp_size: int = 1,
         total_kv_heads: int | None = None,
         kv_heads_first: int = 0,
+        memory_kind: MemoryKind = MemoryKind.DRAM,
     ) -> KVArgs:
         """From a ``pdcore.kvcache.pool.KVPool`` (duck-typed: no engine import).
 
         Under TP the pool holds ``pool.shape.num_kv_heads`` heads from
-        ``kv_heads_first`` of the model's ``total_kv_heads``.
+        ``kv_heads_first`` of the model's ``total_kv_heads``. ``memory_kind``: the
+        engine's ``Platform.memory_kind`` (the device type does not tell it: a
+        platform's tensors may live anywhere).
         """
         shape = pool.shape
         total = total_kv_heads or shape.num_kv_heads
@@ -98,7 +100,7 @@ class KVArgs:
             model=model,
             tp_rank=tp_rank,
             tp_size=tp_size,
-            memory_kind=_KINDS.get(pool.device.type, MemoryKind.VRAM),
+            memory_kind=memory_kind,
             device_id=pool.device.index or 0,
             owner=pool,
             kv_heads_first=kv_heads_first,

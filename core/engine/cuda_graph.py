@@ -1,4 +1,8 @@
-"""Decode forward passes captured as CUDA graphs, one per padded batch size.
+"""Decode forward passes captured as device graphs, one per padded batch size.
+
+Capture, replay, events and pinned buffers go through the platform
+(``Platform.capture_graph``, ``make_event``, ``pinned_empty``): CUDA graphs on
+NVIDIA GPUs, whatever a platform plugin provides elsewhere.
 
 A decode step on a GPU is launch-bound for small batches: hundreds of small
 kernels per token. Replaying a captured graph launches them all at once. Each
@@ -28,6 +32,7 @@ import torch
 from pdcore.attention.base import AttentionImpl, AttentionMetadata
 from pdcore.kvcache.pool import PADDING_PAGES, KVPool
 from pdcore.model.base import CausalLM, ForwardContext
+from pdcore.platform import Platform
 
 log = logging.getLogger(__name__)
 PAD_PAGE = PADDING_PAGES - 1
@@ -49,12 +54,14 @@ class DecodeGraphs:
         max_bs: int,
         context_len: int,
         kernels,
+        platform: Platform,
     ):
         start = time.monotonic()
         self.sizes = graph_batch_sizes(max_bs)
         self.page_size = ps = pool.page_size
         self.max_pages = -(-context_len // ps)
         n = self.sizes[-1]
+        self.platform = platform
 
         self.page_table = torch.full(
             (n, self.max_pages), PAD_PAGE, dtype=torch.int64, device=device
@@ -67,19 +74,20 @@ class DecodeGraphs:
         self._staging_np: dict[int, np.ndarray] = {}
         # The page table's rows as on the device (padding beyond each list).
         self._rows: list[list[int]] = [[] for _ in range(n)]
-        self._table_staging = torch.empty(n * self.max_pages, dtype=torch.int64, pin_memory=True)
+        self._table_staging = platform.pinned_empty(n * self.max_pages, torch.int64)
         self._table_np = self._table_staging.numpy()
-        self._copied = torch.cuda.Event()  # the staging buffers may be rewritten after it
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._copied = platform.make_event()  # the staging buffers may be rewritten after it
+        self.graphs: dict[int, object] = {}  # replay() reruns the captured pass
         self.logits: dict[int, torch.Tensor] = {}
         self._keep: dict[int, tuple] = {}  # each graph's planned attention and metadata
         self.replays = 0
-        mempool = torch.cuda.graph_pool_handle()
+        mempool = platform.graph_pool()
         with torch.inference_mode():
             for bs in reversed(self.sizes):  # largest first: smaller ones reuse its pool
                 self._capture(bs, model, pool, make_attention(), context_len, mempool, kernels)
         log.info(
-            "captured decode CUDA graphs for batch sizes %s in %.1fs",
+            "captured decode graphs (%s) for batch sizes %s in %.1fs",
+            platform.name,
             self.sizes,
             time.monotonic() - start,
         )
@@ -90,7 +98,7 @@ class DecodeGraphs:
         cache_slots.fill_(PAD_PAGE * self.page_size)
         seq_lens.fill_(1)
         self.packed[bs] = packed
-        self.staging[bs] = torch.empty(4 * bs, dtype=torch.int64, pin_memory=True)
+        self.staging[bs] = self.platform.pinned_empty(4 * bs, torch.int64)
         self._staging_np[bs] = self.staging[bs].numpy().reshape(4, bs)
         meta = AttentionMetadata(
             is_decode=True,
@@ -108,16 +116,7 @@ class DecodeGraphs:
             hidden = model(input_ids, positions, ctx)
             return model.compute_logits(hidden).float()  # the sampler's dtype, in the graph
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # compile kernels and settle the allocator first
-            step()
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=mempool):
-            self.logits[bs] = step()
-        self.graphs[bs] = graph
+        self.graphs[bs], self.logits[bs] = self.platform.capture_graph(step, mempool)
         self._keep[bs] = (attn, meta, ctx)
 
     def can_run(self, batch_size: int, max_seq_len: int) -> bool:

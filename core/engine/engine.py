@@ -42,7 +42,8 @@ from pdcore.kvcache.pool import KVPool, KVShape, pages_for_budget
 from pdcore.kvcache.radix_cache import RadixCache
 from pdcore.model.base import CausalLM
 from pdcore.model.config import ModelConfig
-from pdcore.model.kernels import TORCH_KERNELS, LayerKernels
+from pdcore.model.kernels import TORCH_KERNELS
+from pdcore.platform import CpuPlatform, Platform
 from pdcore.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 from pdcore.scheduler.request import Req, finish_reason
 from pdcore.scheduler.scheduler import Scheduler, SchedulerConfig
@@ -75,6 +76,27 @@ class KVUsage:
             raise AssertionError(f"locked pages out of range: {self}")
 
 
+def _platform_of(name: str, device: torch.device) -> Platform:
+    """The platform of ``device``: the one ``--device`` names where its tensors live
+    on that torch device type, else the one named after the device type (an engine
+    built on an explicit device, as tests do)."""
+    from pdcore.registry import get_registry
+
+    registry = get_registry()
+    try:
+        selected = registry.select_platform(name)
+        if selected.torch_device().type == device.type:
+            return selected
+    except PdcoreError:
+        pass
+    try:
+        return registry.select_platform(device.type)
+    except PdcoreError:
+        if device.type == "cpu":
+            return CpuPlatform()
+        raise
+
+
 class Engine:
     def __init__(
         self,
@@ -87,15 +109,13 @@ class Engine:
         self.model = model
         self.model_config = model_config
         self.server_args = server_args
-        platform = None
-        registry_needed = attention is None or isinstance(attention, str)
-        if device is None or registry_needed or server_args.max_total_tokens is None:
+        if device is None:
             from pdcore.registry import get_registry
 
             platform = get_registry().select_platform(server_args.device)
-        if device is None:
             device = platform.torch_device(server_args.base_gpu_id)
         self.device = torch.device(device)
+        self.platform = platform = _platform_of(server_args.device, self.device)
         dtype = next(model.parameters()).dtype
         cfg = model_config
         self.tp = tp()
@@ -158,11 +178,12 @@ class Engine:
         if decode_factory is not prefill_factory:
             attn = HybridAttention(attn, decode_factory(attn_config))
         self.runner = ModelRunner(model, self.pool, attn, self.device)
-        self.runner.ctx.kernels = self._layer_kernels(platform)
+        fused = platform.layer_kernels() if server_args.enable_fused_kernels else None
+        self.runner.ctx.kernels = fused or TORCH_KERNELS
         self.cuda_graph_sizes = self._capture_graphs(
             server_args, decode_factory, attn_config, context
         )
-        self.sampler = Sampler(self.device, server_args.random_seed)
+        self.sampler = Sampler(self.device, server_args.random_seed, platform)
         self._pending: list[TokenOut | EngineError] = []
         # Overlap scheduling (``overlap``): the decode step launched, its tokens not read.
         self._launched: LaunchedStep | None = None
@@ -171,10 +192,10 @@ class Engine:
         # Steps overlap only where the runner can launch one from device tokens
         # (``ModelRunner.can_overlap``: CUDA graphs). Benchmarks flip ``overlap`` at run
         # time to compare; off: the step in flight is committed by the next ``step``.
-        self._readback = TokenReadback(self.scheduler.config.max_running_requests, self.device)
+        self._readback = TokenReadback(self.scheduler.config.max_running_requests, platform)
         self.overlap = not server_args.disable_overlap_schedule
         # PD prefill/decode queues around the scheduler (None in null mode).
-        self.pd = build_pd_queues(server_args, self.pool, self.scheduler, cfg)
+        self.pd = build_pd_queues(server_args, self.pool, self.scheduler, cfg, platform.memory_kind)
         self.pd_follower = None  # a non-leader rank's PD part (see pdcore.engine.pd)
         if not self.tp.is_leader:
             self.pd_follower, self.pd = self.pd, None
@@ -195,24 +216,13 @@ class Engine:
             self.runner.stage_after = True
             self.runner.after_follow = follower_stage.follow
 
-    def _layer_kernels(self, platform) -> LayerKernels:
-        """The platform's fused layer kernels for this device, else the torch ones."""
-        if platform is None or platform.device_type != self.device.type:
-            from pdcore.registry import get_registry
-
-            try:
-                platform = get_registry().select_platform(self.device.type)
-            except PdcoreError:
-                return TORCH_KERNELS
-        kernels = platform.layer_kernels() if self.server_args.enable_fused_kernels else None
-        return kernels or TORCH_KERNELS
-
     def _capture_graphs(self, server_args, factory, attn_config, context) -> list[int]:
-        """Decode CUDA graphs where they can run: a GPU, a graph-safe attention
-        backend, not disabled, not a PD prefill server (it never decodes), and not
-        under DP attention (each pass trades token counts between DP groups)."""
+        """Decode graphs where they can run: a platform that captures them
+        (``Platform.supports_graphs``), a graph-safe attention backend, not
+        disabled, not a PD prefill server (it never decodes), and not under DP
+        attention (each pass trades token counts between DP groups)."""
         if (
-            self.device.type != "cuda"
+            not self.platform.supports_graphs
             or server_args.disable_cuda_graph
             or server_args.disaggregation_mode == "prefill"
             or not self.runner.attn.cuda_graph_safe
@@ -222,7 +232,9 @@ class Engine:
         max_bs = server_args.cuda_graph_max_bs or min(
             self.scheduler.config.max_running_requests, 256
         )
-        return self.runner.capture_decode_graphs(lambda: factory(attn_config), max_bs, context)
+        return self.runner.capture_decode_graphs(
+            lambda: factory(attn_config), max_bs, context, self.platform
+        )
 
     # ---- requests ------------------------------------------------------------
 
@@ -468,12 +480,12 @@ class Engine:
     def _commit(self, batch, sampled) -> None:
         produced = self.scheduler.commit(batch, sampled)
         if self.pd is not None:
-            if self.device.type != "cpu" and self.pd.sends_kv:
+            if self.pd.sends_kv:
                 # Transfer engines read the chunk's pages from their own streams
                 # (UCX, CUDA IPC copies): the KV writes of this forward must have
                 # landed first. A batch of non-final chunks samples nothing, so
                 # nothing else has synchronized with the device yet.
-                torch.accelerator.synchronize(self.device)
+                self.platform.synchronize(self.device)
             produced = self.pd.after_commit(batch, produced)
         self._pending.extend(self._token_out(r) for r in produced)
 

@@ -230,7 +230,7 @@ def _serve(engine, pull, push, stop) -> None:
     engine.set_pd_wakeup(wake)
     from pdcore.engine.profiler import EngineProfiler  # torch: not in the front end
 
-    profiler = EngineProfiler(engine.server_args.disaggregation_mode, engine.device.type)
+    profiler = EngineProfiler(engine.server_args.disaggregation_mode, engine.platform)
     try:
         if engine.tp.dp_size > 1:
             _serve_lockstep(engine, pull, push, stop, poller, wake_r, profiler)

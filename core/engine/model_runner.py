@@ -34,7 +34,7 @@ class ModelRunner:
         self.attn = attn
         self.device = torch.device(device)
         self.ctx = ForwardContext(attn, pool.layer_caches)
-        self.graphs = None  # DecodeGraphs once captured (CUDA only)
+        self.graphs = None  # DecodeGraphs once captured (platforms with graphs only)
         # PD prefill under TP: every forward is followed by a KV gather (``KVStage``);
         # followers run ``after_follow`` for their part of it.
         self.stage_after = False
@@ -45,8 +45,11 @@ class ModelRunner:
         self.sender = PlanSender()
         self.mirror = PlanMirror(pool.page_size)
 
-    def capture_decode_graphs(self, make_attention, max_bs: int, context_len: int) -> list[int]:
-        """Capture decode passes up to ``max_bs`` rows; returns the captured batch sizes."""
+    def capture_decode_graphs(
+        self, make_attention, max_bs: int, context_len: int, platform
+    ) -> list[int]:
+        """Capture decode passes up to ``max_bs`` rows through ``platform`` (a
+        ``Platform`` with ``supports_graphs``); returns the captured batch sizes."""
         from pdcore.engine.cuda_graph import DecodeGraphs
 
         self.graphs = DecodeGraphs(
@@ -57,6 +60,7 @@ class ModelRunner:
             max_bs,
             context_len,
             self.ctx.kernels,
+            platform,
         )
         return self.graphs.sizes
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pdcore.platform import Platform
 from pdcore.scheduler.scheduler import Sampled, ScheduledBatch
 
 
@@ -34,8 +35,8 @@ class LaunchedStep:
 
     batch: ScheduledBatch
     tokens: torch.Tensor  # [rows], int64, on the device
-    host: torch.Tensor  # pinned; the copy's destination (``tokens`` itself on a CPU)
-    copied: torch.cuda.Event | None  # None on a CPU: nothing runs asynchronously
+    host: torch.Tensor  # pinned; the copy's destination (``tokens`` on a synchronous device)
+    copied: object | None  # the platform's event; None where nothing runs asynchronously
 
     def wait(self) -> None:
         """Block until the step (and the copy of its tokens) finished on the device."""
@@ -61,21 +62,20 @@ class TokenReadback:
     """Copies a step's tokens to pinned host memory without blocking. Two buffers,
     each with its event, take turns: at most two steps are in flight, and a step's
     buffer is read (its event waited for) before the step after next is launched,
-    so re-recording the event then is safe."""
+    so re-recording the event then is safe. A platform without events
+    (``Platform.make_event`` is None) runs synchronously: the tokens are read as they are."""
 
-    def __init__(self, max_rows: int, device: torch.device):
-        self.device = torch.device(device)
+    def __init__(self, max_rows: int, platform: Platform):
         self._turn = 0
         self._bufs = []
         self._events = []
-        if self.device.type == "cuda":
-            self._bufs = [
-                torch.empty(max_rows, dtype=torch.int64, pin_memory=True) for _ in range(2)
-            ]
-            self._events = [torch.cuda.Event() for _ in range(2)]
+        first = platform.make_event()
+        if first is not None:
+            self._bufs = [platform.pinned_empty(max_rows, torch.int64) for _ in range(2)]
+            self._events = [first, platform.make_event()]
 
     def start(self, batch: ScheduledBatch, tokens: torch.Tensor) -> LaunchedStep:
-        if not self._bufs:  # CPU: the tokens are on the host already
+        if not self._bufs:  # a synchronous device: the tokens are final already
             return LaunchedStep(batch, tokens, tokens, None)
         host, copied = self._bufs[self._turn], self._events[self._turn]
         self._turn ^= 1

@@ -22,6 +22,7 @@ from pdcore.distributed.wire import leaders_gather_msgs
 from pdcore.engine.pd_tp import KVStage, RankReceiver, exchange_rank_endpoints
 from pdcore.envs import DisaggregationEnv, disaggregation_secret
 from pdcore.model.config import ModelConfig
+from pdcore.platform import MemoryKind
 from pdcore.sampling_params import MAX_TOP_LOGPROBS
 from pdcore.scheduler.decode import DecodeQueues
 from pdcore.scheduler.prefill import PrefillQueues
@@ -54,8 +55,17 @@ def advertised_host(host: str) -> str:
         return "127.0.0.1"
 
 
-def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig):
+def build_pd_queues(
+    args: ServerArgs,
+    pool,
+    scheduler,
+    model_config: ModelConfig,
+    memory_kind: MemoryKind = MemoryKind.DRAM,
+):
     """The mode's PD queues over ``scheduler``, or None in ``null`` mode.
+
+    ``memory_kind``: where ``pool`` lives (the platform's ``memory_kind``); the
+    KV manager registers the pool with the transfer engine as that kind.
 
     Under TP every rank calls this (it exchanges endpoints collectively); only
     the leader gets queues, the others get their ``FollowerPD`` part.
@@ -68,7 +78,13 @@ def build_pd_queues(args: ServerArgs, pool, scheduler, model_config: ModelConfig
     kv = model_config.kv_cache_spec()
     first = kv_head_range(kv.num_kv_heads, attn.rank, attn.size)[0]
     kv_args = KVArgs.from_pool(
-        pool, model_identity(model_config), attn.rank, attn.size, kv.num_kv_heads, first
+        pool,
+        model_identity(model_config),
+        attn.rank,
+        attn.size,
+        kv.num_kv_heads,
+        first,
+        memory_kind=memory_kind,
     )
     options = dict(
         hostname=advertised_host(args.host),

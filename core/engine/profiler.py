@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from pdcore.engine.io_struct import ProfileReply, StartProfileReq
+from pdcore.platform import Platform
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,12 @@ class EngineProfiler:
     def __init__(
         self,
         role: str,
-        device_type: str,
+        platform: Platform,
         rank: int = 0,
         clock: Callable[[], float] = time.time,
     ):
         self.role = role
-        self.device_type = device_type
+        self.platform = platform
         self.rank = rank
         self.clock = clock
         self._profiler: torch.profiler.profile | None = None
@@ -116,18 +117,27 @@ class EngineProfiler:
     # ---- internals ----------------------------------------------------------------
 
     def _resolve_activities(self, asked: list[str] | None) -> tuple[list[str], str | None]:
-        """Torch activity names for ``asked`` (None: CPU, plus CUDA on a CUDA device)."""
-        cuda = self.device_type == "cuda"
+        """Torch activity names for ``asked`` (None: the platform's default
+        ``Platform.profiler_activities``; CPU and CUDA on a CUDA device)."""
+        traced = list(self.platform.profiler_activities())
         if asked is None:
-            return (["CPU", "CUDA"] if cuda else ["CPU"]), None
-        unknown = [a for a in asked if a not in ACTIVITIES]
+            return traced, None
+        known = {**ACTIVITIES, **{a: a for a in traced}}
+        unknown = [a for a in asked if a not in known]
         if unknown or not asked:
-            return [], f"activities must be a non-empty list of CPU, GPU, CUDA; got {asked}"
-        names = list(dict.fromkeys(ACTIVITIES[a] for a in asked))
-        if "CUDA" in names and not cuda:
+            names = ", ".join(dict.fromkeys([*ACTIVITIES, *traced]))
+            return [], f"activities must be a non-empty list of {names}; got {asked}"
+        names = list(dict.fromkeys(known[a] for a in asked))
+        missing = [a for a in names if a not in traced]
+        if missing == ["CUDA"]:
             return [], (
                 f"activities: GPU tracing needs a CUDA device, and this engine runs on "
-                f'{self.device_type}; ask for ["CPU"]'
+                f'{self.platform.name}; ask for ["CPU"]'
+            )
+        if missing:
+            return [], (
+                f"activities: platform {self.platform.name!r} cannot trace {', '.join(missing)} "
+                f"(it traces {', '.join(traced)})"
             )
         return names, None
 

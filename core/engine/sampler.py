@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pdcore.platform import CpuPlatform, Platform
 from pdcore.scheduler.request import Req
 from pdcore.scheduler.scheduler import Sampled
 
@@ -70,17 +71,12 @@ def allowed_mask(
     return torch.zeros_like(keep).scatter(-1, order, keep)
 
 
-def _on(device: torch.device, values, dtype) -> torch.Tensor:
-    """``values`` as a tensor on ``device``, without making the host wait for the GPU
-    (a plain host-to-device copy would wait for the step in flight: overlap
-    scheduling samples a step before the previous one finished)."""
-    t = torch.tensor(values, dtype=dtype)
-    return t if device.type == "cpu" else t.pin_memory().to(device, non_blocking=True)
-
-
 class Sampler:
-    def __init__(self, device: torch.device | str = "cpu", seed: int = 0):
+    def __init__(
+        self, device: torch.device | str = "cpu", seed: int = 0, platform: Platform | None = None
+    ):
         self.device = torch.device(device)
+        self.platform = platform or CpuPlatform()
         # Noise for requests without a seed: one stream for the engine, from --random-seed.
         self.generator = torch.Generator(self.device).manual_seed(seed)
 
@@ -89,6 +85,12 @@ class Sampler:
     ) -> list[Sampled]:
         raw = logits.float()
         return self._results(raw, self.tokens(raw, reqs, eos_token_ids), reqs)
+
+    def _on(self, device: torch.device, values, dtype) -> torch.Tensor:
+        """``values`` as a tensor on ``device``, without making the host wait for the
+        device (a plain host-to-device copy would wait for the step in flight: overlap
+        scheduling samples a step before the previous one finished)."""
+        return self.platform.to_device_async(torch.tensor(values, dtype=dtype), device)
 
     @staticmethod
     def overlappable(req: Req) -> bool:
@@ -115,16 +117,16 @@ class Sampler:
         else:
             tokens = torch.empty(len(reqs), dtype=torch.int64, device=x.device)
             if greedy:
-                rows = _on(x.device, greedy, torch.int64)
+                rows = self._on(x.device, greedy, torch.int64)
                 tokens[rows] = x[rows].argmax(-1)
             rand = [i for i, r in enumerate(reqs) if not r.params.greedy]
-            rows = _on(x.device, rand, torch.int64)
+            rows = self._on(x.device, rand, torch.int64)
             tokens[rows] = self._sample(x[rows], [reqs[i] for i in rand])
         return tokens
 
     def _sample(self, x: torch.Tensor, reqs: Sequence[Req]) -> torch.Tensor:
         def col(values, dtype):
-            return _on(x.device, values, dtype)
+            return self._on(x.device, values, dtype)
 
         temps = col([r.params.temperature for r in reqs], x.dtype)
         probs = torch.softmax(x / temps[:, None], dim=-1)
@@ -142,7 +144,7 @@ class Sampler:
         shared = [i for i, r in enumerate(reqs) if r.params.seed is None]
         if shared:
             draw = torch.empty(len(shared), vocab, device=self.device)
-            noise[_on(self.device, shared, torch.int64)] = draw.exponential_(
+            noise[self._on(self.device, shared, torch.int64)] = draw.exponential_(
                 generator=self.generator
             )
         for i, req in enumerate(reqs):

@@ -13,6 +13,9 @@ import torch
 
 from pdcore.engine.io_struct import StartProfileReq
 from pdcore.engine.profiler import EngineProfiler
+from pdcore.platform import CpuPlatform
+
+CPU = CpuPlatform()
 
 NAME = re.compile(r"^\d{8}-\d{6}\.\d{3}-(prefill|decode|null)-TP-0(-\d+)?\.trace\.json$")
 
@@ -37,7 +40,7 @@ def trace_names(path: str) -> set[str]:
 
 
 def test_start_then_stop_writes_one_role_named_chrome_trace(tmp_path):
-    profiler = EngineProfiler("decode", "cpu")
+    profiler = EngineProfiler("decode", CPU)
     started = start(profiler, tmp_path)
     assert started.success and started.token == 7, started
     assert started.activities == ["CPU"], "a CPU engine traces CPU activity only by default"
@@ -57,7 +60,7 @@ def test_start_then_stop_writes_one_role_named_chrome_trace(tmp_path):
 
 
 def test_num_steps_stops_by_itself_and_waits_to_be_collected(tmp_path):
-    profiler = EngineProfiler("prefill", "cpu")
+    profiler = EngineProfiler("prefill", CPU)
     assert start(profiler, tmp_path, num_steps=3).num_steps == 3
     work(profiler, 2)
     assert profiler.running, "stopped before num_steps model steps"
@@ -75,7 +78,7 @@ def test_num_steps_stops_by_itself_and_waits_to_be_collected(tmp_path):
 
 
 def test_second_start_is_refused_and_the_first_profile_goes_on(tmp_path):
-    profiler = EngineProfiler("null", "cpu")
+    profiler = EngineProfiler("null", CPU)
     assert start(profiler, tmp_path).success
     second = start(profiler, tmp_path / "other")
     assert (second.success, second.status) == (False, 400), second
@@ -86,7 +89,7 @@ def test_second_start_is_refused_and_the_first_profile_goes_on(tmp_path):
 
 
 def test_stop_without_start_is_refused(tmp_path):
-    reply = EngineProfiler("null", "cpu").stop(token=3)
+    reply = EngineProfiler("null", CPU).stop(token=3)
     assert (reply.success, reply.status, reply.token) == (False, 400, 3), reply
     assert "not in progress" in reply.message and "/start_profile" in reply.message
 
@@ -94,7 +97,7 @@ def test_stop_without_start_is_refused(tmp_path):
 def test_output_dir_that_cannot_be_created_is_refused(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    profiler = EngineProfiler("null", "cpu")
+    profiler = EngineProfiler("null", CPU)
     reply = profiler.start(StartProfileReq(output_dir=str(blocker / "traces")))
     assert (reply.success, reply.status) == (False, 400), reply
     assert "output_dir" in reply.message and "cannot be created" in reply.message, reply.message
@@ -102,7 +105,7 @@ def test_output_dir_that_cannot_be_created_is_refused(tmp_path):
 
 
 def test_missing_output_dir_is_created(tmp_path):
-    profiler = EngineProfiler("null", "cpu")
+    profiler = EngineProfiler("null", CPU)
     assert start(profiler, tmp_path / "new" / "dir").success
     assert os.path.dirname(profiler.stop().files[0]) == str(tmp_path / "new" / "dir")
 
@@ -113,7 +116,7 @@ def test_missing_output_dir_is_created(tmp_path):
      (["TPU"], "CPU, GPU, CUDA"), ([], "non-empty")],
 )  # fmt: skip
 def test_activities_the_device_cannot_trace_are_refused(tmp_path, activities, message):
-    profiler = EngineProfiler("null", "cpu")
+    profiler = EngineProfiler("null", CPU)
     reply = start(profiler, tmp_path, activities=activities)
     assert (reply.success, reply.status) == (False, 400), reply
     assert "activities" in reply.message and message in reply.message, reply.message
@@ -121,7 +124,7 @@ def test_activities_the_device_cannot_trace_are_refused(tmp_path, activities, me
 
 
 def test_profiles_started_in_the_same_millisecond_never_overwrite(tmp_path):
-    profiler = EngineProfiler("decode", "cpu", clock=lambda: 1_700_000_000.5)
+    profiler = EngineProfiler("decode", CPU, clock=lambda: 1_700_000_000.5)
     paths = []
     for _ in range(2):
         assert start(profiler, tmp_path).success
@@ -131,8 +134,36 @@ def test_profiles_started_in_the_same_millisecond_never_overwrite(tmp_path):
 
 
 def test_prefix_goes_in_front_of_the_file_name(tmp_path):
-    profiler = EngineProfiler("prefill", "cpu")
+    profiler = EngineProfiler("prefill", CPU)
     start(profiler, tmp_path, prefix="run7")
     [path] = profiler.stop().files
     assert os.path.basename(path).startswith("run7-"), path
     assert NAME.match(os.path.basename(path).removeprefix("run7-")), path
+
+
+class DeviceTracingPlatform(CpuPlatform):
+    """A platform whose profiler traces its device too (as CUDA's does)."""
+
+    name = "traced"
+
+    def profiler_activities(self) -> tuple[str, ...]:
+        return ("CPU", "CUDA")
+
+
+def test_default_activities_come_from_the_platform(tmp_path):
+    profiler = EngineProfiler("decode", DeviceTracingPlatform())
+    started = start(profiler, tmp_path)
+    profiler.close()
+    assert started.success, started
+    assert started.activities == ["CPU", "CUDA"], (
+        "a platform that traces its device must get device activity without asking for it"
+    )
+
+
+def test_a_platform_that_traces_the_device_accepts_gpu_activity(tmp_path):
+    profiler = EngineProfiler("decode", DeviceTracingPlatform())
+    started = start(profiler, tmp_path, activities=["CPU", "GPU"])
+    profiler.close()
+    assert started.success and started.activities == ["CPU", "CUDA"], (
+        f"GPU tracing is refused only where the platform cannot trace the device: {started}"
+    )

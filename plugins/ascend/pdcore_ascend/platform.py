@@ -75,3 +75,10 @@ class AscendPlatform(Platform):
 
     def default_dtype(self) -> str:
         return "bfloat16" if "bfloat16" in self.supported_dtypes() else "float16"
+
+    # No ``make_event`` or graph capture yet: torch_npu has ``torch.npu.Event`` and
+    # ``torch.npu.NPUGraph``, but no NPU has run pdcore's overlap or decode graphs,
+    # so decode steps run eagerly and their tokens are read synchronously.
+
+    def to_device_async(self, tensor, device):
+        return tensor.pin_memory().to(device, non_blocking=True)

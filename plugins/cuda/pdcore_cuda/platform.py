@@ -79,6 +79,45 @@ class CudaPlatform(Platform):
     def default_dtype(self) -> str:
         return "bfloat16" if "bfloat16" in self.supported_dtypes() else "float16"
 
+    def make_event(self):
+        import torch
+
+        return torch.cuda.Event()
+
+    supports_graphs = True
+
+    def graph_pool(self):
+        import torch
+
+        return torch.cuda.graph_pool_handle()
+
+    def capture_graph(self, step, pool=None):
+        """Warm ``step`` up twice on a side stream (compiles kernels, settles the
+        allocator), then capture it into a ``torch.cuda.CUDAGraph``."""
+        import torch
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            output = step()
+        return graph, output
+
+    def pinned_empty(self, size: int, dtype):
+        import torch
+
+        return torch.empty(size, dtype=dtype, pin_memory=True)
+
+    def to_device_async(self, tensor, device):
+        return tensor.pin_memory().to(device, non_blocking=True)
+
+    def profiler_activities(self) -> tuple[str, ...]:
+        return ("CPU", "CUDA")
+
 
 def _cuda_init_error(torch) -> str | None:
     """The error text of initializing CUDA, or None if it initializes."""

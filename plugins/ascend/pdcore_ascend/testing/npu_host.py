@@ -4,9 +4,10 @@
 ``import torch_npu`` gets it), gives torch a ``torch.npu`` namespace answering
 for one device with host memory, and places the ``npu`` platform's tensors on
 the CPU. That last step is where the stand-in is not faithful: a CPU build of
-torch has no ``npu`` device type, so ``AscendPlatform.torch_device`` is
-replaced. Everything else (platform selection, attention selection, the
-operators' argument checks) runs as it would with torch_npu.
+torch has no ``npu`` device type (nor pinned host memory), so
+``AscendPlatform.torch_device`` and ``to_device_async`` are replaced.
+Everything else (platform selection, attention selection, the operators'
+argument checks) runs as it would with torch_npu.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from pdcore_ascend.testing.fake_torch_npu import make_module
 
 def _host_device(self, device_index: int = 0) -> torch.device:
     return torch.device("cpu")
+
+
+def _host_copy(self, tensor: torch.Tensor, device) -> torch.Tensor:
+    return tensor.to(device)
 
 
 def _npu_namespace(device_count: int) -> types.SimpleNamespace:
@@ -53,4 +58,5 @@ def install(device_count: int = 1) -> types.ModuleType:
     sys.modules["torch_npu"] = module
     torch.npu = _npu_namespace(device_count)
     AscendPlatform.torch_device = _host_device
+    AscendPlatform.to_device_async = _host_copy
     return module
