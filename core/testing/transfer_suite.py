@@ -110,7 +110,8 @@ class TransferBackendSuite:
     @contextmanager
     def _connected_pair(self, region_bytes: int):
         """A fresh engine (deadline options) and a fresh peer of ``region_bytes``,
-        connected both ways; the peer is SIGKILLed and the engine closed after."""
+        connected both ways and warmed by one page written (so lazy handshakes are
+        done); the peer is SIGKILLed and the engine closed after."""
         options = self._deadline_options()
         engine = build_engine(self.backend_name, self.factory_path, options, "prefill")
         buf = np.zeros(region_bytes, dtype=np.uint8)
@@ -120,17 +121,40 @@ class TransferBackendSuite:
             peer = _peer(self, region_bytes, options)
             peer_id = engine.connect(peer.metadata)
             peer.call("connect", engine.metadata())
+            self._write_pages(engine, buf, peer, peer_id, [(0, 0)])
             yield engine, buf, peer, peer_id
         finally:
             if peer is not None:
                 peer.kill()
             engine.close()
 
-    def _outcome_within_deadline(self, handle) -> tuple[TransferStatus, str, float]:
-        """Wait past the deadline; (final status, failure text, seconds taken)."""
+    def _start_write(self, engine, peer_id, runs) -> tuple[object, float]:
+        """``engine.write`` watched by a thread, since a broken engine may block in it:
+        (the handle, a ``TransferError``, or a PENDING status; when it started)."""
         start = time.monotonic()
+        result: list = [TransferStatus.PENDING]
+
+        def submit() -> None:
+            try:
+                result[0] = engine.write(peer_id, runs)
+            except TransferError as e:
+                result[0] = e
+
+        thread = threading.Thread(target=submit, daemon=True)
+        thread.start()
+        thread.join(self.transfer_deadline_s + self.deadline_grace_s)
+        return result[0], start
+
+    def _outcome_within_deadline(self, submitted) -> tuple[TransferStatus, str, float]:
+        """Wait past the deadline; (final status, failure text, seconds taken)."""
+        handle, start = submitted
+        if handle is TransferStatus.PENDING:
+            return handle, "write() itself blocked", time.monotonic() - start
+        if isinstance(handle, TransferError):
+            return TransferStatus.FAILED, str(handle), time.monotonic() - start
+        limit = start + self.transfer_deadline_s + self.deadline_grace_s
         try:
-            handle.wait(self.transfer_deadline_s + self.deadline_grace_s)
+            handle.wait(max(0.0, limit - time.monotonic()))
             return TransferStatus.DONE, "", time.monotonic() - start
         except TransferTimeout as e:
             return TransferStatus.PENDING, str(e), time.monotonic() - start
@@ -422,11 +446,8 @@ class TransferBackendSuite:
     def _failed_write_to(self, peer_cmd: str) -> tuple[TransferStatus, str, float]:
         with self._connected_pair(REGION_PAGES * PAGE) as (engine, buf, peer, peer_id):
             peer.call(peer_cmd)
-            try:
-                handle = engine.write(peer_id, [(buf.ctypes.data, peer.base, PAGE)])
-            except TransferError as e:
-                return TransferStatus.FAILED, str(e), 0.0
-            return self._outcome_within_deadline(handle)
+            runs = [(buf.ctypes.data, peer.base, PAGE)]
+            return self._outcome_within_deadline(self._start_write(engine, peer_id, runs))
 
     def test_write_into_deregistered_peer_memory_fails(self):
         status, detail, _ = self._failed_write_to("deregister")
@@ -445,10 +466,11 @@ class TransferBackendSuite:
     def test_peer_killed_mid_transfer_ends_within_deadline(self):
         with self._connected_pair(LARGE_REGION) as (engine, buf, peer, peer_id):
             peer.signal(signal.SIGSTOP)  # the write stalls part-way, then the peer dies
-            handle = engine.write(peer_id, [(buf.ctypes.data, peer.base, buf.nbytes)])
-            time.sleep(0.3)
-            peer.kill()
-            status, detail, elapsed = self._outcome_within_deadline(handle)
+            threading.Timer(0.3, peer.kill).start()
+            submitted = self._start_write(
+                engine, peer_id, [(buf.ctypes.data, peer.base, buf.nbytes)]
+            )
+            status, detail, elapsed = self._outcome_within_deadline(submitted)
         assert status is not TransferStatus.PENDING, (
             f"a write whose peer died mid-transfer never ended: {detail}"
         )
@@ -458,8 +480,10 @@ class TransferBackendSuite:
     def test_hung_peer_fails_within_deadline(self):
         with self._connected_pair(LARGE_REGION) as (engine, buf, peer, peer_id):
             peer.signal(signal.SIGSTOP)  # alive, connected, answering nothing
-            handle = engine.write(peer_id, [(buf.ctypes.data, peer.base, buf.nbytes)])
-            status, detail, elapsed = self._outcome_within_deadline(handle)
+            submitted = self._start_write(
+                engine, peer_id, [(buf.ctypes.data, peer.base, buf.nbytes)]
+            )
+            status, detail, elapsed = self._outcome_within_deadline(submitted)
         assert status is not TransferStatus.DONE, (
             "a write to a stopped peer reported success: the bytes cannot be in its memory"
         )
