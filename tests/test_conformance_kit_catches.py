@@ -53,7 +53,7 @@ CONTRACT_CASES = {  # broken engine -> the kit check that must fail it
     "LeakyCloseEngine": "test_close_leaves_no_threads_or_descriptors",
     "IgnoresRefusalEngine": "test_write_into_deregistered_peer_memory_fails",
     "WaitsForLostPeerEngine": "test_peer_killed_mid_transfer_ends_within_deadline",
-    "NoDeadlineEngine": "test_hung_peer_fails_within_deadline",
+    "NoDeadlineEngine": "test_hung_peer_ends_within_deadline",
 }
 CONTRACT_CLASS = """
 class Test{factory}(TransferBackendSuite):
@@ -96,7 +96,7 @@ def contract_failures(tmp_path_factory, example_plugin_site) -> dict[str, str]:
         ("LeakyCloseEngine", "still running"),
         ("IgnoresRefusalEngine", "deregistered reported success"),
         ("WaitsForLostPeerEngine", "died mid-transfer never ended"),
-        ("NoDeadlineEngine", "not failed by the engine's deadline"),
+        ("NoDeadlineEngine", "not ended by the engine's deadline"),
     ],
 )
 def test_contract_check_fails_broken_transfer_engine(contract_failures, engine, expected):
