@@ -152,7 +152,10 @@ class AttentionImpl(ABC):
         ``q``: ``[T, num_heads, head_dim]``; ``k``, ``v``: ``[T, num_kv_heads,
         head_dim]`` with T = sum of ``extend_lens``; caches as in the module
         docstring. New token ``j`` of a request with prefix length ``p`` attends
-        causally to positions ``0..p+j``. Returns ``[T, num_heads, head_dim]``.
+        causally to positions ``0..p+j``. Returns ``[T, num_heads, head_dim]`` in
+        ``q``'s dtype (a bfloat16 model gets bfloat16 back, whatever the kernel
+        accumulates in). Grouped-query attention: query head ``h`` attends with
+        KV head ``h // (num_heads // num_kv_heads)``.
         """
 
 

@@ -11,6 +11,35 @@ Lifecycle: ``engine = factory(config)``; ``engine.register([...])``;
 ``info = engine.metadata()`` goes to the peer (JSON-serializable dict);
 ``peer = engine.connect(peer_info)``; ``h = engine.write(peer, runs, notify)``;
 ``h.wait(timeout)``; ``h.release()``; finally ``engine.close()``.
+
+The contract every engine keeps (the conformance kit, ``pdcore.testing``,
+checks each point):
+
+- Threads. pdcore calls one engine from several threads at once: ``write``
+  (and ``_poll``/``_release`` through handles) from a pool of transfer threads,
+  several batches to the same peer at the same time; ``notifications`` from a
+  poller thread; ``connect`` from handshake threads; ``register`` of a staging
+  area, lazily, while writes of other regions are in flight. An engine's own
+  state touched from these paths needs its own lock (the base class's
+  bookkeeping is already safe), and concurrent batches to one peer must never
+  interleave on a shared socket or stream. ``close`` runs last, once.
+- Ordering. A notification becomes visible to the peer's ``notifications()``
+  only after every byte of the write that carries it is in the peer's memory;
+  each is delivered once. ``DONE`` means the bytes are in the peer's memory.
+- Addresses. The remote address of a run is in the peer's address space: an
+  address inside a region of the peer's ``metadata()``, never translated by pdcore.
+- ``notifications()`` returns ``(peer, payload)`` pairs, ``peer`` being the id
+  that this engine's ``connect()`` returns for the sender's metadata.
+- ``connect`` is idempotent: the same metadata again returns the same peer id.
+- Failures. A peer that refuses a write (memory not registered, engine closed),
+  dies, or stops answering makes the write ``FAILED``, never ``DONE``.
+- Deadlines. The caller stops waiting after ``options["transfer_timeout_s"]``
+  (``handle.wait``) and fails the request; the engine itself ends every write,
+  ``DONE`` or ``FAILED``, within that same deadline (``transfer_timeout``), even
+  against a hung peer, since ``release()`` of a pending write cannot recall
+  bytes already on their way nor free a thread blocked on the peer.
+- ``close`` stops every thread and closes every socket and listener the engine
+  opened (a server starts and closes engines many times in one process).
 """
 
 from __future__ import annotations
@@ -236,7 +265,8 @@ class TransferEngine(ABC):
     # ---- public API (template methods) -------------------------------------
 
     def register(self, regions: Sequence[MemoryRegion]) -> None:
-        """Register buffers that transfers may read from or write into."""
+        """Register buffers that transfers may read from or write into. May be
+        called while writes of already registered regions are in flight."""
         self._check_open()
         regions = list(regions)
         for r in regions:
@@ -272,7 +302,9 @@ class TransferEngine(ABC):
         }
 
     def connect(self, peer_metadata: dict) -> str:
-        """Add a peer from its ``metadata()``; returns its peer id (idempotent)."""
+        """Add a peer from its ``metadata()``; returns its peer id (idempotent: the
+        same metadata returns the same id). Called from handshake threads, while
+        writes to other peers run."""
         self._check_open()
         if not isinstance(peer_metadata, dict) or peer_metadata.get("engine") != self.name:
             got = peer_metadata.get("engine") if isinstance(peer_metadata, dict) else None
@@ -300,9 +332,12 @@ class TransferEngine(ABC):
     ) -> TransferHandle:
         """Copy local byte runs into the peer's registered memory, asynchronously.
 
-        Every run is bounds-checked on both sides before anything is submitted;
-        contiguous runs are coalesced. ``notify`` is delivered to the peer after
-        the data when the engine ``supports_notifications``.
+        A run is ``(local_addr, remote_addr, length)``; ``remote_addr`` is in the
+        peer's address space (inside a region of its metadata). Every run is
+        bounds-checked on both sides before anything is submitted; contiguous runs
+        are coalesced. ``notify`` is delivered to the peer after all the data when
+        the engine ``supports_notifications``. Called from several threads at
+        once, to one peer or many.
         """
         self._check_open()
         peer = self._peers.get(peer_id)
@@ -343,7 +378,10 @@ class TransferEngine(ABC):
             )
 
     def notifications(self) -> list[tuple[str, bytes]]:
-        """Notifications received since the last call: ``(peer agent, payload)``."""
+        """Notifications received since the last call, each once: ``(peer, payload)``,
+        ``peer`` being what ``connect()`` returns for the sender. Called from a
+        poller thread while writes run; a notification is listed only once all
+        the bytes of its write are in this process's memory."""
         return self._get_notifications() if self.supports_notifications else []
 
     def inflight(self) -> int:
@@ -401,7 +439,9 @@ class TransferEngine(ABC):
 
     @abstractmethod
     def _write(self, peer: PeerInfo, runs: list[Run], notify: bytes | None) -> Any:
-        """Submit validated runs; return a token for ``_poll``/``_release``."""
+        """Submit validated runs; return a token for ``_poll``/``_release``.
+
+        Runs on several threads at once: tokens and per-peer state need a lock."""
 
     @abstractmethod
     def _poll(self, token: Any) -> TransferStatus: ...

@@ -8,7 +8,9 @@ device, backends that declare ``cuda_graph_safe`` also get a decode pass
 captured once in a CUDA graph and replayed for other batches, as the engine's
 decode graphs do.
 Subclass ``AttentionBackendSuite``, set ``backend_name`` (or ``factory_path``),
-and optionally ``device``, ``dtype``, ``atol``/``rtol``.
+and optionally ``device``, ``dtype``, ``atol``/``rtol``; ``extra_dtypes`` are
+further input dtypes (bfloat16 by default) whose outputs must keep the query's
+dtype.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ class AttentionBackendSuite:
     rtol: float = 2e-3
     # shape name -> why the backend refuses it (e.g. a head_dim it has no kernel for)
     unsupported_shapes: dict[str, str] = {}
+    # input dtypes besides ``dtype`` whose output dtype is checked (not the numerics)
+    extra_dtypes: tuple[str, ...] = ("bfloat16",)
 
     def build(self, cfg: AttentionConfig) -> AttentionImpl:
         if self.factory_path:
@@ -155,7 +159,15 @@ class AttentionBackendSuite:
 
         return Registry.discover().get("attention", self.backend_name).factory(cfg)
 
-    def _run_case(self, shape, batch, page_size, scale=None, seed=0):
+    def _refuses(self, dtype: str) -> bool:
+        if self.factory_path:
+            return False
+        from pdcore.registry import Registry
+
+        backend = Registry.discover().get("attention", self.backend_name)
+        return backend.refuses(dtype=dtype) is not None
+
+    def _run_case(self, shape, batch, page_size, scale=None, seed=0, dtype=None):
         if shape in self.unsupported_shapes:
             pytest.skip(f"{shape}: {self.unsupported_shapes[shape]}")
         heads, kv_heads, dim = SHAPES[shape]
@@ -167,7 +179,7 @@ class AttentionBackendSuite:
             num_kv_heads=kv_heads,
             head_dim=dim,
             page_size=page_size,
-            dtype=getattr(torch, self.dtype),
+            dtype=getattr(torch, dtype or self.dtype),
             device=torch.device(self.device),
             seed=seed,
             scale=scale,
@@ -192,6 +204,17 @@ class AttentionBackendSuite:
                 atol=self.atol,
                 rtol=self.rtol,
                 msg=lambda m, ps=page_size: f"{shape}/{batch}/page_size={ps}: {m}",
+            )
+
+    @pytest.mark.parametrize("batch", ["prefill-with-prefix", "decode"])
+    def test_output_dtype_is_the_query_dtype(self, batch):
+        for dtype in dict.fromkeys((self.dtype, *self.extra_dtypes)):
+            if dtype != self.dtype and self._refuses(dtype):
+                continue  # the registration says the kernels do not compute in it
+            case, out, _, _ = self._run_case("gqa", batch, self.page_sizes[-1], dtype=dtype)
+            assert out.dtype == case.q.dtype, (
+                f"{batch}: {dtype} inputs gave a {out.dtype} output; the next layer expects "
+                f"the query's dtype {case.q.dtype}"
             )
 
     @pytest.mark.parametrize("batch", ["prefill-with-prefix", "decode"])

@@ -6,6 +6,7 @@ answers commands over a pipe so the test process can check what landed there.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import multiprocessing as mp
 import os
@@ -54,10 +55,43 @@ def peer_main(conn, backend_name, factory_path, options, region_bytes, pool_like
                 time.sleep(0.01)
                 got = engine.notifications()
             conn.send([payload for _, payload in got])
+        elif cmd == "await_notification":
+            conn.send(_await_notification(engine, buf, *arg))
+        elif cmd == "deregister":
+            engine.deregister(engine.regions)
+            conn.send("deregistered")
+        elif cmd == "close_engine":  # the engine goes, the process stays to answer reads
+            engine.close()
+            conn.send("closed")
         elif cmd == "close":
             engine.close()
             conn.send("closed")
             return
+
+
+def _await_notification(engine, buf, payload: bytes, timeout: float, settle: float) -> dict:
+    """Poll for ``payload``; the moment it shows, hash the whole buffer (what a
+    decode server would read next), then keep polling ``settle`` seconds to count
+    any repeat deliveries."""
+    deadline = time.monotonic() + timeout
+    seen: list[tuple[str, bytes]] = []
+    digest = None
+    while digest is None and time.monotonic() < deadline:
+        got = engine.notifications()
+        seen.extend(got)
+        if any(p == payload for _, p in got):
+            digest = hashlib.sha256(buf.tobytes()).hexdigest()
+        else:
+            time.sleep(0.0005)
+    end = time.monotonic() + settle
+    while digest is not None and time.monotonic() < end:
+        seen.extend(engine.notifications())
+        time.sleep(0.005)
+    return {
+        "digest": digest,
+        "count": sum(p == payload for _, p in seen),
+        "peers": [peer for peer, p in seen if p == payload],
+    }
 
 
 class PeerProcess:
@@ -89,6 +123,13 @@ class PeerProcess:
 
     def call(self, *cmd):
         self.conn.send(cmd)
+        return self._recv()
+
+    def send(self, *cmd) -> None:
+        """Start a command without waiting; ``answer()`` collects its reply."""
+        self.conn.send(cmd)
+
+    def answer(self):
         return self._recv()
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:

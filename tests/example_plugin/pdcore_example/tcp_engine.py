@@ -4,6 +4,13 @@ Wire format, one connection per batch: ``D`` + (addr, length) + bytes for each
 run, ``N`` + length + payload for an optional notification, then ``E``. The
 receiver bounds-checks every run against its own registered regions before
 copying (it never trusts the sender), then answers ``K`` or ``F`` + reason.
+
+Threads (see the contract in ``pdcore.disaggregation.transfer``): ``_write`` is
+called from several threads at once, so the token counter is taken under
+``_tokens_lock``; each batch has its own connection, so batches never interleave
+on a socket; notifications join the queue only after ``E``, when every byte of
+the batch is in memory. ``example_tcp_timeout`` (else ``transfer_timeout_s``)
+bounds every socket operation.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pdcore.disaggregation.transfer import (
     TransferEngine,
     TransferError,
     TransferStatus,
+    transfer_timeout,
 )
 from pdcore.platform import MemoryKind
 
@@ -49,8 +57,11 @@ class TcpTransferEngine(TransferEngine):
 
     def __init__(self, config: TransferConfig):
         super().__init__(config)
-        # --example-tcp-timeout (or PDCORE_EXAMPLE_TCP_TIMEOUT), as the server passed it
-        self._timeout = float(config.options.get("example_tcp_timeout", 10.0))
+        # --example-tcp-timeout (or PDCORE_EXAMPLE_TCP_TIMEOUT) as the server passed it;
+        # else pdcore's per-write deadline (the conformance kit builds engines directly)
+        self._timeout = float(
+            config.options.get("example_tcp_timeout") or transfer_timeout(config, self.name)
+        )
         self._agent = f"{config.role}-{uuid.uuid4().hex[:12]}"
         self._server = socket.create_server((config.hostname, 0))
         self._port = self._server.getsockname()[1]
@@ -59,6 +70,7 @@ class TcpTransferEngine(TransferEngine):
         self._notif_lock = threading.Lock()
         self._futures: dict[int, Future] = {}
         self._next = 0
+        self._tokens_lock = threading.Lock()  # guards _next: _write runs on many threads
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
         self._acceptor.start()
         logger.info(
@@ -85,9 +97,11 @@ class TcpTransferEngine(TransferEngine):
 
     def _write(self, peer: PeerInfo, runs, notify):
         future = self._pool.submit(self._send_batch, peer.handle, runs, notify)
-        self._next += 1
-        self._futures[self._next] = future
-        return self._next
+        with self._tokens_lock:
+            self._next += 1
+            token = self._next
+        self._futures[token] = future
+        return token
 
     def _send_batch(self, addr, runs, notify):
         with socket.create_connection(addr, timeout=self._timeout) as sock:
@@ -124,7 +138,12 @@ class TcpTransferEngine(TransferEngine):
         return out
 
     def _close(self):
+        try:  # close() alone does not wake a thread blocked in accept() on Linux
+            self._server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._server.close()
+        self._acceptor.join(self._timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- receiver side -----------------------------------------------------

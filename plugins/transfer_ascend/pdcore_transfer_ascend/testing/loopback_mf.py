@@ -269,3 +269,20 @@ def install() -> types.ModuleType:
     sys.modules["mf_adapter"] = module
     AscendTransferEngine.memory_kinds = (MemoryKind.NPU, MemoryKind.DRAM)
     return module
+
+
+def loopback_engine(config):
+    """The ascend engine over this loopback binding, accepting host memory (the
+    conformance kit's ``factory_path``). Nothing global changes: the binding is
+    in ``sys.modules`` only while the engine is built, and the DRAM allowance is
+    a subclass's, so tests of the real engine in the same process are unaffected.
+    """
+    from unittest import mock
+
+    from pdcore_transfer_ascend.engine import AscendTransferEngine
+
+    class LoopbackAscendEngine(AscendTransferEngine):
+        memory_kinds = (MemoryKind.NPU, MemoryKind.DRAM)
+
+    with mock.patch.dict(sys.modules, {"mf_adapter": make_module()}):
+        return LoopbackAscendEngine(config)
