@@ -40,8 +40,8 @@ def run_pytest(root: Path, *args: str, env: dict | None = None) -> tuple[str, li
     """Runs ``python -m pytest`` in ``root``; returns (output, lines "<test> <worker>")."""
     ran_on = root / "ran_on.txt"
     ran_on.unlink(missing_ok=True)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    clean.pop("PDCORE_CHAOS_REPORT", None)
+    outer = ("PYTEST_", "PDCORE_CHAOS_", "PDCORE_FUZZ_")  # this run's workers and profiles
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(outer)}
     clean.update(env or {}, RAN_ON=str(ran_on))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
