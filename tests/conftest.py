@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import install_example_plugin
 
-pytest_plugins = ["pytester"]
+# two_workers: the -n 2 default and test groups; run_figures: chaos/fuzz summaries.
+pytest_plugins = ["pytester", "two_workers", "run_figures"]
 
 TESTS = Path(__file__).parent
 

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 EXAMPLE_PLUGIN = Path(__file__).parent / "example_plugin"
 
 
 def install_example_plugin(target: Path) -> None:
-    """``pip install`` the example plugin (a real wheel build) into ``target``."""
+    """``pip install`` the example plugin (a real wheel build) into ``target``.
+
+    pip builds a local folder in place (setuptools writes build/ and *.egg-info
+    there), so it builds a private copy: two test workers installing at once would
+    otherwise share one build folder.
+    """
+    with tempfile.TemporaryDirectory(prefix="example-plugin-src-") as tmp:
+        source = Path(tmp) / EXAMPLE_PLUGIN.name
+        shutil.copytree(
+            EXAMPLE_PLUGIN,
+            source,
+            ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+        )
+        _pip_install(source, target)
+
+
+def _pip_install(source: Path, target: Path) -> None:
     subprocess.run(
         [
             sys.executable,
@@ -23,7 +41,7 @@ def install_example_plugin(target: Path) -> None:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(EXAMPLE_PLUGIN),
+            str(source),
         ],
         check=True,
         capture_output=True,

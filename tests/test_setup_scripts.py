@@ -213,3 +213,13 @@ def test_demo_ends_with_how_to_put_pdcore_on_path_and_query_it(monkeypatch):
     assert "curl http://127.0.0.1:30000/v1/chat/completions" in text, (
         f"say how to send a request to the router pdcore up starts:\n{text}"
     )
+
+
+def test_setup_installs_every_test_tool_of_the_dev_extra():
+    """`make test` runs in the venv setup.sh makes, not from `pip install .[dev]`: a tool
+    missing there (pytest-xdist runs the suite on two workers) breaks CI only."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    setup = (SCRIPTS / "setup.sh").read_text()
+    missing = [req for req in dev["dev"] if req not in setup]
+    assert not missing, f"scripts/setup.sh does not install these dev requirements: {missing}"

@@ -1,18 +1,15 @@
 """Fuzz fixtures: one real tiny server for the session, and a count of the cases tried.
 
-``cases`` counts every input a fuzz test sent, per test file; the counts are
-printed at the end of the run (RELIABILITY.md quotes them).
+``cases`` counts every input a fuzz test sent, per test file, in
+``fuzz.case_counts.CASES``; ``run_figures.py`` prints the counts at the end of the run
+(RELIABILITY.md quotes them).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
-from fuzz import profile
+from fuzz.case_counts import CASES
 from fuzz.live_server import FuzzServer
-
-CASES: Counter = Counter()
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +31,3 @@ def cases(request):
         CASES[name] += n
 
     return count
-
-
-def pytest_terminal_summary(terminalreporter):
-    if CASES:
-        total = sum(CASES.values())
-        terminalreporter.write_sep("-", f"fuzz cases ({profile.NAME} profile): {total}")
-        for name, n in sorted(CASES.items()):
-            terminalreporter.write_line(f"{name}: {n}")
