@@ -33,6 +33,15 @@ SERIAL_GROUPS = {
         "plugins/transfer_mooncake/tests/test_mooncake_engine.py",
         "plugins/transfer_nixl/tests/test_nixl_engine.py",
     ),
+    # The transfer conformance kits stop, kill and time peer processes against a
+    # deadline: one kit at a time.
+    "transfer_kit": (
+        "plugins/transfer_ascend/tests/test_ascend_transfer_conformance.py",
+        "plugins/transfer_mooncake/tests/test_mooncake_conformance.py",
+        "plugins/transfer_nixl/tests/test_nixl_conformance.py",
+        "tests/example_plugin/tests/test_example_conformance.py",
+        "tests/test_conformance_kit_catches.py",
+    ),
 }
 
 
