@@ -126,7 +126,9 @@ class Platform(ABC):
         buffers' current contents and leaves its result in ``output``. Called only
         where ``supports_graphs`` is true.
         """
-        raise NotImplementedError(f"platform {self.name!r} does not capture graphs")
+        raise RuntimeError(
+            f"platform {self.name!r} does not capture graphs (its supports_graphs is False)"
+        )
 
     # ---- host memory -----------------------------------------------------------
 

@@ -183,8 +183,9 @@ class KVManager:
         """The role's own state (no I/O: ``close`` must work right after)."""
 
     def _open(self, hostname, bootstrap, request_timeout, secret) -> None:
-        """Register memory, build ``self.info`` and the role's servers and clients."""
-        raise NotImplementedError
+        """Register memory, build ``self.info`` and the role's servers and clients
+        (each role's subclass does; the base has no role to open)."""
+        raise TypeError(f"{type(self).__name__} has no role: build it as KVManager(role, ...)")
 
     def _start_role_threads(self) -> None:
         """Threads besides the monitor, started once the manager is open."""
